@@ -1,0 +1,3 @@
+from lmserve.cli.main import cli
+
+cli()

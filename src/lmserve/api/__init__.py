@@ -1,0 +1,1 @@
+"""The HTTP API: routers, protocol models, services and error mapping."""

@@ -1,0 +1,54 @@
+"""lmserve's own routes: health, slot stats and the live prediction log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from lmserve.api.streaming import EventStreamResponse
+from lmserve.logbus import LogBus
+from lmserve.models.manager import ModelManager
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    models: ModelManager = request.app.state.models
+    loaded = [model.identifier for model in models.loaded()]
+    return JSONResponse({"status": "ok", "models": loaded})
+
+
+@router.get("/lmserve/slots")
+async def slots(request: Request) -> dict[str, Any]:
+    """Each loaded model's slots: busy or idle, tokens cached, queue depth."""
+    models: ModelManager = request.app.state.models
+    return {
+        "models": [
+            {
+                "identifier": model.identifier,
+                "n_ctx": model.n_ctx,
+                "queue_depth": model.engine.queue_depth,
+                "slots": model.engine.slots(),
+            }
+            for model in models.loaded()
+        ]
+    }
+
+
+@router.get("/lmserve/log/stream")
+async def log_stream(request: Request) -> EventStreamResponse:
+    """Server-sent events, one per prediction record (prompt in, output and stats out)."""
+    logs: LogBus = request.app.state.logs
+
+    async def events() -> AsyncIterator[bytes]:
+        # A comment line first, so the client knows it is subscribed before any request runs.
+        yield b": subscribed\n\n"
+        async for record in logs.subscribe():
+            yield f"data: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
+
+    return EventStreamResponse(events())

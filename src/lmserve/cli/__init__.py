@@ -1,0 +1,1 @@
+"""The ``lmserve`` command line."""

@@ -1,0 +1,1 @@
+"""Generation: llama.cpp binding, continuous-batching scheduler, sampling, chat templates."""

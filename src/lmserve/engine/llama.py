@@ -1,0 +1,287 @@
+"""A thin, typed layer over llama.cpp's C API (through ``llama_cpp``'s ctypes bindings).
+
+We use the low-level API rather than ``llama_cpp.Llama``: the scheduler needs one context with
+many sequences, per-sequence KV control and per-sequence sampler chains, none of which the
+high-level class offers.  Everything here is a direct C call; nothing loops over the vocabulary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as C
+
+from lmserve.engine.types import SamplingParams
+
+logger = logging.getLogger("lmserve.llama")
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
+# llama.cpp is chatty at info (every metadata key at load): that goes to our debug level.
+_LLAMA_LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+_last_log_level = [logging.DEBUG]
+
+
+@C.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    py_level = _LLAMA_LOG_LEVELS.get(level, _last_log_level[0])
+    _last_log_level[0] = py_level
+    if logger.isEnabledFor(py_level):
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            logger.log(py_level, "%s", message)
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            C.llama_backend_init()
+            C.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+            _backend_ready = True
+
+
+def default_threads() -> int:
+    """All cores.  llama_cpp's own default is half of them, which halves speed on small boxes."""
+    return max(1, os.cpu_count() or 1)
+
+
+class ModelLoadError(RuntimeError):
+    """llama.cpp could not load the model file."""
+
+
+class LlamaModel:
+    """Weights and vocabulary of one GGUF model.  Thread-safe for tokenization."""
+
+    def __init__(
+        self, path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False
+    ) -> None:
+        _ensure_backend()
+        self.path = Path(path)
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        model = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {self.path.name}")
+        self._model = model
+        self.vocab = C.llama_model_get_vocab(model)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(model)
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.bos_id = C.llama_vocab_bos(self.vocab)
+        self.eos_id = C.llama_vocab_eos(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._piece_lock = threading.Lock()
+        template = C.llama_model_chat_template(model, None)
+        self.chat_template: str | None = template.decode("utf-8") if template else None
+
+    @property
+    def handle(self) -> C.llama_model_p:
+        return self._model
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's text of ``token`` (special tokens included), e.g. ``<|im_end|>``."""
+        if token < 0:
+            return ""
+        return C.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buffer = (C.llama_token * capacity)()
+        count = C.llama_tokenize(
+            self.vocab, data, len(data), buffer, capacity, add_special, parse_special
+        )
+        if count < 0:  # buffer too small: -count is the size needed
+            capacity = -count
+            buffer = (C.llama_token * capacity)()
+            count = C.llama_tokenize(
+                self.vocab, data, len(data), buffer, capacity, add_special, parse_special
+            )
+        return list(buffer[:count])
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokenize a rendered chat prompt: special tokens parsed, BOS added once at most."""
+        tokens = self.tokenize(text, add_special=self.add_bos)
+        if self.add_bos and len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos_id:
+            tokens = tokens[1:]  # the template wrote BOS itself
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        with self._piece_lock:
+            size = C.llama_token_to_piece(
+                self.vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
+            )
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = C.llama_token_to_piece(self.vocab, token, buffer, -size, 0, False)
+                data = buffer.raw[:size]
+            else:
+                data = self._piece_buffer.raw[:size]
+        self._pieces[token] = data
+        return data
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(token) for token in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(4096)
+        size = C.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        if size < 0:
+            return None
+        return buffer.value.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self._model:
+            C.llama_model_free(self._model)
+            self._model = None
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    n_slots: int
+    n_ctx_per_slot: int
+    n_batch: int = 512
+    n_threads: int = 0  # 0: all cores
+    flash_attention: bool | None = None  # None: llama.cpp decides
+
+
+class LlamaContext:
+    """One llama.cpp context holding ``n_slots`` independent sequences (seq ids 0..n-1)."""
+
+    def __init__(self, model: LlamaModel, config: ContextConfig) -> None:
+        params = C.llama_context_default_params()
+        params.n_ctx = config.n_slots * config.n_ctx_per_slot
+        params.n_seq_max = config.n_slots
+        params.n_batch = config.n_batch
+        params.n_ubatch = config.n_batch
+        threads = config.n_threads or default_threads()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        # A separate KV stream per sequence: attention only scans its own sequence's cells.
+        params.kv_unified = False
+        params.no_perf = True
+        if config.flash_attention is not None:
+            params.flash_attn_type = 1 if config.flash_attention else 0
+        ctx = C.llama_init_from_model(model.handle, params)
+        if not ctx:
+            raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
+        self._ctx = ctx
+        self.model = model
+        self.n_batch = config.n_batch
+        self.n_ctx_per_slot = C.llama_n_ctx_seq(ctx)
+        self._memory = C.llama_get_memory(ctx)
+        self._batch = C.llama_batch_init(config.n_batch, 0, 1)
+        self.batch_size = 0
+
+    @property
+    def handle(self) -> C.llama_context_p:
+        return self._ctx
+
+    # -- batch building -------------------------------------------------------------------
+    def clear_batch(self) -> None:
+        self.batch_size = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token to the batch; returns its row index."""
+        batch, i = self._batch, self.batch_size
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+        self.batch_size = i + 1
+        return i
+
+    def decode(self) -> int:
+        """Run the model on the batch; llama.cpp's return code (0 ok, 1 no KV room, 2 aborted)."""
+        self._batch.n_tokens = self.batch_size
+        return C.llama_decode(self._ctx, self._batch)
+
+    # -- KV cache ---------------------------------------------------------------------------
+    def forget(self, seq: int, start: int = 0) -> bool:
+        """Drop sequence ``seq``'s KV cells from position ``start`` on."""
+        return bool(C.llama_memory_seq_rm(self._memory, seq, start, -1))
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._memory, True)
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample(self, chain: SamplerChain, row: int) -> int:
+        return C.llama_sampler_sample(chain.handle, self._ctx, row)
+
+    def close(self) -> None:
+        if self._ctx:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ctx)
+            self._ctx = None
+
+
+class SamplerChain:
+    """A chain of llama.cpp's C samplers built from :class:`SamplingParams`.
+
+    The order is llama.cpp's default: bias, penalties, top-k, top-p, min-p, temperature, draw.
+    """
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, seed: int) -> None:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.handle = chain
+        self._penalties: C.llama_sampler_p | None = None
+        self._window = params.repeat_last_n
+        if params.logit_bias:
+            biases = (C.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias):
+                biases[i].token = token
+                # OpenAI: -100 bans the token; make the ban absolute, not merely unlikely.
+                biases[i].bias = float("-inf") if bias <= -100 else bias
+            C.llama_sampler_chain_add(
+                chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases)
+            )
+        if params.penalised:
+            # llama_cpp 0.3.36 takes n_vocab first; older documentation shows four arguments.
+            self._penalties = C.llama_sampler_init_penalties(
+                model.n_vocab,
+                params.repeat_last_n,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+            C.llama_sampler_chain_add(chain, self._penalties)
+        if params.greedy:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(params.min_p, 1))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(params.temperature))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed))
+
+    def remember(self, tokens: list[int]) -> None:
+        """Feed context tokens (the prompt) to the penalties so they count as already seen."""
+        if self._penalties is not None:
+            for token in tokens[-self._window :] if self._window > 0 else tokens:
+                C.llama_sampler_accept(self._penalties, token)
+
+    def close(self) -> None:
+        if self.handle:
+            C.llama_sampler_free(self.handle)
+            self.handle = None

@@ -1,0 +1,161 @@
+"""The engine's boundary: what a request asks for and what comes back.
+
+The HTTP layer only ever sees these types and the :class:`Engine` protocol: submit a request,
+iterate over its events as tokens are produced, cancel it.  The scheduler behind the protocol
+can change without the routes noticing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+# Why generation ended, in LM Studio's words (its ``stats.stop_reason``).
+StopReason = Literal[
+    "eosFound",
+    "stopStringFound",
+    "maxPredictedTokensReached",
+    "contextLengthReached",
+    "userStopped",
+    "failed",
+]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token.  Defaults are LM Studio's."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+_request_numbers = itertools.count(1)
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate: a tokenized prompt and when to stop."""
+
+    prompt_tokens: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    number: int = field(default_factory=lambda: next(_request_numbers))
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text produced since the previous event (may be empty when held back for a stop)."""
+
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every request."""
+
+    finish_reason: FinishReason
+    stop_reason: StopReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    time_to_first_token: float | None
+    generation_seconds: float
+    error: str | None = None
+    stopped_by: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.completion_tokens <= 1 or self.generation_seconds <= 0:
+            return None
+        return (self.completion_tokens - 1) / self.generation_seconds
+
+
+Event = TextDelta | Finished
+
+
+class GenerationStream:
+    """The asynchronous end of one request: iterate for events, ``cancel()`` to stop early.
+
+    The engine thread hands events over with ``loop.call_soon_threadsafe`` so the event loop is
+    never blocked by generation.
+    """
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False
+        self.finished: Finished | None = None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request; it frees the slot within one decode step."""
+        self.cancelled = True
+
+    def publish(self, event: Event) -> None:
+        """Called from the engine thread."""
+        # A closed event loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while self.finished is None:
+            event = await self._queue.get()
+            if isinstance(event, Finished):
+                self.finished = event
+            yield event
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from a generation engine."""
+
+    n_ctx_per_slot: int
+    n_slots: int
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Queue ``request``; raises :class:`QueueFullError` when the queue is full."""
+        ...
+
+    def slots(self) -> list[dict[str, object]]:
+        """What each slot is doing, for the stats endpoint."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """Base class of the engine's own errors."""
+
+
+class QueueFullError(EngineError):
+    """Every slot is busy and the waiting queue is at its bound."""
+
+
+class EngineClosedError(EngineError):
+    """The engine is shutting down and takes no new requests."""

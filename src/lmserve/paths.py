@@ -1,0 +1,17 @@
+"""Where lmserve keeps its files: ``$LMSERVE_HOME`` (default ``~/.lmserve``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    """The lmserve home folder; ``LMSERVE_HOME`` overrides ``~/.lmserve``."""
+    override = os.environ.get("LMSERVE_HOME")
+    return Path(override).expanduser() if override else Path.home() / ".lmserve"
+
+
+def models_dir() -> Path:
+    """Models live LM Studio's way: ``models/<publisher>/<repo>/<file>.gguf``."""
+    return home_dir() / "models"

@@ -1,0 +1,144 @@
+"""Fixtures that run the real thing: the `lmserve serve` process and the real default model.
+
+Every server gets its own temporary LMSERVE_HOME.  The default model is fetched once into a
+cache outside the temp homes (by lmserve's own fetch code) and hard-linked into each home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lmserve.models.default import DEFAULT_MODEL, ensure_default_model
+
+MODEL_ID = "smollm2-135m-instruct"
+
+
+def _model_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lmserve-tests" / "models"
+
+
+@pytest.fixture(scope="session")
+def default_model_file() -> Path:
+    return ensure_default_model(_model_cache(), say=lambda message: None)
+
+
+def install_default_model(home: Path, source: Path) -> Path:
+    target = DEFAULT_MODEL.target(home / "models")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+    home: Path
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LMSERVE_HOME": str(self.home)}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(home: Path, *args: str, timeout: float = 120.0) -> Server:
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmserve", "serve", "--port", str(port), *args],
+        env={**os.environ, "LMSERVE_HOME": str(home)},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(process, port, home, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.base_url}/health", timeout=1.0).status_code == 200:
+                return server
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not start in {timeout} s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp_path_factory: pytest.TempPathFactory, model: Path, *args: str
+) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    install_default_model(home, model)
+    server = start_server(home, *args)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, default_model_file: Path) -> Iterator[Server]:
+    """One server for the whole session: 4 slots, the default model."""
+    with running_server(tmp_path_factory, default_model_file) as shared:
+        yield shared
+
+
+@pytest.fixture()
+def client(server: Server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=server.api_url, api_key="lm-studio", max_retries=0) as openai_client:
+        yield openai_client
+
+
+@pytest.fixture()
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120.0) as raw:
+        yield raw

@@ -1,0 +1,50 @@
+"""Stop strings across pieces and UTF-8 across tokens (pure logic)."""
+
+from __future__ import annotations
+
+from lmserve.engine.text import StopMatcher, Utf8Assembler
+
+
+def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
+    out = ""
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        out += text
+        if stopped:
+            return out, True
+    return out + matcher.flush(), False
+
+
+def test_stop_inside_one_piece() -> None:
+    assert feed_all(StopMatcher(["END"]), ["abc", "xENDy", "more"]) == ("abcx", True)
+
+
+def test_stop_across_pieces_is_never_emitted() -> None:
+    matcher = StopMatcher(["<stop>"])
+    emitted = []
+    for piece in ["hello <", "st", "op> world"]:
+        text, stopped = matcher.feed(piece)
+        emitted.append(text)
+        if stopped:
+            break
+    assert "".join(emitted) == "hello "
+    assert all("<" not in part for part in emitted)
+
+
+def test_false_start_is_released() -> None:
+    assert feed_all(StopMatcher(["abc"]), ["xa", "b", "d"]) == ("xabd", False)
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert feed_all(StopMatcher(["world", "lo w"]), ["hello world"]) == ("hel", True)
+
+
+def test_no_stops_passes_through() -> None:
+    assert StopMatcher([]).feed("anything") == ("anything", False)
+
+
+def test_utf8_split_across_tokens() -> None:
+    data = "héllo 🌊".encode()
+    assembler = Utf8Assembler()
+    out = "".join(assembler.feed(data[i : i + 1]) for i in range(len(data)))
+    assert out + assembler.flush() == "héllo 🌊"
