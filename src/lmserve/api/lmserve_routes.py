@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,7 @@ async def slots(request: Request) -> dict[str, Any]:
                 "identifier": model.identifier,
                 "n_ctx": model.n_ctx,
                 "queue_depth": model.engine.queue_depth,
+                "engine": dataclasses.asdict(model.engine.stats),
                 "slots": model.engine.slots(),
             }
             for model in models.loaded()

@@ -219,6 +219,13 @@ class LlamaContext:
         """Drop sequence ``seq``'s KV cells from position ``start`` on."""
         return bool(C.llama_memory_seq_rm(self._memory, seq, start, -1))
 
+    def copy_stream(self, source: int, target: int) -> None:
+        """Replace ``target``'s KV stream by a copy of ``source``'s (done at the next decode).
+
+        Between separate streams llama.cpp copies only whole streams, not position ranges.
+        """
+        C.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
     def clear(self) -> None:
         C.llama_memory_clear(self._memory, True)
 

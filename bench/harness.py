@@ -1,0 +1,319 @@
+"""Shared pieces of the benchmarks: servers to start, a streaming load, the figures.
+
+Every figure comes from the client side, over HTTP, with the same request for every server:
+time to first token (request sent → first content chunk), per-request decode speed (tokens
+after the first / time after the first), and aggregate throughput (all tokens / wall time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lmserve.models.default import DEFAULT_MODEL, ensure_default_model
+
+NEW_TOKENS = 128
+TOPICS = [
+    "a lighthouse keeper",
+    "a lost robot",
+    "the first snow",
+    "a dragon who bakes",
+    "an old violin",
+    "a city under the sea",
+    "a clockmaker's apprentice",
+    "a comet",
+    "a tiny island",
+    "a forgotten library",
+    "a mountain train",
+    "a talking cat",
+    "a desert caravan",
+    "a space station garden",
+    "a rainy market",
+    "a paper boat",
+]
+# LM Studio's default sampling, sent explicitly so every server samples the same way.
+SAMPLING = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
+
+
+def model_path() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmserve-tests"
+    return ensure_default_model(cache / "models")
+
+
+def threads() -> int:
+    return os.cpu_count() or 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    name: str
+    base_url: str
+    model: str
+    process: subprocess.Popen[bytes]
+
+
+def _wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.base_url + path, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not become ready")
+
+
+@contextlib.contextmanager
+def lmserve(parallel: int = 8, context_length: int = 4096) -> Iterator[RunningServer]:
+    """lmserve on the default model, in a temporary home."""
+    with tempfile.TemporaryDirectory(prefix="lmserve-bench-") as home:
+        target = DEFAULT_MODEL.target(Path(home) / "models")
+        target.parent.mkdir(parents=True)
+        os.link(model_path(), target)
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lmserve",
+                "serve",
+                "--port",
+                str(port),
+                "--parallel",
+                str(parallel),
+                "--context-length",
+                str(context_length),
+                "--threads",
+                str(threads()),
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, "LMSERVE_HOME": home},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = RunningServer(
+            "lmserve", f"http://127.0.0.1:{port}", "smollm2-135m-instruct", process
+        )
+        try:
+            _wait_ready(server, "/health")
+            yield server
+        finally:
+            _stop(process)
+
+
+@contextlib.contextmanager
+def llama_cpp_python_server(context_length: int = 4096) -> Iterator[RunningServer]:
+    """llama-cpp-python's own OpenAI server (``pip install 'llama-cpp-python[server]'``)."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("llama-cpp-python's server is missing: pip install -e '.[bench]'") from exc
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(context_length),
+            "--n_threads",
+            str(threads()),
+            "--n_threads_batch",
+            str(threads()),
+            "--model_alias",
+            "smollm2",
+            # By default it aborts a running stream when the next request arrives; we want it
+            # to serve every request, one after another, as a user of it would configure.
+            "--interrupt_requests",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RunningServer("llama-cpp-python", f"http://127.0.0.1:{port}", "smollm2", process)
+    try:
+        _wait_ready(server, "/v1/models")
+        yield server
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class RequestResult:
+    ttft: float
+    tokens: int
+    decode_seconds: float
+    started: float
+    ended: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return (self.tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+def chat_body(
+    model: str, messages: list[dict[str, str]], seed: int, max_tokens: int = NEW_TOKENS
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "seed": seed,
+        **SAMPLING,
+        # Ban the end-of-text tokens (<|endoftext|>, <|im_end|>) so every request really
+        # generates max_tokens, on every server alike.
+        "logit_bias": {"0": -100, "2": -100},
+    }
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
+    started = time.perf_counter()
+    first = last = None
+    chunks = 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                chunks += 1
+    if first is None or last is None:
+        raise RuntimeError("no content streamed")
+    return RequestResult(first - started, chunks, last - first, started, last)
+
+
+@dataclass
+class LoadFigures:
+    clients: int
+    aggregate_tps: float
+    median_request_tps: float
+    median_ttft: float
+    requests: int
+
+
+async def run_load(server: RunningServer, clients: int, rounds: int = 2) -> LoadFigures:
+    """``clients`` concurrent clients, each streaming ``rounds`` requests one after another."""
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600.0, limits=limits) as client:
+
+        async def one_client(index: int) -> None:
+            for round_ in range(rounds):
+                topic = TOPICS[(index + round_ * clients) % len(TOPICS)]
+                messages = [{"role": "user", "content": f"Write a story about {topic}."}]
+                results.append(
+                    await stream_chat(
+                        client, server.base_url, chat_body(server.model, messages, seed=index)
+                    )
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+        wall = time.perf_counter() - started
+    return LoadFigures(
+        clients=clients,
+        aggregate_tps=sum(r.tokens for r in results) / wall,
+        median_request_tps=statistics.median(r.tokens_per_second for r in results),
+        median_ttft=statistics.median(r.ttft for r in results),
+        requests=len(results),
+    )
+
+
+async def warm_up(server: RunningServer) -> None:
+    async with httpx.AsyncClient(timeout=600.0) as client:
+        messages = [{"role": "user", "content": "Hello"}]
+        await stream_chat(client, server.base_url, chat_body(server.model, messages, 0, 8))
+
+
+class BareLlamaLoop:
+    """A bare ``llama_cpp.Llama.generate`` loop in this process: no HTTP, no scheduler.
+
+    The ceiling for one stream with the same model, threads and sampling.  Kept loaded so
+    that its runs can alternate with the server's (machine noise then hits both alike).
+    """
+
+    def __init__(self) -> None:
+        from llama_cpp import Llama
+
+        from lmserve.engine.template import ChatTemplate
+
+        self.llm = Llama(
+            model_path=str(model_path()),
+            n_ctx=4096,
+            n_threads=threads(),
+            n_threads_batch=threads(),
+            verbose=False,
+        )
+        self.template = ChatTemplate(self.llm.metadata.get("tokenizer.chat_template"))
+
+    def tokens_per_second(self, topic: str, new_tokens: int = NEW_TOKENS) -> float:
+        prompt = self.template.render(
+            [{"role": "user", "content": f"Write a story about {topic}."}]
+        )
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        self.llm.reset()
+        first = last = 0.0
+        count = 0
+        for _ in self.llm.generate(
+            tokens,
+            temp=SAMPLING["temperature"],
+            top_k=SAMPLING["top_k"],
+            top_p=SAMPLING["top_p"],
+            min_p=SAMPLING["min_p"],
+            repeat_penalty=SAMPLING["repeat_penalty"],
+        ):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            count += 1
+            if count == new_tokens:
+                break
+        return (count - 1) / (last - first)
+
+    def close(self) -> None:
+        self.llm.close()

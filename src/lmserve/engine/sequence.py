@@ -1,0 +1,115 @@
+"""One request inside the engine: its prompt, its sampler, its text so far, when it stops."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from lmserve.engine.llama import LlamaModel, SamplerChain
+from lmserve.engine.text import StopMatcher, Utf8Assembler
+from lmserve.engine.types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    GenerationStream,
+    StopReason,
+    TextDelta,
+)
+
+_FINISH_REASONS: dict[StopReason, FinishReason] = {
+    "eosFound": "stop",
+    "stopStringFound": "stop",
+    "maxPredictedTokensReached": "length",
+    "contextLengthReached": "length",
+    "userStopped": "cancelled",
+    "failed": "error",
+}
+
+
+@dataclass
+class Sequence:
+    """A request being served: owned by the engine thread once submitted."""
+
+    stream: GenerationStream
+    chain: SamplerChain
+    prompt: list[int]
+    submitted: float = field(default_factory=time.perf_counter)
+    next_prompt_index: int = 0  # first prompt token not yet in the KV cache
+    cached_tokens: int = 0  # prompt tokens reused from the cache instead of computed
+    started: bool = False  # has computed any of its own prompt tokens
+    pending_token: int | None = None  # sampled, to be decoded in the next step
+    row: int | None = None  # batch row holding this sequence's logits after decode
+    generated: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    utf8: Utf8Assembler = field(default_factory=Utf8Assembler)
+    stops: StopMatcher | None = None
+
+    @classmethod
+    def create(cls, model: LlamaModel, stream: GenerationStream, seed: int) -> Sequence:
+        request = stream.request
+        chain = SamplerChain(model, request.sampling, seed)
+        chain.remember(request.prompt_tokens)
+        sequence = cls(stream=stream, chain=chain, prompt=list(request.prompt_tokens))
+        if request.stop:
+            sequence.stops = StopMatcher(request.stop)
+        return sequence
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.stream.request
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_prompt_index < len(self.prompt)
+
+    def accept(self, model: LlamaModel, token: int, now: float) -> StopReason | None:
+        """Take one sampled token: publish its text; say why to stop, if it is time."""
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        if model.is_eog(token):
+            return "eosFound"
+        self.generated += 1
+        text = self.utf8.feed(model.piece(token))
+        if self.stops is not None and text:
+            text, stopped = self.stops.feed(text)
+            if stopped:
+                self._publish_text(text)
+                self.stops = None  # nothing held back remains to flush
+                return "stopStringFound"
+        self._publish_text(text)
+        limit = self.request.max_tokens
+        if limit is not None and self.generated >= limit:
+            return "maxPredictedTokensReached"
+        self.pending_token = token
+        return None
+
+    def finish(self, reason: StopReason, error: str | None = None) -> None:
+        """Publish what is held back and the final event; free the sampler."""
+        if reason != "failed":
+            tail = self.utf8.flush()
+            if self.stops is not None:
+                text, stopped = self.stops.feed(tail)
+                tail = text if stopped else text + self.stops.flush()
+                if stopped:
+                    reason = "stopStringFound"
+            self._publish_text(tail)
+        first, last = self.first_token_at, self.last_token_at
+        self.stream.publish(
+            Finished(
+                finish_reason=_FINISH_REASONS[reason],
+                stop_reason=reason,
+                prompt_tokens=len(self.prompt),
+                completion_tokens=self.generated,
+                cached_tokens=self.cached_tokens,
+                time_to_first_token=(first - self.submitted) if first is not None else None,
+                generation_seconds=(last - first) if first is not None and last else 0.0,
+                error=error,
+            )
+        )
+        self.chain.close()
+
+    def _publish_text(self, text: str) -> None:
+        if text:
+            self.stream.publish(TextDelta(text, self.generated))
