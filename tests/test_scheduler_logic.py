@@ -174,8 +174,13 @@ async def test_queue_bound_refuses_beyond_slots_plus_queue() -> None:
         engine.close()
 
 
+def slow_decode(rows: list[tuple[int, int, int, bool]]) -> int:
+    time.sleep(0.001)  # so that a long request is still running when the test acts
+    return 0
+
+
 async def test_cancelled_request_frees_its_slot_for_the_next() -> None:
-    engine = make_engine(FakeContext(), slots=1)
+    engine = make_engine(FakeContext(decide=slow_decode, n_ctx_per_slot=100_000), slots=1)
     try:
         stream = engine.submit(request([1], max_tokens=10_000))
         async for event in stream:
