@@ -208,11 +208,12 @@ async def test_full_queue_answers_503_with_retry_after(narrow: Server) -> None:
         await asyncio.sleep(0.5)
         queued = asyncio.create_task(occupy())
         await asyncio.sleep(0.5)
-        refused = await http.post("/v1/chat/completions", json={**long_body, "stream": False})
-        assert refused.status_code == 503
-        assert refused.headers["retry-after"]
-        error = refused.json()["error"]
-        assert error["code"] == "queue_full" and error["type"] == "server_error"
+        for stream in (False, True):
+            refused = await http.post("/v1/chat/completions", json={**long_body, "stream": stream})
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"]
+            error = refused.json()["error"]
+            assert error["code"] == "queue_full" and error["type"] == "server_error"
         # Both accepted requests complete; nothing was lost.
         for task in (running, queued):
             assert (await task).rstrip().endswith("data: [DONE]")

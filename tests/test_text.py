@@ -1,7 +1,8 @@
-"""Stop strings across pieces and UTF-8 across tokens (pure logic)."""
+"""Stop strings across pieces, UTF-8 across tokens, BOS once (pure logic)."""
 
 from __future__ import annotations
 
+from lmserve.engine.llama import drop_doubled_bos
 from lmserve.engine.text import StopMatcher, Utf8Assembler
 
 
@@ -48,3 +49,9 @@ def test_utf8_split_across_tokens() -> None:
     assembler = Utf8Assembler()
     out = "".join(assembler.feed(data[i : i + 1]) for i in range(len(data)))
     assert out + assembler.flush() == "héllo 🌊"
+
+
+def test_doubled_bos_is_dropped_once() -> None:
+    assert drop_doubled_bos([1, 1, 5, 6], bos_id=1) == [1, 5, 6]
+    assert drop_doubled_bos([1, 5, 1], bos_id=1) == [1, 5, 1]
+    assert drop_doubled_bos([5, 6], bos_id=1) == [5, 6]

@@ -211,7 +211,11 @@ class ChatService:
             n=body.n,
         )
 
-    def _start(self, prepared: PreparedChat) -> list[GenerationStream]:
+    def start(self, prepared: PreparedChat) -> list[GenerationStream]:
+        """Submit the request's choices to the engine (raises ``QueueFullError`` when full).
+
+        Called before any response is sent, so that refusals get their own HTTP status.
+        """
         streams: list[GenerationStream] = []
         try:
             for request in prepared.engine_requests():
@@ -239,13 +243,13 @@ class ChatService:
             stats=stats_of(done),
         )
 
-    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
-        streams = self._start(prepared)
+    async def complete(
+        self, prepared: PreparedChat, streams: list[GenerationStream]
+    ) -> ChatCompletion:
         try:
             results = await asyncio.gather(*(_collect(stream) for stream in streams))
         finally:
-            for stream in streams:
-                stream.cancel()
+            cancel_all(streams)
         choices = []
         for index, (text, done) in enumerate(results):
             self._log_output(prepared, index, text, done)
@@ -265,10 +269,9 @@ class ChatService:
         )
 
     async def stream(
-        self, prepared: PreparedChat, include_usage: bool
+        self, prepared: PreparedChat, streams: list[GenerationStream], include_usage: bool
     ) -> AsyncIterator[dict[str, Any]]:
         """Chunks of ``chat.completion.chunk`` as dicts, ending with the optional usage chunk."""
-        streams = self._start(prepared)
         created = int(time.time())
         base = {
             "id": prepared.request_id,
@@ -305,8 +308,12 @@ class ChatService:
             if include_usage:
                 yield {**base, "choices": [], "usage": usage_of(finished).model_dump()}
         finally:
-            for stream in streams:
-                stream.cancel()
+            cancel_all(streams)
+
+
+def cancel_all(streams: list[GenerationStream]) -> None:
+    for stream in streams:
+        stream.cancel()
 
 
 async def _collect(stream: GenerationStream) -> tuple[str, Finished]:

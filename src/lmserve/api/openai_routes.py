@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lmserve.api.chat import ChatService, sse_event
+from lmserve.api.chat import ChatService, cancel_all, sse_event
 from lmserve.api.errors import APIError
 from lmserve.api.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from lmserve.api.streaming import (
@@ -44,13 +44,19 @@ async def list_models(request: Request) -> ModelList:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response | Any:
     chat = _chat(request)
     prepared = chat.prepare(body)
+    streams = chat.start(prepared)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(_server_sent_events(chat.stream(prepared, include_usage)))
+        return EventStreamResponse(
+            _server_sent_events(chat.stream(prepared, streams, include_usage)),
+            on_close=lambda: cancel_all(streams),
+        )
     try:
-        return await unless_disconnected(request, chat.complete(prepared))
+        return await unless_disconnected(request, chat.complete(prepared, streams))
     except ClientGone:
         return gone_response()
+    finally:
+        cancel_all(streams)  # a no-op for finished requests
 
 
 async def _server_sent_events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

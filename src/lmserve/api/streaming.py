@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -26,21 +26,33 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], status_code: int = 200) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        status_code: int = 200,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(content, status_code=status_code, headers=SSE_HEADERS)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def produce() -> None:
-                # OSError: the socket closed under us, the same as a disconnect.
-                with contextlib.suppress(OSError):
-                    await self.stream_response(send)
+                async def produce() -> None:
+                    # OSError: the socket closed under us, the same as a disconnect.
+                    with contextlib.suppress(OSError):
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(produce)
+                await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
-
-            group.start_soon(produce)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
+        finally:
+            # Runs even if the body iterator never started (client gone before the first
+            # byte), so the engine always learns that nobody is listening.
+            if self._on_close is not None:
+                self._on_close()
 
 
 async def wait_for_disconnect(request: Request) -> None:

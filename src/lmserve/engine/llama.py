@@ -53,6 +53,13 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def drop_doubled_bos(tokens: list[int], bos_id: int) -> list[int]:
+    """Many templates write ``{{ bos_token }}`` and llama.cpp adds BOS too: keep one."""
+    if len(tokens) >= 2 and tokens[0] == tokens[1] == bos_id:
+        return tokens[1:]
+    return tokens
+
+
 class ModelLoadError(RuntimeError):
     """llama.cpp could not load the model file."""
 
@@ -112,9 +119,7 @@ class LlamaModel:
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize a rendered chat prompt: special tokens parsed, BOS added once at most."""
         tokens = self.tokenize(text, add_special=self.add_bos)
-        if self.add_bos and len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos_id:
-            tokens = tokens[1:]  # the template wrote BOS itself
-        return tokens
+        return drop_doubled_bos(tokens, self.bos_id) if self.add_bos else tokens
 
     def piece(self, token: int) -> bytes:
         """The bytes a generated token stands for (special tokens render as nothing)."""
