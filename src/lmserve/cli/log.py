@@ -1,0 +1,80 @@
+"""``lmserve log stream``: the live prediction log of a running server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+import httpx
+
+from lmserve.config import DEFAULT_HOST, DEFAULT_PORT
+
+
+@click.group()
+def log() -> None:
+    """See what the models receive and produce."""
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+@log.command("stream")
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.option("--stats", is_flag=True, help="Also print each prediction's statistics.")
+def log_stream(host: str, port: int, as_json: bool, stats: bool) -> None:
+    """Print, live, the exact prompt each request sends the model, and its output.
+
+    Connects to the running server and prints a record as each prediction starts (the
+    rendered prompt, after the chat template) and ends (the generated text).  Ctrl-C stops.
+    """
+    url = f"{_base_url(host, port)}/lmserve/log/stream"
+    try:
+        with (
+            httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise click.ClickException(f"the server answered {response.status_code} on {url}")
+            click.echo(f"Streaming logs from {_base_url(host, port)} (Ctrl-C to stop)", err=True)
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                record = json.loads(line[6:])
+                if as_json:
+                    click.echo(json.dumps(record, ensure_ascii=False))
+                else:
+                    click.echo(_format_record(record, stats))
+                sys.stdout.flush()
+    except httpx.ConnectError as exc:
+        raise click.ClickException(
+            f"lmserve is not running at {_base_url(host, port)}. Start it with: lmserve serve"
+        ) from exc
+    except KeyboardInterrupt:
+        pass
+
+
+def _format_record(record: dict[str, Any], stats: bool) -> str:
+    stamp = datetime.fromtimestamp(record.get("timestamp", 0)).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"timestamp: {stamp}",
+        f"type: {record.get('type')}",
+        f"modelIdentifier: {record.get('model')}",
+        f"requestId: {record.get('request_id')}",
+    ]
+    if record.get("type") == "llm.prediction.input":
+        lines.append(f"promptTokens: {record.get('prompt_tokens')}")
+        lines.append("input:")
+        lines.append(record.get("prompt", ""))
+    else:
+        lines.append("output:")
+        lines.append(record.get("output", ""))
+        record_stats = record.get("stats") or {}
+        if stats and record_stats:
+            lines.append("stats: " + ", ".join(f"{k}={v}" for k, v in record_stats.items()))
+    return "\n".join(lines) + "\n"
