@@ -80,7 +80,7 @@ def test_log_stream_shows_the_rendered_chatml_prompt(server: Server, client: Ope
 def test_log_stream_json_records(server: Server, client: OpenAI) -> None:
     process, lines = _start(server, "--json")
     try:
-        client.chat.completions.create(
+        completion = client.chat.completions.create(
             model=MODEL_ID, messages=[{"role": "user", "content": "Say yes."}], max_tokens=3
         )
         seen = _read_until(lines, lambda text: "llm.prediction.output" in text)
@@ -92,7 +92,8 @@ def test_log_stream_json_records(server: Server, client: OpenAI) -> None:
         # No system message given: SmolLM2's template inserts its own default one.
         assert prompt_record["prompt"].startswith("<|im_start|>system\nYou are a helpful")
         output = next(r for r in records if r["type"] == "llm.prediction.output")
-        assert output["stats"]["completion_tokens"] == 3
+        assert output["output"] == completion.choices[0].message.content
+        assert output["stats"]["completion_tokens"] == completion.usage.completion_tokens
         assert output["stats"]["time_to_first_token"] > 0
     finally:
         process.terminate()
