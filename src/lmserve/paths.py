@@ -15,3 +15,17 @@ def home_dir() -> Path:
 def models_dir() -> Path:
     """Models live LM Studio's way: ``models/<publisher>/<repo>/<file>.gguf``."""
     return home_dir() / "models"
+
+
+def downloads_dir() -> Path:
+    """Partial downloads wait here, outside ``models/``, until their checksum matches."""
+    return home_dir() / "downloads"
+
+
+def logs_dir() -> Path:
+    return home_dir() / "logs"
+
+
+def server_state_file() -> Path:
+    """Written by ``lmserve server start``: where the background server listens, its pid."""
+    return home_dir() / "server.json"
