@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
 DEFAULT_CONTEXT_LENGTH = 4096  # per slot, as LM Studio's default
+DEFAULT_JIT_TTL = 60 * 60.0  # LM Studio unloads an idle JIT-loaded model after 60 minutes
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget() -> int | None:
+    """Three quarters of the machine's memory for model weights and KV caches."""
+    total = physical_memory()
+    return int(total * 0.75) if total else None
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """How models are loaded when a load does not say otherwise."""
+
+    context_length: int = DEFAULT_CONTEXT_LENGTH  # tokens per slot
+    parallel: int = 4  # slots per model: LM Studio's "max concurrent predictions"
+    max_queue: int = 64  # requests waiting for a slot, beyond which we answer 503
+    threads: int = 0  # 0: all cores
+    batch_size: int = 512
 
 
 @dataclass(frozen=True)
@@ -14,9 +40,10 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     model: str | None = None  # the model to load at start; None: the default model
-    parallel: int = 4  # slots per model: LM Studio's "max concurrent predictions"
-    context_length: int = DEFAULT_CONTEXT_LENGTH  # tokens per slot
-    max_queue: int = 64  # requests waiting for a slot, beyond which we answer 503
-    threads: int = 0  # 0: all cores
-    batch_size: int = 512
+    load_at_start: bool = True
+    models: ModelDefaults = ModelDefaults()
+    jit: bool = True  # load a downloaded model when a request names it
+    jit_ttl: float = DEFAULT_JIT_TTL  # idle seconds before a JIT-loaded model is unloaded
+    max_loaded_models: int | None = None
+    max_memory: int | None = None  # bytes for all loaded models; None: 3/4 of the machine
     fetch_default_model: bool = True

@@ -1,4 +1,4 @@
-"""Starting the server: choose and load the model, build the app, run uvicorn."""
+"""Starting the server: choose the first model, build the app, run uvicorn."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import uvicorn
 
 from lmserve.api.app import create_app
 from lmserve.config import Settings
-from lmserve.engine.llama import ModelLoadError
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.default import DEFAULT_MODEL, ModelFetchError, ensure_default_model
-from lmserve.models.manager import LoadOptions, ModelManager, ModelNotFound
+from lmserve.models.loader import LoadOptions
+from lmserve.models.manager import ModelManager
 from lmserve.paths import models_dir
 
 logger = logging.getLogger("lmserve")
@@ -22,6 +22,7 @@ class ServerStartError(RuntimeError):
 
 
 def choose_model(manager: ModelManager, settings: Settings) -> CatalogEntry:
+    """The model to load at start: ``--model``, else the default model (fetched if need be)."""
     catalog = manager.catalog
     if settings.model:
         entry = catalog.resolve(settings.model)
@@ -43,42 +44,20 @@ def choose_model(manager: ModelManager, settings: Settings) -> CatalogEntry:
         ensure_default_model(manager.models_root)
     except ModelFetchError as exc:
         raise ServerStartError(str(exc)) from exc
-    entry = manager.rescan().resolve(DEFAULT_MODEL.publisher + "/" + DEFAULT_MODEL.repo)
+    entry = manager.rescan().resolve(f"{DEFAULT_MODEL.publisher}/{DEFAULT_MODEL.repo}")
     if entry is None:
         raise ServerStartError("the default model was fetched but cannot be read")
     return entry
 
 
-def build_manager(settings: Settings) -> ModelManager:
-    """Scan the models folder and load the model the server starts with."""
-    manager = ModelManager(models_dir())
-    entry = choose_model(manager, settings)
-    options = LoadOptions(
-        context_length=settings.context_length,
-        parallel=settings.parallel,
-        max_queue=settings.max_queue,
-        threads=settings.threads,
-        batch_size=settings.batch_size,
-    )
-    try:
-        manager.load(entry.relative_path, options)
-    except (ModelLoadError, ModelNotFound) as exc:
-        raise ServerStartError(f"could not load {entry.relative_path}: {exc}") from exc
-    return manager
-
-
 def run_server(settings: Settings, log_level: str = "info") -> None:
-    manager = build_manager(settings)
-    app = create_app(manager)
-    for model in manager.loaded():
-        logger.info(
-            "serving %s at http://%s:%d/v1 (%d slots, %d tokens each)",
-            model.identifier,
-            settings.host,
-            settings.port,
-            settings.parallel,
-            model.n_ctx,
-        )
+    manager = ModelManager(models_dir(), settings)
+    startup = []
+    if settings.load_at_start:
+        entry = choose_model(manager, settings)
+        startup.append((entry.relative_path, LoadOptions()))
+    app = create_app(manager, startup_models=startup)
+    logger.info("lmserve will listen on http://%s:%d/v1", settings.host, settings.port)
     uvicorn.run(
         app,
         host=settings.host,

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmserve.engine.template import TemplateRenderError
 from lmserve.engine.types import EngineClosedError, QueueFullError
-from lmserve.models.manager import ModelNotFound
+from lmserve.models.manager import ModelCapacityError, ModelLoadFailed, ModelNotFound
 
 logger = logging.getLogger("lmserve.api")
 
@@ -169,7 +169,15 @@ def api_error_for(exc: Exception) -> APIError:
             headers={"Retry-After": "1"},
         )
     if isinstance(exc, EngineClosedError):
-        return ServiceUnavailableError("The server is shutting down.", code="shutting_down")
+        return ServiceUnavailableError(
+            "The model is being unloaded or the server is shutting down.", code="unavailable"
+        )
+    if isinstance(exc, ModelCapacityError):
+        return ServiceUnavailableError(
+            str(exc).capitalize() + ".", code="model_capacity", headers={"Retry-After": "5"}
+        )
+    if isinstance(exc, ModelLoadFailed):
+        return APIError(str(exc).capitalize() + ".", code="model_load_failed")
     logger.error("unmapped error %r", exc)
     return APIError("The server had an error while processing your request.")
 
@@ -181,6 +189,8 @@ _MAPPED = (
     TemplateRenderError,
     QueueFullError,
     EngineClosedError,
+    ModelCapacityError,
+    ModelLoadFailed,
 )
 
 

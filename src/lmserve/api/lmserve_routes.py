@@ -19,9 +19,15 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
+    """200 when ready; 503 while a model is loading."""
     models: ModelManager = request.app.state.models
-    loaded = [model.identifier for model in models.loaded()]
-    return JSONResponse({"status": "ok", "models": loaded})
+    loading = models.loading
+    body = {
+        "status": "loading" if loading else "ok",
+        "models": [model.identifier for model in models.loaded()],
+        "loading": loading,
+    }
+    return JSONResponse(body, status_code=503 if loading else 200)
 
 
 @router.get("/lmserve/slots")

@@ -2,69 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lmserve.api.chat import ChatService, cancel_all, sse_event
-from lmserve.api.errors import APIError
-from lmserve.api.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
-from lmserve.api.streaming import (
-    ClientGone,
-    EventStreamResponse,
-    gone_response,
-    unless_disconnected,
+from lmserve.api.chat import chat_chunks, chat_completion, prepare_chat
+from lmserve.api.completions import completion_chunks, prepare_completion, text_completion
+from lmserve.api.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    TextCompletion,
 )
+from lmserve.api.serving import serve_generation
 from lmserve.models.manager import ModelManager
 
 router = APIRouter(prefix="/v1")
 
 
-def _chat(request: Request) -> ChatService:
-    return request.app.state.chat
-
-
-def _models(request: Request) -> ModelManager:
-    return request.app.state.models
-
-
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    """The loaded models, by the ids requests use in ``model``."""
+    """Loaded models by identifier; with JIT loading on, every downloaded model too."""
+    models: ModelManager = request.app.state.models
     cards = [
         ModelCard(id=model.identifier, created=int(model.loaded_at), owned_by=model.entry.publisher)
-        for model in _models(request).loaded()
+        for model in models.loaded()
     ]
+    if models.jit:
+        loaded_paths = {model.entry.path for model in models.loaded()}
+        models.rescan()
+        cards += [
+            ModelCard(
+                id=models.catalog.public_id(entry),
+                created=int(entry.path.stat().st_mtime)
+                if entry.path.exists()
+                else int(time.time()),
+                owned_by=entry.publisher,
+            )
+            for entry in models.catalog.entries
+            if entry.path not in loaded_paths
+        ]
     return ModelList(data=cards)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response | Any:
-    chat = _chat(request)
-    prepared = chat.prepare(body)
-    streams = chat.start(prepared)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(
-            _server_sent_events(chat.stream(prepared, streams, include_usage)),
-            on_close=lambda: cancel_all(streams),
-        )
-    try:
-        return await unless_disconnected(request, chat.complete(prepared, streams))
-    except ClientGone:
-        return gone_response()
-    finally:
-        cancel_all(streams)  # a no-op for finished requests
+    return await serve_generation(
+        request,
+        body,
+        prepare_chat,
+        chat_completion,
+        lambda generation: chat_chunks(generation, body.include_usage),
+    )
 
 
-async def _server_sent_events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield sse_event(chunk)
-    except APIError as exc:
-        # Headers are gone already; report the failure in-band, as OpenAI does.
-        yield sse_event(exc.body())
-        return
-    yield b"data: [DONE]\n\n"
+@router.post("/completions", response_model=TextCompletion)
+async def create_completion(body: CompletionRequest, request: Request) -> Response | Any:
+    return await serve_generation(
+        request,
+        body,
+        prepare_completion,
+        lambda generation: text_completion(generation, body),
+        lambda generation: completion_chunks(generation, body),
+    )

@@ -61,16 +61,15 @@ class ResponseFormat(_Request):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1)
+class GenerationRequestFields(_Request):
+    """Fields shared by chat and text completions, in the order of OpenAI's reference."""
+
     model: str = Field(min_length=1)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     n: int = Field(default=1, ge=1, le=16)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    response_format: ResponseFormat | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -82,11 +81,41 @@ class ChatCompletionRequest(_Request):
     top_k: int | None = Field(default=None, ge=0, le=1_000_000)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    ttl: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)  # JIT-loaded model's TTL
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def completion_limit(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatCompletionRequest(GenerationRequestFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
+    response_format: ResponseFormat | None = None
+
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(GenerationRequestFields):
+    # A string, a list of strings, a token list, or a list of token lists: one choice set each.
+    prompt: (
+        str
+        | list[str]
+        | list[Annotated[int, Field(ge=0)]]
+        | list[list[Annotated[int, Field(ge=0)]]]
+    ) = ""
+    echo: bool = False
+    suffix: str | None = None
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_CAP)  # OpenAI's default
 
 
 class PromptTokensDetails(BaseModel):
@@ -104,6 +133,23 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage
 
 
 class Choice(BaseModel):

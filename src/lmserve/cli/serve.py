@@ -3,71 +3,148 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import click
 
-from lmserve.config import DEFAULT_CONTEXT_LENGTH, DEFAULT_HOST, DEFAULT_PORT, Settings
+from lmserve.config import (
+    DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_HOST,
+    DEFAULT_JIT_TTL,
+    DEFAULT_PORT,
+    ModelDefaults,
+    Settings,
+)
+
+
+def parse_size(text: str) -> int:
+    """``8G``, ``512M``, ``1.5GiB`` or plain bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    factor = units.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in units else value
+    try:
+        size = float(number) * factor
+    except ValueError as exc:
+        raise click.BadParameter(f"not a size: {text!r} (try 8G or 512M)") from exc
+    if size <= 0:
+        raise click.BadParameter("the size must be positive")
+    return int(size)
+
+
+def server_options(function: Callable[..., None]) -> Callable[..., None]:
+    """The options shared by ``serve`` and ``server start``."""
+    options = [
+        click.option(
+            "--host",
+            default=DEFAULT_HOST,
+            show_default=True,
+            help="Address to bind. Loopback by default; 0.0.0.0 exposes the server "
+            "to your network.",
+        ),
+        click.option(
+            "--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535)
+        ),
+        click.option(
+            "--model",
+            "model_name",
+            default=None,
+            help="Model to load at start (key or path under the models folder). "
+            "Default: the default model, fetched on first run.",
+        ),
+        click.option(
+            "--no-model",
+            is_flag=True,
+            help="Load no model at start; requests load models just in time.",
+        ),
+        click.option(
+            "--parallel",
+            default=4,
+            show_default=True,
+            type=click.IntRange(1, 64),
+            help="Requests generated at once per model (slots); more wait in a queue.",
+        ),
+        click.option(
+            "--context-length",
+            default=DEFAULT_CONTEXT_LENGTH,
+            show_default=True,
+            type=click.IntRange(64, 1 << 20),
+            help="Context size of each slot, in tokens.",
+        ),
+        click.option(
+            "--max-queue",
+            default=64,
+            show_default=True,
+            type=click.IntRange(0, 100_000),
+            help="Requests allowed to wait for a slot; beyond it the server answers 503.",
+        ),
+        click.option(
+            "--threads",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 1024),
+            help="CPU threads for llama.cpp (0: all cores).",
+        ),
+        click.option(
+            "--no-jit",
+            is_flag=True,
+            help="Do not load downloaded models when a request names them.",
+        ),
+        click.option(
+            "--jit-ttl",
+            default=DEFAULT_JIT_TTL,
+            show_default=True,
+            type=click.FloatRange(min=1),
+            help="Seconds a just-in-time loaded model may sit idle before it is unloaded.",
+        ),
+        click.option(
+            "--max-loaded-models",
+            default=None,
+            type=click.IntRange(1, 1000),
+            help="At most this many models loaded at once; the least recently used "
+            "JIT-loaded model makes room.",
+        ),
+        click.option(
+            "--max-memory",
+            default=None,
+            metavar="SIZE",
+            help="Memory budget for loaded models, e.g. 8G (default: 3/4 of RAM).",
+        ),
+        click.option(
+            "--log-level",
+            default="info",
+            show_default=True,
+            type=click.Choice(["debug", "info", "warning", "error"]),
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def settings_from_options(options: dict[str, object]) -> Settings:
+    max_memory = options.get("max_memory")
+    return Settings(
+        host=str(options["host"]),
+        port=int(options["port"]),  # type: ignore[arg-type]
+        model=options.get("model_name"),  # type: ignore[arg-type]
+        load_at_start=not options.get("no_model"),
+        models=ModelDefaults(
+            context_length=int(options["context_length"]),  # type: ignore[arg-type]
+            parallel=int(options["parallel"]),  # type: ignore[arg-type]
+            max_queue=int(options["max_queue"]),  # type: ignore[arg-type]
+            threads=int(options["threads"]),  # type: ignore[arg-type]
+        ),
+        jit=not options.get("no_jit"),
+        jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]
+        max_loaded_models=options.get("max_loaded_models"),  # type: ignore[arg-type]
+        max_memory=parse_size(str(max_memory)) if max_memory else None,
+    )
 
 
 @click.command()
-@click.option(
-    "--host",
-    default=DEFAULT_HOST,
-    show_default=True,
-    help="Address to bind. Loopback by default; 0.0.0.0 exposes it to your network.",
-)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
-@click.option(
-    "--model",
-    "model_name",
-    default=None,
-    help="Model to load (key or path under the models folder). "
-    "Default: the default model, fetched on first run.",
-)
-@click.option(
-    "--parallel",
-    default=4,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Requests generated at once per model (slots); more wait in a queue.",
-)
-@click.option(
-    "--context-length",
-    default=DEFAULT_CONTEXT_LENGTH,
-    show_default=True,
-    type=click.IntRange(64, 1 << 20),
-    help="Context size of each slot, in tokens.",
-)
-@click.option(
-    "--max-queue",
-    default=64,
-    show_default=True,
-    type=click.IntRange(0, 100_000),
-    help="Requests allowed to wait for a slot; beyond it the server answers 503.",
-)
-@click.option(
-    "--threads",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 1024),
-    help="CPU threads for llama.cpp (0: all cores).",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-def serve(
-    host: str,
-    port: int,
-    model_name: str | None,
-    parallel: int,
-    context_length: int,
-    max_queue: int,
-    threads: int,
-    log_level: str,
-) -> None:
+@server_options
+def serve(**options: object) -> None:
     """Run the server in the foreground until Ctrl-C.
 
     On first run with no model downloaded, fetches the default model
@@ -75,15 +152,8 @@ def serve(
     """
     from lmserve.server import ServerStartError, run_server
 
-    settings = Settings(
-        host=host,
-        port=port,
-        model=model_name,
-        parallel=parallel,
-        context_length=context_length,
-        max_queue=max_queue,
-        threads=threads,
-    )
+    settings = settings_from_options(options)
+    log_level = str(options["log_level"])
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -142,6 +142,15 @@ class LlamaModel:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(token) for token in tokens).decode("utf-8", errors="replace")
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) fill-in-the-middle tokens, if the vocabulary has them."""
+        tokens = (
+            C.llama_vocab_fim_pre(self.vocab),
+            C.llama_vocab_fim_suf(self.vocab),
+            C.llama_vocab_fim_mid(self.vocab),
+        )
+        return tokens if all(token >= 0 for token in tokens) else None
+
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 

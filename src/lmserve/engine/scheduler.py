@@ -134,6 +134,7 @@ class BatchingEngine:
         self.stats = EngineStats()
         self._wake = threading.Condition()
         self._running = True
+        self._closing_reason = "the engine stopped after an internal error"
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -179,9 +180,11 @@ class BatchingEngine:
     def busy_slots(self) -> int:
         return sum(1 for slot in self._slots if slot.sequence is not None)
 
-    def close(self) -> None:
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """Stop: requests still running or waiting end with an error saying ``reason``."""
         with self._wake:
             self._running = False
+            self._closing_reason = reason
             self._wake.notify()
         self._thread.join()
         self.context.close()
@@ -201,7 +204,7 @@ class BatchingEngine:
         except Exception:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
         finally:
-            self._fail_everything("the server is shutting down")
+            self._fail_everything(self._closing_reason)
 
     def _busy(self) -> list[_Slot]:
         return [slot for slot in self._slots if slot.sequence is not None]

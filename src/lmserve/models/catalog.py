@@ -36,6 +36,19 @@ class CatalogEntry:
         return self.header.quantization
 
     @property
+    def shard_paths(self) -> list[Path]:
+        """All files of the model: the path itself, or every shard of a split GGUF."""
+        shard = _SHARD.search(self.path.stem)
+        if not shard:
+            return [self.path]
+        stem = self.path.stem[: shard.start()]
+        return sorted(self.path.parent.glob(f"{stem}-*-of-{shard.group(2)}.gguf"))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.shard_paths if path.exists())
+
+    @property
     def model_type(self) -> str:
         return "embeddings" if self.header.is_embedding_model else "llm"
 

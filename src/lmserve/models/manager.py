@@ -1,19 +1,31 @@
-"""Loaded models: each one a llama.cpp model, its chat template and its batching engine."""
+"""Which models are loaded: explicit loads, just-in-time loads, idle TTL, eviction.
+
+Everything here runs on the event loop except the load itself, which runs in a worker thread;
+a model that several requests ask for at once is loaded exactly once (they share one task).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel
-from lmserve.engine.scheduler import BatchingEngine
-from lmserve.engine.template import ChatTemplate
+from lmserve.config import ModelDefaults, Settings, default_memory_budget
 from lmserve.models.catalog import Catalog, CatalogEntry
+from lmserve.models.loader import (
+    LoadedModel,
+    LoadOptions,
+    estimate_memory,
+    load_instance,
+    plan_context,
+)
 
 logger = logging.getLogger("lmserve.models")
+
+_REAP_INTERVAL = 1.0  # seconds between TTL checks
 
 
 class ModelNotFound(LookupError):
@@ -25,134 +37,204 @@ class ModelNotFound(LookupError):
         self.known = known
 
 
-@dataclass
-class LoadedModel:
-    identifier: str
-    entry: CatalogEntry
-    llama: LlamaModel
-    template: ChatTemplate
-    engine: BatchingEngine
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def n_ctx(self) -> int:
-        """Context length of one slot: the longest prompt plus completion a request can have."""
-        return self.engine.n_ctx_per_slot
+class ModelCapacityError(RuntimeError):
+    """Loading would exceed the model count or memory limit and nothing can be evicted."""
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    context_length: int = 4096
-    parallel: int = 4
-    max_queue: int = 64
-    threads: int = 0
-    batch_size: int = 512
-    identifier: str | None = None
+class ModelLoadFailed(RuntimeError):
+    """llama.cpp could not load the file (corrupt, unsupported, out of memory)."""
 
 
 class ModelManager:
-    """Owns the catalog of downloaded models and the set of loaded ones."""
+    """Owns the catalog of downloaded models and the set of loaded instances."""
 
-    def __init__(self, models_root: Path) -> None:
+    def __init__(self, models_root: Path, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
         self.models_root = models_root
+        self.defaults: ModelDefaults = settings.models
+        self.jit = settings.jit
+        self.jit_ttl = settings.jit_ttl
+        self.max_loaded = settings.max_loaded_models
+        self.max_memory = settings.max_memory or default_memory_budget()
         self.catalog = Catalog.scan(models_root)
         self._loaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._reaper: asyncio.Task[None] | None = None
 
+    # -- lookup ------------------------------------------------------------------------------
     def rescan(self) -> Catalog:
         self.catalog = Catalog.scan(self.models_root)
         return self.catalog
 
-    def load(self, name: str, options: LoadOptions | None = None) -> LoadedModel:
-        """Load the downloaded model ``name`` (blocking: call it off the event loop)."""
+    def resolve_entry(self, name: str) -> CatalogEntry | None:
+        """The downloaded model ``name`` refers to, scanning the folder again on a miss."""
+        return self.catalog.resolve(name) or self.rescan().resolve(name)
+
+    def find_loaded(self, name: str) -> LoadedModel | None:
+        """A loaded instance by identifier, or by any name of its catalog entry."""
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return loaded
+        entry = self.catalog.resolve(name)
+        if entry is None:
+            return None
+        return next((m for m in self._loaded.values() if m.entry.path == entry.path), None)
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    @property
+    def loading(self) -> list[str]:
+        """Identifiers of the models being loaded right now."""
+        return list(self._loading)
+
+    def known_names(self) -> list[str]:
+        names = list(self._loaded)
+        if self.jit:
+            names += [self.catalog.public_id(e) for e in self.catalog.entries]
+        return list(dict.fromkeys(names))
+
+    # -- use by requests ---------------------------------------------------------------------
+    async def acquire(self, name: str, ttl: float | None = None) -> LoadedModel:
+        """The model a request names, loading it just in time if it is downloaded.
+
+        The caller must :meth:`release` it when the request is over; until then it is never
+        evicted or unloaded by TTL.
+        """
+        model = self.find_loaded(name)
+        if model is None:
+            entry = self.resolve_entry(name) if self.jit else None
+            if entry is None:
+                raise ModelNotFound(name, self.known_names())
+            model = self.find_loaded(name) or await self._load_once(
+                entry,
+                LoadOptions(ttl=ttl),
+                jit=True,
+                ttl=ttl if ttl is not None else self.jit_ttl,
+            )
+        model.in_flight += 1
+        model.last_used = time.monotonic()
+        return model
+
+    def release(self, model: LoadedModel) -> None:
+        model.in_flight = max(0, model.in_flight - 1)
+        model.last_used = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def using(self, name: str, ttl: float | None = None) -> AsyncIterator[LoadedModel]:
+        model = await self.acquire(name, ttl)
+        try:
+            yield model
+        finally:
+            self.release(model)
+
+    # -- explicit management -----------------------------------------------------------------
+    async def load(self, name: str, options: LoadOptions | None = None) -> LoadedModel:
+        """Load ``name`` (``lmserve load``, the native API); an instance with the same
+        identifier that is already loaded is returned as it is."""
         options = options or LoadOptions()
-        entry = self.catalog.resolve(name) or self.rescan().resolve(name)
+        entry = self.resolve_entry(name)
         if entry is None:
             raise ModelNotFound(name, [self.catalog.public_id(e) for e in self.catalog.entries])
         identifier = options.identifier or self.catalog.public_id(entry)
-        started = time.perf_counter()
-        llama = LlamaModel(entry.path)
-        try:
-            n_ctx = min(options.context_length, llama.n_ctx_train or options.context_length)
-            context = LlamaContext(
-                llama,
-                ContextConfig(
-                    n_slots=options.parallel,
-                    n_ctx_per_slot=n_ctx,
-                    n_batch=options.batch_size,
-                    n_threads=options.threads,
-                ),
-            )
-        except Exception:
-            llama.close()
-            raise
-        template = ChatTemplate(
-            llama.chat_template,
-            bos_token=llama.token_text(llama.bos_id),
-            eos_token=llama.token_text(llama.eos_id),
-        )
-        if template.is_fallback:
-            logger.warning(
-                "%s has no usable chat template; using ChatML%s",
-                identifier,
-                f" ({template.compile_error})" if template.compile_error else "",
-            )
-        engine = BatchingEngine(
-            llama,
-            context,
-            n_slots=options.parallel,
-            max_queue=options.max_queue,
-            name=identifier,
-        )
-        loaded = LoadedModel(identifier, entry, llama, template, engine)
-        with self._lock:
-            previous = self._loaded.pop(identifier, None)
-            self._loaded[identifier] = loaded
-        if previous is not None:
-            self._close(previous)
-        logger.info(
-            "loaded %s (%s, %d slots x %d tokens) in %.2f s",
-            identifier,
-            entry.path.name,
-            options.parallel,
-            loaded.n_ctx,
-            time.perf_counter() - started,
-        )
-        return loaded
+        existing = self._loaded.get(identifier)
+        if existing is not None:
+            if options.ttl is not None:
+                existing.ttl = options.ttl
+            return existing
+        return await self._load_once(entry, options, jit=False, ttl=options.ttl)
 
-    def get(self, name: str) -> LoadedModel:
-        """The loaded model a request names: by identifier, key, or path under models/."""
-        with self._lock:
-            loaded = self._loaded.get(name)
-            if loaded is None:
-                entry = self.catalog.resolve(name)
-                loaded = (
-                    next((model for model in self._loaded.values() if model.entry is entry), None)
-                    if entry is not None
-                    else None
-                )
-            if loaded is None:
-                raise ModelNotFound(name, list(self._loaded))
-            return loaded
-
-    def loaded(self) -> list[LoadedModel]:
-        with self._lock:
-            return list(self._loaded.values())
-
-    def unload(self, identifier: str) -> None:
-        with self._lock:
-            loaded = self._loaded.pop(identifier, None)
-        if loaded is None:
+    async def unload(self, identifier: str, reason: str = "the model was unloaded") -> None:
+        model = self._loaded.pop(identifier, None)
+        if model is None:
             raise ModelNotFound(identifier, list(self._loaded))
-        self._close(loaded)
+        await asyncio.to_thread(model.close, reason)
+        logger.info("unloaded %s", identifier)
+
+    async def unload_all(self) -> list[str]:
+        identifiers = list(self._loaded)
+        for identifier in identifiers:
+            await self.unload(identifier)
+        return identifiers
 
     def close(self) -> None:
-        with self._lock:
-            models, self._loaded = list(self._loaded.values()), {}
-        for loaded in models:
-            self._close(loaded)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        models, self._loaded = list(self._loaded.values()), {}
+        for model in models:
+            model.close("the server is shutting down")
 
-    @staticmethod
-    def _close(loaded: LoadedModel) -> None:
-        loaded.engine.close()
-        loaded.llama.close()
+    # -- loading -------------------------------------------------------------------------------
+    async def _load_once(
+        self, entry: CatalogEntry, options: LoadOptions, *, jit: bool, ttl: float | None
+    ) -> LoadedModel:
+        identifier = options.identifier or self.catalog.public_id(entry)
+        task = self._loading.get(identifier)
+        if task is None:
+            task = asyncio.ensure_future(self._load(entry, identifier, options, jit, ttl))
+            self._loading[identifier] = task
+            task.add_done_callback(lambda _: self._loading.pop(identifier, None))
+        # shield: one impatient client going away must not cancel a load others wait for.
+        return await asyncio.shield(task)
+
+    async def _load(
+        self,
+        entry: CatalogEntry,
+        identifier: str,
+        options: LoadOptions,
+        jit: bool,
+        ttl: float | None,
+    ) -> LoadedModel:
+        parallel, n_ctx = plan_context(entry, options, self.defaults)
+        await self._make_room(estimate_memory(entry, parallel * n_ctx), entry)
+        try:
+            model = await asyncio.to_thread(
+                load_instance, entry, identifier, options, self.defaults, jit=jit, ttl=ttl
+            )
+        except Exception as exc:
+            logger.error("could not load %s: %s", entry.relative_path, exc)
+            raise ModelLoadFailed(f"could not load {entry.relative_path}: {exc}") from exc
+        self._loaded[identifier] = model
+        self._start_reaper()
+        return model
+
+    async def _make_room(self, needed: int, entry: CatalogEntry) -> None:
+        """Unload least recently used idle JIT models until the new one fits the limits."""
+
+        def over() -> bool:
+            count = len(self._loaded) + 1
+            used = sum(model.memory_bytes for model in self._loaded.values()) + needed
+            too_many = self.max_loaded is not None and count > self.max_loaded
+            too_big = self.max_memory is not None and used > self.max_memory
+            return too_many or too_big
+
+        while over():
+            candidates = [m for m in self._loaded.values() if m.jit and not m.busy]
+            if not candidates:
+                raise ModelCapacityError(
+                    f"cannot load {entry.relative_path}: {len(self._loaded)} models are loaded "
+                    f"(limit {self.max_loaded or 'none'}, memory budget "
+                    f"{(self.max_memory or 0) / 2**30:.1f} GiB) and none can be unloaded now"
+                )
+            victim = min(candidates, key=lambda m: m.last_used)
+            logger.info("evicting %s to make room for %s", victim.identifier, entry.key)
+            await self.unload(victim.identifier, "the model was unloaded to make room")
+
+    # -- TTL -------------------------------------------------------------------------------------
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while self._loaded:
+            await asyncio.sleep(_REAP_INTERVAL)
+            for model in list(self._expired()):
+                logger.info("unloading %s: idle for its TTL of %g s", model.identifier, model.ttl)
+                with contextlib.suppress(ModelNotFound):
+                    await self.unload(model.identifier, "the model's idle TTL expired")
+
+    def _expired(self) -> Iterator[LoadedModel]:
+        now = time.monotonic()
+        for model in self._loaded.values():
+            if model.ttl is not None and not model.busy and model.ttl_remaining(now) == 0:
+                yield model

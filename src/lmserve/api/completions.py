@@ -1,0 +1,143 @@
+"""Text completions (``/v1/completions``): a raw prompt, no chat template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lmserve.api.errors import InvalidRequestError
+from lmserve.api.generation import (
+    SYSTEM_FINGERPRINT,
+    Generation,
+    Prepared,
+    prepare,
+    public_finish_reason,
+)
+from lmserve.api.protocol import CompletionChoice, CompletionRequest, TextCompletion
+from lmserve.engine.types import TextDelta
+from lmserve.models.loader import LoadedModel
+
+
+def _prompts(body: CompletionRequest, model: LoadedModel) -> tuple[list[str], list[list[int]]]:
+    """Each prompt's text and tokens, from any of the four shapes OpenAI accepts."""
+    prompt = body.prompt
+    llama = model.llama
+    if isinstance(prompt, str):
+        texts = [prompt]
+    elif prompt and all(isinstance(item, int) for item in prompt):
+        token_lists = [list(prompt)]  # type: ignore[arg-type]
+        texts = []
+    elif prompt and all(isinstance(item, list) for item in prompt):
+        token_lists = [list(item) for item in prompt]  # type: ignore[union-attr]
+        texts = []
+    else:
+        texts = [str(item) for item in prompt]
+    if texts:
+        # Special tokens written in the prompt are parsed, as llama.cpp's server does, so a
+        # hand-written chat format works; BOS is added as the model asks.
+        token_lists = [llama.tokenize(text, add_special=llama.add_bos) for text in texts]
+    else:
+        for index, tokens in enumerate(token_lists):
+            if not tokens or any(token >= llama.n_vocab for token in tokens):
+                raise InvalidRequestError(
+                    f"Prompt {index} has no tokens or a token id outside the vocabulary "
+                    f"(0 to {llama.n_vocab - 1}).",
+                    param="prompt",
+                )
+        texts = [llama.detokenize(tokens) for tokens in token_lists]
+    if any(not tokens for tokens in token_lists):
+        raise InvalidRequestError("The prompt is empty.", param="prompt")
+    return texts, token_lists
+
+
+def _with_suffix(
+    body: CompletionRequest, model: LoadedModel, texts: list[str], tokens: list[list[int]]
+) -> list[list[int]]:
+    """Fill-in-the-middle: prefix and suffix around the model's FIM tokens."""
+    if body.suffix is None:
+        return tokens
+    fim = model.llama.fim_tokens()
+    if fim is None:
+        raise InvalidRequestError(
+            "This model has no fill-in-the-middle tokens, so 'suffix' is not supported.",
+            param="suffix",
+            code="unsupported_value",
+        )
+    prefix_token, suffix_token, middle_token = fim
+    suffix = model.llama.tokenize(body.suffix, add_special=False)
+    return [
+        [
+            prefix_token,
+            *model.llama.tokenize(text, add_special=False),
+            suffix_token,
+            *suffix,
+            middle_token,
+        ]
+        for text in texts
+    ]
+
+
+def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Prepared:
+    texts, tokens = _prompts(body, model)
+    tokens = _with_suffix(body, model, texts, tokens)
+    return prepare(body, model, texts, tokens, id_prefix="cmpl", param="prompt", what="prompt")
+
+
+def _echo(generation: Generation, index: int, body: CompletionRequest) -> str:
+    if not body.echo:
+        return ""
+    return generation.prepared.prompts[index // generation.prepared.n]
+
+
+async def text_completion(generation: Generation, body: CompletionRequest) -> TextCompletion:
+    results = await generation.collect()
+    prepared = generation.prepared
+    return TextCompletion(
+        id=prepared.request_id,
+        model=prepared.model.identifier,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+        choices=[
+            CompletionChoice(
+                index=index,
+                text=_echo(generation, index, body) + text,
+                finish_reason=public_finish_reason(done),
+            )
+            for index, (text, done) in enumerate(results)
+        ],
+        usage=generation.usage,
+    )
+
+
+async def completion_chunks(
+    generation: Generation, body: CompletionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    prepared = generation.prepared
+    base = {
+        "id": prepared.request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": prepared.model.identifier,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        body_ = {
+            **base,
+            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            body_["usage"] = None
+        return body_
+
+    include_usage = body.include_usage
+    if body.echo:
+        for index in range(len(generation.streams)):
+            yield chunk(index, _echo(generation, index, body))
+    async for index, event in generation.events():
+        if isinstance(event, TextDelta):
+            yield chunk(index, event.text)
+        else:
+            yield chunk(index, "", public_finish_reason(event))
+    if include_usage:
+        yield {**base, "choices": [], "usage": generation.usage.model_dump()}
