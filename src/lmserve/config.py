@@ -47,3 +47,4 @@ class Settings:
     max_loaded_models: int | None = None
     max_memory: int | None = None  # bytes for all loaded models; None: 3/4 of the machine
     fetch_default_model: bool = True
+    cors_origins: tuple[str, ...] = ()  # () : no CORS headers; ("*",): any origin

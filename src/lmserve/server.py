@@ -56,7 +56,7 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
     if settings.load_at_start:
         entry = choose_model(manager, settings)
         startup.append((entry.relative_path, LoadOptions()))
-    app = create_app(manager, startup_models=startup)
+    app = create_app(manager, startup_models=startup, cors_origins=settings.cors_origins)
     logger.info("lmserve will listen on http://%s:%d/v1", settings.host, settings.port)
     uvicorn.run(
         app,

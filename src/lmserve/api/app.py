@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from lmserve import __version__
 from lmserve.api import lmserve_routes, lmstudio_routes, openai_routes
@@ -20,6 +21,7 @@ def create_app(
     *,
     logs: LogBus | None = None,
     startup_models: Sequence[tuple[str, LoadOptions]] = (),
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """Build the ASGI app around a model manager; ``startup_models`` load before serving.
 
@@ -39,6 +41,15 @@ def create_app(
     app.state.models = models
     app.state.logs = logs or LogBus()
     install_error_handlers(app)
+    if cors_origins:
+        # Never with credentials: a page of any origin must not ride on a user's cookies.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
     app.include_router(openai_routes.router)
     app.include_router(lmstudio_routes.router)
     app.include_router(lmserve_routes.router)

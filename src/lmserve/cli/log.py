@@ -10,7 +10,7 @@ from typing import Any
 import click
 import httpx
 
-from lmserve.config import DEFAULT_HOST, DEFAULT_PORT
+from lmserve.cli.common import connection_options, not_running, server_address
 
 
 @click.group()
@@ -23,16 +23,16 @@ def _base_url(host: str, port: int) -> str:
 
 
 @log.command("stream")
-@click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.option("--stats", is_flag=True, help="Also print each prediction's statistics.")
-def log_stream(host: str, port: int, as_json: bool, stats: bool) -> None:
+def log_stream(host: str | None, port: int | None, as_json: bool, stats: bool) -> None:
     """Print, live, the exact prompt each request sends the model, and its output.
 
     Connects to the running server and prints a record as each prediction starts (the
     rendered prompt, after the chat template) and ends (the generated text).  Ctrl-C stops.
     """
+    host, port = server_address(host, port)
     url = f"{_base_url(host, port)}/lmserve/log/stream"
     try:
         with (
@@ -52,9 +52,7 @@ def log_stream(host: str, port: int, as_json: bool, stats: bool) -> None:
                     click.echo(_format_record(record, stats))
                 sys.stdout.flush()
     except httpx.ConnectError as exc:
-        raise click.ClickException(
-            f"lmserve is not running at {_base_url(host, port)}. Start it with: lmserve serve"
-        ) from exc
+        raise not_running(_base_url(host, port)) from exc
     except KeyboardInterrupt:
         pass
 

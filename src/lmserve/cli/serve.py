@@ -111,6 +111,17 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Memory budget for loaded models, e.g. 8G (default: 3/4 of RAM).",
         ),
         click.option(
+            "--cors",
+            is_flag=True,
+            help="Let web pages of any origin call the API (no credentials).",
+        ),
+        click.option(
+            "--cors-origins",
+            default=None,
+            metavar="ORIGINS",
+            help="Comma-separated origins allowed to call the API.",
+        ),
+        click.option(
             "--log-level",
             default="info",
             show_default=True,
@@ -139,7 +150,15 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]
         max_loaded_models=options.get("max_loaded_models"),  # type: ignore[arg-type]
         max_memory=parse_size(str(max_memory)) if max_memory else None,
+        cors_origins=cors_origins(options),
     )
+
+
+def cors_origins(options: dict[str, object]) -> tuple[str, ...]:
+    listed = options.get("cors_origins")
+    if listed:
+        return tuple(origin.strip() for origin in str(listed).split(",") if origin.strip())
+    return ("*",) if options.get("cors") else ()
 
 
 @click.command()

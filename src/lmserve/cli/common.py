@@ -1,0 +1,166 @@
+"""What the client commands share: finding the server, calling its API, clean errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import httpx
+
+from lmserve.config import DEFAULT_HOST, DEFAULT_PORT
+from lmserve.paths import server_state_file
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What ``lmserve server start`` leaves in ``$LMSERVE_HOME/server.json``."""
+
+    pid: int
+    host: str
+    port: int
+    log: str = ""
+
+    @classmethod
+    def read(cls) -> ServerState | None:
+        try:
+            data = json.loads(server_state_file().read_text())
+            return cls(int(data["pid"]), str(data["host"]), int(data["port"]), str(data["log"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self) -> None:
+        path = server_state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__))
+
+    @staticmethod
+    def clear() -> None:
+        server_state_file().unlink(missing_ok=True)
+
+    @property
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal(self, signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+
+def server_address(host: str | None, port: int | None) -> tuple[str, int]:
+    """Explicit options win, then the background server's state file, then the defaults."""
+    state = ServerState.read()
+    if state is not None and state.alive:
+        return host or client_host(state.host), port or state.port
+    return host or DEFAULT_HOST, port or DEFAULT_PORT
+
+
+def client_host(bound: str) -> str:
+    # A server bound to every interface is still reached on loopback.
+    return "127.0.0.1" if bound in {"0.0.0.0", "::", ""} else bound
+
+
+def connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--port", type=int, default=None, help="The server's port (default: the running one)."
+    )(function)
+    return click.option(
+        "--host", default=None, help="The server's address (default: the running one)."
+    )(function)
+
+
+class ServerClient:
+    """Calls the running server's API; connection and API errors become clean messages."""
+
+    def __init__(self, host: str | None, port: int | None, timeout: float = 600.0) -> None:
+        self.host, self.port = server_address(host, port)
+        self.base_url = f"http://{self.host}:{self.port}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise not_running(self.base_url) from exc
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"the server did not answer: {exc}") from exc
+        if response.status_code >= 400:
+            raise click.ClickException(api_error_message(response))
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, json=body)
+
+    def stream_lines(self, path: str, body: dict[str, Any]) -> Any:
+        """Server-sent event payloads (parsed JSON) of a streaming POST."""
+        try:
+            with self._http.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise click.ClickException(api_error_message(response))
+                for line in response.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield json.loads(line[6:])
+        except httpx.ConnectError as exc:
+            raise not_running(self.base_url) from exc
+
+
+def not_running(base_url: str) -> click.ClickException:
+    return click.ClickException(
+        f"lmserve is not running at {base_url}. Start it with: lmserve server start"
+    )
+
+
+def api_error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except ValueError:
+        message = None
+    return message or f"the server answered {response.status_code}"
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "   ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in [header, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()

@@ -1,0 +1,233 @@
+"""``lmserve ls``, ``ps``, ``load`` and ``unload``: models on disk and in the server."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import click
+
+from lmserve.cli.common import (
+    ServerClient,
+    connection_options,
+    echo_json,
+    human_size,
+    interactive,
+    table,
+)
+from lmserve.models.catalog import Catalog, CatalogEntry
+from lmserve.paths import models_dir
+
+
+def _entry_row(catalog: Catalog, entry: CatalogEntry) -> dict[str, Any]:
+    header = entry.header
+    return {
+        "key": catalog.public_id(entry),
+        "type": entry.model_type,
+        "path": entry.relative_path,
+        "publisher": entry.publisher,
+        "architecture": header.architecture,
+        "params": header.metadata.get("general.size_label") or header.parameter_count,
+        "quantization": entry.quantization,
+        "size_bytes": entry.size_bytes,
+        "max_context_length": header.context_length,
+        "chat_template": header.chat_template is not None,
+    }
+
+
+@click.command("ls")
+@click.option("--llm", "only", flag_value="llm", help="Only language models.")
+@click.option("--embedding", "only", flag_value="embeddings", help="Only embedding models.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_models(only: str | None, as_json: bool) -> None:
+    """List the downloaded models (read from the models folder; no server needed)."""
+    catalog = Catalog.scan(models_dir())
+    entries = [e for e in catalog.entries if only is None or e.model_type == only]
+    rows = [_entry_row(catalog, entry) for entry in entries]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"No models in {models_dir()}. Get one with: lmserve get <publisher/repo>")
+        return
+    total = sum(row["size_bytes"] for row in rows)
+    click.echo(f"You have {len(rows)} models, taking up {human_size(total)} of disk space.\n")
+    click.echo(
+        table(
+            [
+                [
+                    row["key"],
+                    str(row["params"]),
+                    row["architecture"],
+                    row["quantization"] or "-",
+                    human_size(row["size_bytes"]),
+                    str(row["max_context_length"] or "-"),
+                    row["type"],
+                ]
+                for row in rows
+            ],
+            ["MODEL", "PARAMS", "ARCH", "QUANT", "SIZE", "CONTEXT", "TYPE"],
+        )
+    )
+
+
+@click.command("ps")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_loaded(host: str | None, port: int | None, as_json: bool) -> None:
+    """List the models loaded in the running server, with their slots and TTL."""
+    with ServerClient(host, port) as client:
+        models = client.get("/api/v1/models")["models"]
+    instances = [
+        {"identifier": instance["id"], "model": model["key"], **instance["config"]}
+        for model in models
+        for instance in model["loaded_instances"]
+    ]
+    if as_json:
+        echo_json(instances)
+        return
+    if not instances:
+        click.echo("No models are loaded.")
+        return
+    rows = []
+    for item in instances:
+        ttl = item.get("ttl")
+        left = item.get("ttl_remaining")
+        rows.append(
+            [
+                item["identifier"],
+                item["model"],
+                str(item.get("context_length")),
+                f"{item.get('slots_busy', 0)}/{item.get('slots', '?')}",
+                str(item.get("queue_depth", 0)),
+                f"{left:.0f}s of {ttl:.0f}s" if ttl is not None and left is not None else "-",
+                "jit" if item.get("jit") else "loaded",
+            ]
+        )
+    click.echo(
+        table(rows, ["IDENTIFIER", "MODEL", "CONTEXT", "SLOTS BUSY", "QUEUE", "TTL LEFT", "HOW"])
+    )
+
+
+def pick_model(name: str, yes: bool) -> str:
+    """The downloaded model ``name`` means: exact, or a close match chosen by the user."""
+    catalog = Catalog.scan(models_dir())
+    if catalog.resolve(name) is not None:
+        return name
+    keys = [catalog.public_id(entry) for entry in catalog.entries]
+    matches = [key for key in keys if name.lower() in key.lower()]
+    matches += [
+        m
+        for m in difflib.get_close_matches(name.lower(), keys, n=5, cutoff=0.4)
+        if m not in matches
+    ]
+    if not matches:
+        have = ", ".join(keys) or "none (get one with: lmserve get <publisher/repo>)"
+        raise click.ClickException(f"no downloaded model matches '{name}'. Downloaded: {have}")
+    if yes or (len(matches) == 1 and not interactive()):
+        return matches[0]
+    if not interactive():
+        raise click.ClickException(
+            f"'{name}' is not a downloaded model. Did you mean: {', '.join(matches)}? "
+            "(pass -y to take the first)"
+        )
+    for index, match in enumerate(matches, start=1):
+        click.echo(f"  {index}. {match}")
+    choice = click.prompt("Load which model", type=click.IntRange(1, len(matches)), default=1)
+    return matches[choice - 1]
+
+
+def _gpu_option(value: str | None) -> str | None:
+    if value is None or value in {"off", "max"}:
+        return value
+    try:
+        if 0.0 <= float(value) <= 1.0:
+            return value
+    except ValueError:
+        pass
+    raise click.BadParameter("use off, max or a fraction from 0 to 1")
+
+
+@click.command("load")
+@click.argument("model")
+@click.option(
+    "--context-length",
+    type=click.IntRange(64, 1 << 20),
+    default=None,
+    help="Context length per slot, in tokens.",
+)
+@click.option("--identifier", default=None, help="The name requests use for this instance.")
+@click.option(
+    "--ttl", type=click.FloatRange(min=1), default=None, help="Unload after this many idle seconds."
+)
+@click.option(
+    "--gpu",
+    default=None,
+    callback=lambda _ctx, _param, v: _gpu_option(v),
+    help="Layers to offload to a GPU: off, max, or a fraction 0-1.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Requests generated at once (slots).",
+)
+@click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
+@connection_options
+def load_model(
+    model: str,
+    context_length: int | None,
+    identifier: str | None,
+    ttl: float | None,
+    gpu: str | None,
+    parallel: int | None,
+    yes: bool,
+    host: str | None,
+    port: int | None,
+) -> None:
+    """Load a downloaded model into the running server."""
+    name = pick_model(model, yes)
+    body: dict[str, Any] = {"model": name, "config": {}}
+    for key, value in (
+        ("context_length", context_length),
+        ("identifier", identifier),
+        ("ttl", ttl),
+        ("gpu", gpu),
+        ("parallel", parallel),
+    ):
+        if value is not None:
+            body["config"][key] = value
+    with ServerClient(host, port) as client:
+        loaded = client.post("/api/v1/models/load", body)
+    config = loaded["config"]
+    click.echo(
+        f"Model loaded: {loaded['model_instance_id']} (context {config['context_length']}, "
+        f"{config['slots']} slots) in {loaded['load_time_seconds']:.2f} s."
+    )
+
+
+@click.command("unload")
+@click.argument("identifier", required=False)
+@click.option("--all", "unload_all", is_flag=True, help="Unload every loaded model.")
+@connection_options
+def unload_model(
+    identifier: str | None, unload_all: bool, host: str | None, port: int | None
+) -> None:
+    """Unload a model from the running server (by identifier), or all of them."""
+    if not identifier and not unload_all:
+        raise click.UsageError("name the model to unload, or pass --all")
+    with ServerClient(host, port) as client:
+        loaded = [
+            instance["id"]
+            for model in client.get("/api/v1/models")["models"]
+            for instance in model["loaded_instances"]
+        ]
+        targets = loaded if unload_all else [identifier]
+        if identifier and identifier not in loaded:
+            have = ", ".join(loaded) or "none"
+            raise click.ClickException(f"no loaded model is called '{identifier}'. Loaded: {have}")
+        for target in targets:
+            client.post("/api/v1/models/unload", {"instance_id": target})
+            click.echo(f"Unloaded {target}.")
+    if unload_all and not targets:
+        click.echo("No models were loaded.")

@@ -1,0 +1,139 @@
+"""``lmserve server start|stop|status``: the server as a background process."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+import httpx
+
+from lmserve.cli.common import ServerState, client_host, echo_json, server_address
+from lmserve.cli.serve import server_options
+from lmserve.paths import home_dir, logs_dir
+
+_STOP_TIMEOUT = 30.0
+
+
+@click.group()
+def server() -> None:
+    """Start, stop and check the background server."""
+
+
+def _serve_arguments(options: dict[str, Any]) -> list[str]:
+    """``lmserve serve`` arguments for the options given to ``server start``."""
+    arguments = []
+    for name, value in options.items():
+        if value is None or value is False or name == "timeout":
+            continue
+        flag = "--model" if name == "model_name" else "--" + name.replace("_", "-")
+        arguments += [flag] if value is True else [flag, str(value)]
+    return arguments
+
+
+def _healthy(host: str, port: int) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"http://{client_host(host)}:{port}/health", timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+    with contextlib.suppress(OSError), open(path, errors="replace") as log:
+        return "".join(log.readlines()[-lines:])
+    return ""
+
+
+@server.command()
+@server_options
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for the server to answer (the first run fetches a model).",
+)
+def start(**options: Any) -> None:
+    """Start the server in the background; its log goes to $LMSERVE_HOME/logs/server.log."""
+    state = ServerState.read()
+    if state is not None and state.alive:
+        click.echo(f"The server is already running on port {state.port} (pid {state.pid}).")
+        return
+    logs_dir().mkdir(parents=True, exist_ok=True)
+    log_path = logs_dir() / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lmserve", "serve", *_serve_arguments(options)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal; Ctrl-C here does not stop it
+        )
+    host, port = str(options["host"]), int(options["port"])
+    state = ServerState(process.pid, host, port, str(log_path))
+    state.write()
+    deadline = time.monotonic() + float(options["timeout"])
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            ServerState.clear()
+            raise click.ClickException(
+                f"the server exited with code {process.returncode}. Last lines of "
+                f"{log_path}:\n{_log_tail(str(log_path))}"
+            )
+        if _healthy(host, port) is not None:
+            click.echo(f"Server started on http://{host}:{port} (pid {process.pid}).")
+            click.echo(f"Log: {log_path}")
+            return
+        time.sleep(0.2)
+    raise click.ClickException(
+        f"the server (pid {process.pid}) did not answer within {options['timeout']:.0f} s; "
+        f"see {log_path}"
+    )
+
+
+@server.command()
+def stop() -> None:
+    """Stop the background server (it finishes the requests it is serving first)."""
+    state = ServerState.read()
+    if state is None or not state.alive:
+        ServerState.clear()
+        click.echo("The server is not running.")
+        return
+    state.signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while state.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if state.alive:
+        state.signal(signal.SIGKILL)
+    ServerState.clear()
+    click.echo(f"Stopped the server (pid {state.pid}).")
+
+
+@server.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def status(as_json: bool) -> None:
+    """Say whether the server is running, where, and which models it has loaded."""
+    state = ServerState.read()
+    host, port = server_address(None, None)
+    health = _healthy(host, port)
+    running = health is not None
+    report = {
+        "running": running,
+        "host": host,
+        "port": port,
+        "pid": state.pid if state is not None and state.alive else None,
+        "models": health.get("models", []) if health else [],
+        "home": str(home_dir()),
+    }
+    if as_json:
+        echo_json(report)
+    elif running:
+        loaded = ", ".join(report["models"]) or "none"
+        click.echo(f"The server is running on port {port}. Loaded models: {loaded}.")
+    else:
+        click.echo("The server is not running. Start it with: lmserve server start")
