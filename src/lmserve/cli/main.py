@@ -8,8 +8,13 @@ from __future__ import annotations
 import click
 
 from lmserve import __version__
+from lmserve.cli.chat import chat
+from lmserve.cli.get import get
+from lmserve.cli.importing import import_model
 from lmserve.cli.log import log
+from lmserve.cli.models import list_loaded, list_models, load_model, unload_model
 from lmserve.cli.serve import serve
+from lmserve.cli.server import server
 
 
 @click.group()
@@ -23,4 +28,12 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(server)
+cli.add_command(list_models)
+cli.add_command(list_loaded)
+cli.add_command(load_model)
+cli.add_command(unload_model)
+cli.add_command(chat)
 cli.add_command(log)
+cli.add_command(get)
+cli.add_command(import_model, name="import")

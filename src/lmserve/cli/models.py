@@ -116,20 +116,19 @@ def pick_model(name: str, yes: bool) -> str:
         return name
     keys = [catalog.public_id(entry) for entry in catalog.entries]
     matches = [key for key in keys if name.lower() in key.lower()]
-    matches += [
-        m
-        for m in difflib.get_close_matches(name.lower(), keys, n=5, cutoff=0.4)
-        if m not in matches
-    ]
     if not matches:
+        similar = difflib.get_close_matches(name.lower(), keys, n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(similar)}?" if similar else ""
         have = ", ".join(keys) or "none (get one with: lmserve get <publisher/repo>)"
-        raise click.ClickException(f"no downloaded model matches '{name}'. Downloaded: {have}")
+        raise click.ClickException(
+            f"no downloaded model matches '{name}'.{hint} Downloaded: {have}"
+        )
     if yes or (len(matches) == 1 and not interactive()):
         return matches[0]
     if not interactive():
         raise click.ClickException(
-            f"'{name}' is not a downloaded model. Did you mean: {', '.join(matches)}? "
-            "(pass -y to take the first)"
+            f"'{name}' matches several models: {', '.join(matches)}. Name one, or pass -y to "
+            "take the first."
         )
     for index, match in enumerate(matches, start=1):
         click.echo(f"  {index}. {match}")

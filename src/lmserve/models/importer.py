@@ -1,0 +1,186 @@
+"""Add a GGUF file from disk to the models folder, as ``lms import`` does.
+
+The file lands at ``models/<publisher>/<repo>/<file name>``: moved there by default, or copied,
+symlinked or hard-linked.  Nothing is overwritten, and a copy appears under its final name
+only once complete (it is written to a temporary file in the target folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lmserve.models.catalog import model_key
+from lmserve.models.gguf import GGUFError, read_header
+
+ImportMode = Literal["move", "copy", "symlink", "hardlink"]
+IMPORT_MODES: tuple[ImportMode, ...] = ("move", "copy", "symlink", "hardlink")
+DEFAULT_PUBLISHER = "local"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERBS = {
+    "move": ("Move", "Moved"),
+    "copy": ("Copy", "Copied"),
+    "symlink": ("Symlink", "Symlinked"),
+    "hardlink": ("Hard-link", "Hard-linked"),
+}
+
+
+class ModelImportError(Exception):
+    """The file cannot be imported; the message is fit for users."""
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    source: Path
+    target: Path
+    mode: ImportMode
+
+    @property
+    def publisher(self) -> str:
+        return self.target.parent.parent.name
+
+    @property
+    def repo(self) -> str:
+        return self.target.parent.name
+
+    def describe(self, *, done: bool = False) -> str:
+        """``Move a -> b`` (or ``Moved a -> b`` once done)."""
+        verb = _VERBS[self.mode][1 if done else 0]
+        return f"{verb} {self.source} -> {self.target}"
+
+
+def parse_user_repo(value: str) -> tuple[str, str]:
+    """``publisher/repo`` → ``(publisher, repo)``; refuses paths, ``..`` and odd characters."""
+    parts = value.strip().split("/")
+    if len(parts) != 2:
+        raise ModelImportError(
+            f"{value!r} is not publisher/repo (exactly two names separated by one '/')"
+        )
+    for part in parts:
+        if not _NAME.match(part) or ".." in part:
+            raise ModelImportError(
+                f"{value!r}: {part!r} is not a valid name (start with a letter or digit; then "
+                "letters, digits, '.', '_' and '-' only)"
+            )
+    return parts[0], parts[1]
+
+
+def default_user_repo(file_name: str) -> str:
+    """Where a file goes when nobody says: ``local/<model key>-GGUF``."""
+    key = re.sub(r"[^A-Za-z0-9._-]+", "-", model_key(file_name)).strip("._-")
+    key = re.sub(r"\.{2,}", ".", key)
+    return f"{DEFAULT_PUBLISHER}/{key or 'model'}-GGUF"
+
+
+def plan_import(
+    source: Path,
+    *,
+    models_root: Path,
+    mode: ImportMode = "move",
+    user_repo: str | None = None,
+) -> ImportPlan:
+    """Check ``source`` and the destination; change nothing.  Raises :class:`ModelImportError`."""
+    if mode not in IMPORT_MODES:
+        raise ModelImportError(f"unknown import mode {mode!r}")
+    source = Path(os.path.abspath(source.expanduser()))
+    if not source.exists():
+        raise ModelImportError(f"{source} does not exist")
+    if not source.is_file():
+        raise ModelImportError(f"{source} is not a file")
+    if not source.name.lower().endswith(".gguf"):
+        raise ModelImportError(f"{source.name} is not a .gguf file")
+    try:
+        read_header(source)
+    except GGUFError as exc:
+        raise ModelImportError(f"{source} is not a valid GGUF file: {exc}") from exc
+    except OSError as exc:
+        raise ModelImportError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    publisher, repo = parse_user_repo(
+        default_user_repo(source.name) if user_repo is None else user_repo
+    )
+    target = models_root / publisher / repo / source.name
+    if os.path.lexists(target):
+        raise ModelImportError(f"{target} already exists; not overwriting it")
+    return ImportPlan(source=source, target=target, mode=mode)
+
+
+def run_import(plan: ImportPlan) -> Path:
+    """Carry out ``plan``; returns the imported file's path."""
+    folder = plan.target.parent
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _ACTIONS[plan.mode](plan.source, plan.target)
+    except BaseException:
+        if created:  # leave no empty folder behind a failed import
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return plan.target
+
+
+def _move(source: Path, target: Path) -> None:
+    _refuse_existing(target)
+    if source.is_symlink():
+        # Keep what the link points to, wherever the link now lives.
+        os.symlink(source.resolve(), target)
+        source.unlink()
+        return
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise ModelImportError(f"cannot move {source}: {exc.strerror or exc}") from exc
+        _copy(source, target)  # another file system: copy, then remove the original
+        source.unlink()
+
+
+def _copy(source: Path, target: Path) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as sink, source.open("rb") as reader:
+            shutil.copyfileobj(reader, sink, 1 << 20)
+            sink.flush()
+            os.fsync(sink.fileno())
+        shutil.copymode(source, temporary)
+        _refuse_existing(target)
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise ModelImportError(f"cannot copy {source}: {exc.strerror or exc}") from exc
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _symlink(source: Path, target: Path) -> None:
+    try:
+        os.symlink(source.resolve(), target)
+    except OSError as exc:
+        raise ModelImportError(f"cannot create a symlink at {target}: {exc.strerror}") from exc
+
+
+def _hardlink(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise ModelImportError(
+                f"cannot hard-link {source} into {target.parent}: they are on different file "
+                "systems; use --copy or --symlink"
+            ) from exc
+        raise ModelImportError(f"cannot hard-link {source}: {exc.strerror or exc}") from exc
+
+
+def _refuse_existing(target: Path) -> None:
+    if os.path.lexists(target):
+        raise ModelImportError(f"{target} already exists; not overwriting it")
+
+
+_ACTIONS = {"move": _move, "copy": _copy, "symlink": _symlink, "hardlink": _hardlink}

@@ -1,0 +1,95 @@
+"""LM Studio's native REST API: /api/v0 and /api/v1 in their documented shapes."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import MODEL_ID
+
+CHAT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+
+
+def test_v0_models(http: httpx.Client) -> None:
+    listing = http.get("/api/v0/models").json()
+    assert listing["object"] == "list"
+    model = next(item for item in listing["data"] if item["id"] == MODEL_ID)
+    assert model == {
+        "id": MODEL_ID,
+        "object": "model",
+        "type": "llm",
+        "publisher": "HuggingFaceTB",
+        "arch": "llama",
+        "compatibility_type": "gguf",
+        "quantization": "Q4_1",
+        "state": "loaded",
+        "max_context_length": 8192,
+        "loaded_context_length": 4096,
+    }
+    assert http.get(f"/api/v0/models/{MODEL_ID}").json() == model
+    missing = http.get("/api/v0/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_v0_chat_adds_stats_model_info_and_runtime(http: httpx.Client) -> None:
+    body = http.post("/api/v0/chat/completions", json=CHAT).json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"]
+    stats = body["stats"]
+    assert stats["stop_reason"] in {"eosFound", "maxPredictedTokensReached"}
+    assert stats["time_to_first_token"] > 0 and stats["generation_time"] >= 0
+    assert body["model_info"] == {
+        "arch": "llama",
+        "quant": "Q4_1",
+        "format": "gguf",
+        "context_length": 4096,
+    }
+    assert body["runtime"]["supported_formats"] == ["gguf"]
+
+
+def test_v0_accepts_max_tokens_minus_one_as_no_limit(http: httpx.Client) -> None:
+    body = {**CHAT, "max_tokens": -1, "temperature": 0}
+    response = http.post("/api/v0/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["stats"]["stop_reason"] == "eosFound"
+    # The OpenAI-compatible route keeps OpenAI's rule.
+    assert http.post("/v1/chat/completions", json=body).status_code == 400
+
+
+def test_v0_completions(http: httpx.Client) -> None:
+    body = http.post(
+        "/api/v0/completions", json={"model": MODEL_ID, "prompt": "The sky is", "max_tokens": 6}
+    ).json()
+    assert body["object"] == "text_completion"
+    assert body["usage"]["completion_tokens"] == 6
+    assert body["stats"]["stop_reason"] == "maxPredictedTokensReached"
+
+
+def test_v0_stream_ends_with_stats(http: httpx.Client) -> None:
+    with http.stream("POST", "/api/v0/chat/completions", json={**CHAT, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert '"object":"stats"' in lines[-2] and '"tokens_per_second"' in lines[-2]
+
+
+def test_v1_models_shape(http: httpx.Client) -> None:
+    models = http.get("/api/v1/models").json()["models"]
+    model = next(item for item in models if item["key"] == MODEL_ID)
+    assert model["type"] == "llm" and model["publisher"] == "HuggingFaceTB"
+    assert model["architecture"] == "llama" and model["format"] == "gguf"
+    assert model["quantization"]["name"] == "Q4_1"
+    assert 4 < model["quantization"]["bits_per_weight"] < 7
+    assert model["params_string"] == "135M"
+    assert model["size_bytes"] == 98_362_432
+    assert model["max_context_length"] == 8192
+    assert model["capabilities"] == {"vision": False, "trained_for_tool_use": False}
+    [instance] = model["loaded_instances"]
+    assert instance["id"] == MODEL_ID and instance["config"]["context_length"] == 4096
+
+
+def test_v1_load_is_idempotent_and_unload_of_unknown_is_404(http: httpx.Client) -> None:
+    again = http.post("/api/v1/models/load", json={"model": MODEL_ID})
+    assert again.status_code == 200 and again.json()["model_instance_id"] == MODEL_ID
+    missing = http.post("/api/v1/models/unload", json={"instance_id": "nothing-here"})
+    assert missing.status_code == 404
+    bad = http.post("/api/v1/models/load", json={"model": MODEL_ID, "config": {"gpu": "lots"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "config.gpu"
