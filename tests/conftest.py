@@ -117,14 +117,16 @@ class Server:
         return self.process.returncode
 
 
-def start_server(home: Path, *args: str, timeout: float = 120.0) -> Server:
+def start_server(
+    home: Path, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "server.log"
     log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "lmserve", "serve", "--port", str(port), *args],
-        env={**os.environ, "LMSERVE_HOME": str(home)},
+        env={**(env or os.environ), "LMSERVE_HOME": str(home)},
         stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,

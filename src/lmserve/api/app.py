@@ -12,8 +12,10 @@ from lmserve import __version__
 from lmserve.api import lmserve_routes, lmstudio_routes, openai_routes
 from lmserve.api.errors import install_error_handlers
 from lmserve.logbus import LogBus
+from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadOptions
 from lmserve.models.manager import ModelManager
+from lmserve.paths import downloads_dir
 
 
 def create_app(
@@ -35,11 +37,13 @@ def create_app(
                 await models.load(name, options)
             yield
         finally:
+            app.state.downloads.cancel_all()  # the parts stay, for a later resume
             models.close()
 
     app = FastAPI(title="lmserve", version=__version__, lifespan=lifespan)
     app.state.models = models
     app.state.logs = logs or LogBus()
+    app.state.downloads = DownloadJobs(downloads_dir(), on_complete=models.rescan)
     install_error_handlers(app)
     if cors_origins:
         # Never with credentials: a page of any origin must not ride on a user's cookies.

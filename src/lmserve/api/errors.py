@@ -9,6 +9,7 @@ Hierarchy (each class fixes the HTTP status and the ``type``):
   - :class:`AuthenticationError` (401, ``authentication_error``)
   - :class:`NotFoundError` (404, ``invalid_request_error``): unknown route or resource
     - :class:`ModelNotFoundError` (code ``model_not_found``)
+  - :class:`BadGatewayError` (502, ``server_error``): the Hugging Face hub failed
   - :class:`ServiceUnavailableError` (503, ``server_error``): overloaded or shutting down
 
 Anything else that escapes a route is a bug: it becomes a 500 whose body says nothing about
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmserve.engine.template import TemplateRenderError
 from lmserve.engine.types import EngineClosedError, QueueFullError
+from lmserve.models.download import DownloadError, InvalidModelReference, QuantizationNotFound
 from lmserve.models.manager import ModelCapacityError, ModelLoadFailed, ModelNotFound
 
 logger = logging.getLogger("lmserve.api")
@@ -79,6 +81,12 @@ class NotFoundError(APIError):
 
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
+
+
+class BadGatewayError(APIError):
+    """An upstream service (the Hugging Face hub) failed or refused (502, ``server_error``)."""
+
+    status_code = 502
 
 
 class ServiceUnavailableError(APIError):
@@ -176,6 +184,10 @@ def api_error_for(exc: Exception) -> APIError:
         return ServiceUnavailableError(
             str(exc).capitalize() + ".", code="model_capacity", headers={"Retry-After": "5"}
         )
+    if isinstance(exc, InvalidModelReference | QuantizationNotFound):
+        return InvalidRequestError(str(exc), param="model", code="invalid_model_reference")
+    if isinstance(exc, DownloadError):
+        return BadGatewayError(str(exc), code="download_failed")
     if isinstance(exc, ModelLoadFailed):
         return APIError(str(exc).capitalize() + ".", code="model_load_failed")
     logger.error("unmapped error %r", exc)
@@ -191,6 +203,7 @@ _MAPPED = (
     EngineClosedError,
     ModelCapacityError,
     ModelLoadFailed,
+    DownloadError,
 )
 
 

@@ -7,6 +7,7 @@ server through these routes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,8 @@ from lmserve.api.generation import Generation, stats_of
 from lmserve.api.protocol import MAX_TOKENS_CAP, ChatCompletionRequest, CompletionRequest
 from lmserve.api.serving import serve_generation
 from lmserve.models.catalog import CatalogEntry
+from lmserve.models.download import resolve_plan
+from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadedModel, LoadOptions
 from lmserve.models.manager import ModelManager
 
@@ -182,6 +185,43 @@ class UnloadRequest(BaseModel):
 async def v1_unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
     await _models(request).unload(body.instance_id)
     return {"instance_id": body.instance_id}
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=500)
+    quantization: str | None = Field(default=None, max_length=40)
+
+
+@router.post("/v1/models/download")
+async def v1_download(body: DownloadRequest, request: Request) -> dict[str, Any]:
+    """Start downloading a Hugging Face model (``publisher/repo[@quant]`` or a hub URL)."""
+    models = _models(request)
+    plan = await asyncio.to_thread(
+        resolve_plan, body.model, models_root=models.models_root, quantization=body.quantization
+    )
+    if await asyncio.to_thread(plan.already_present):
+        return {"status": "already_downloaded", "files": [str(p) for p in plan.targets]}
+    return _downloads(request).start(plan).describe()
+
+
+@router.get("/v1/models/download/status")
+async def v1_download_status(request: Request) -> dict[str, Any]:
+    """Every download job of this server, grouped by status."""
+    return _downloads(request).by_status()
+
+
+@router.get("/v1/models/download/status/{job_id}")
+async def v1_download_job(job_id: str, request: Request) -> dict[str, Any]:
+    job = _downloads(request).get(job_id)
+    if job is None:
+        raise NotFoundError(f"No download job '{job_id}'.", param="job_id")
+    return job.describe()
+
+
+def _downloads(request: Request) -> DownloadJobs:
+    return request.app.state.downloads
 
 
 # -- v0 ------------------------------------------------------------------------------------------
