@@ -21,28 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-
-
-async def single_client_vs_bare(server: harness.RunningServer, rounds: int) -> tuple[float, float]:
-    bare = harness.BareLlamaLoop()
-    bare_speeds, speeds = [], []
-    async with httpx.AsyncClient(timeout=600.0) as client:
-        for index in range(rounds):
-            topic = harness.TOPICS[index % len(harness.TOPICS)]
-            bare_speeds.append(bare.tokens_per_second(topic))
-            body = harness.chat_body(
-                server.model,
-                [{"role": "user", "content": f"Write a story about {topic}."}],
-                seed=index,
-            )
-            result = await harness.stream_chat(client, server.base_url, body)
-            speeds.append(result.tokens_per_second)
-    bare.close()
-    return statistics.median(bare_speeds), statistics.median(speeds)
 
 
 def median_figures(trials: list[harness.LoadFigures]) -> harness.LoadFigures:
@@ -99,7 +79,7 @@ def main() -> None:
         harness.llama_cpp_python_server() as theirs,
     ):
         figures = asyncio.run(compare([ours, theirs], args.clients, args.trials, args.rounds))
-        bare, single = asyncio.run(single_client_vs_bare(ours, args.bare_rounds))
+        bare, single, _ = asyncio.run(harness.alternate_with_bare(ours, args.bare_rounds))
     a_all, b_all = figures[ours.name], figures[theirs.name]
 
     print()

@@ -317,3 +317,23 @@ class BareLlamaLoop:
 
     def close(self) -> None:
         self.llm.close()
+
+
+async def alternate_with_bare(server: RunningServer, rounds: int) -> tuple[float, float, float]:
+    """One stream through ``server`` and the bare loop, request by request, so that the
+    machine's drifting speed weighs on both alike.  Medians of (bare tok/s, server tok/s,
+    server time to first token)."""
+    bare = BareLlamaLoop()
+    bare_speeds, speeds, ttfts = [], [], []
+    async with httpx.AsyncClient(timeout=600.0) as client:
+        for index in range(rounds):
+            topic = TOPICS[index % len(TOPICS)]
+            bare_speeds.append(bare.tokens_per_second(topic))
+            messages = [{"role": "user", "content": f"Write a story about {topic}."}]
+            result = await stream_chat(
+                client, server.base_url, chat_body(server.model, messages, seed=index)
+            )
+            speeds.append(result.tokens_per_second)
+            ttfts.append(result.ttft)
+    bare.close()
+    return statistics.median(bare_speeds), statistics.median(speeds), statistics.median(ttfts)

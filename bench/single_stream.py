@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
 
 async def measure(rounds: int) -> tuple[float, float, float]:
-    bare = harness.BareLlamaLoop()
-    bare_speeds, speeds, ttfts = [], [], []
     with harness.lmserve(parallel=4) as server:
         await harness.warm_up(server)
-        async with httpx.AsyncClient(timeout=600.0) as client:
-            for index in range(rounds):
-                topic = harness.TOPICS[index % len(harness.TOPICS)]
-                bare_speeds.append(bare.tokens_per_second(topic))
-                body = harness.chat_body(
-                    server.model,
-                    [{"role": "user", "content": f"Write a story about {topic}."}],
-                    seed=index,
-                )
-                result = await harness.stream_chat(client, server.base_url, body)
-                speeds.append(result.tokens_per_second)
-                ttfts.append(result.ttft)
-    bare.close()
-    return statistics.median(bare_speeds), statistics.median(speeds), statistics.median(ttfts)
+        return await harness.alternate_with_bare(server, rounds)
 
 
 def main() -> None:

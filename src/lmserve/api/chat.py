@@ -6,13 +6,13 @@ what comes back (a :class:`ChatCompletion`, or stream chunks as plain dicts).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from lmserve.api.errors import InvalidRequestError
 from lmserve.api.generation import (
     SYSTEM_FINGERPRINT,
+    ChunkMaker,
     Generation,
     Prepared,
     prepare,
@@ -94,32 +94,19 @@ async def chat_completion(generation: Generation) -> ChatCompletion:
 
 async def chat_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
     """``chat.completion.chunk`` dicts: role first, then content deltas, finish, usage."""
-    prepared = generation.prepared
-    base = {
-        "id": prepared.request_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": prepared.model.identifier,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    chunks = ChunkMaker(generation, "chat.completion.chunk", include_usage)
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        body = {
-            **base,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
-        }
-        if include_usage:
-            body["usage"] = None
-        return body
+    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return chunks.choice(
+            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        )
 
     for index in range(len(generation.streams)):
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield choice(index, {"role": "assistant", "content": ""})
     async for index, event in generation.events():
         if isinstance(event, TextDelta):
-            yield chunk(index, {"content": event.text})
+            yield choice(index, {"content": event.text})
         else:
-            yield chunk(index, {}, public_finish_reason(event))
+            yield choice(index, {}, public_finish_reason(event))
     if include_usage:
-        yield {**base, "choices": [], "usage": generation.usage.model_dump()}
+        yield chunks.usage()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from lmserve.api.errors import InvalidRequestError
 from lmserve.api.generation import (
     SYSTEM_FINGERPRINT,
+    ChunkMaker,
     Generation,
     Prepared,
     prepare,
@@ -112,32 +112,21 @@ async def text_completion(generation: Generation, body: CompletionRequest) -> Te
 async def completion_chunks(
     generation: Generation, body: CompletionRequest
 ) -> AsyncIterator[dict[str, Any]]:
-    prepared = generation.prepared
-    base = {
-        "id": prepared.request_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": prepared.model.identifier,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    """``text_completion`` chunks: the echo (if asked), text pieces, finish, usage."""
+    chunks = ChunkMaker(generation, "text_completion", body.include_usage)
 
-    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-        body_ = {
-            **base,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
-        }
-        if include_usage:
-            body_["usage"] = None
-        return body_
+    def choice(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        return chunks.choice(
+            {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        )
 
-    include_usage = body.include_usage
     if body.echo:
         for index in range(len(generation.streams)):
-            yield chunk(index, _echo(generation, index, body))
+            yield choice(index, _echo(generation, index, body))
     async for index, event in generation.events():
         if isinstance(event, TextDelta):
-            yield chunk(index, event.text)
+            yield choice(index, event.text)
         else:
-            yield chunk(index, "", public_finish_reason(event))
-    if include_usage:
-        yield {**base, "choices": [], "usage": generation.usage.model_dump()}
+            yield choice(index, "", public_finish_reason(event))
+    if body.include_usage:
+        yield chunks.usage()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -250,6 +251,31 @@ class Generation:
             total_tokens=prompt + completion,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         )
+
+
+class ChunkMaker:
+    """Stream chunks of one response: the same id, object, created time and model in each."""
+
+    def __init__(self, generation: Generation, object_name: str, include_usage: bool) -> None:
+        prepared = generation.prepared
+        self._generation = generation
+        self._include_usage = include_usage
+        self._base = {
+            "id": prepared.request_id,
+            "object": object_name,
+            "created": int(time.time()),
+            "model": prepared.model.identifier,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+    def choice(self, choice: dict[str, Any]) -> dict[str, Any]:
+        chunk = {**self._base, "choices": [choice]}
+        if self._include_usage:
+            chunk["usage"] = None  # OpenAI: null on every chunk but the last
+        return chunk
+
+    def usage(self) -> dict[str, Any]:
+        return {**self._base, "choices": [], "usage": self._generation.usage.model_dump()}
 
 
 async def _merge(
