@@ -145,8 +145,8 @@ class Outbox:
     """Events of one engine step, handed to the event loop in one wake-up.
 
     Waking the event loop once per token, while llama.cpp's threads occupy every core,
-    preempts a compute thread each time and slows the decode step measurably (an eighth at
-    8 concurrent sequences on 2 cores); once per step costs almost nothing.
+    preempts a compute thread each time and slows the decode step measurably (41 ms instead
+    of 31-36 ms for 8 sequences on 2 cores); once per step costs almost nothing.
     """
 
     def __init__(self) -> None:
