@@ -22,7 +22,7 @@ import pytest
 
 from lmserve.models.catalog import Catalog
 from lmserve.models.default import DEFAULT_MODEL
-from lmserve.models.download import (
+from lmserve.models.hub import (
     InvalidModelReference,
     parse_reference,
     preferred_quantization,
@@ -427,7 +427,8 @@ CANCEL_SCRIPT = textwrap.dedent(
     """
     import json, sys, threading
     from pathlib import Path
-    from lmserve.models.download import DownloadCancelled, download, resolve_plan
+    from lmserve.models.download import DownloadCancelled, download
+    from lmserve.models.hub import resolve_plan
 
     models, staging = Path(sys.argv[1]), Path(sys.argv[2])
     plan = resolve_plan(sys.argv[3], models_root=models)

@@ -9,13 +9,8 @@ import click
 import httpx
 
 from lmserve.models.catalog import model_key
-from lmserve.models.download import (
-    DownloadError,
-    DownloadPlan,
-    download,
-    preferred_quantization,
-    resolve_plan,
-)
+from lmserve.models.download import download
+from lmserve.models.hub import DownloadError, DownloadPlan, preferred_quantization, resolve_plan
 from lmserve.paths import downloads_dir, models_dir
 
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from lmserve.models.download import DownloadError, DownloadPlan, download
+from lmserve.models.download import download
+from lmserve.models.hub import DownloadError, DownloadPlan
 
 JobStatus = Literal["downloading", "paused", "completed", "failed"]
 
