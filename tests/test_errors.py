@@ -62,7 +62,8 @@ BAD_BODIES = {
     "stop_wrong_type": ({**GOOD, "stop": 12}, "stop"),
     "logit_bias_not_token": ({**GOOD, "logit_bias": {"hello": 5}}, "logit_bias"),
     "logit_bias_token_out_of_vocab": ({**GOOD, "logit_bias": {"99999999": 5}}, "logit_bias"),
-    "logit_bias_value_out_of_range": ({**GOOD, "logit_bias": {"10": 500}}, "logit_bias"),
+    # Bounded in the schema, so the error names the entry.
+    "logit_bias_value_out_of_range": ({**GOOD, "logit_bias": {"10": 500}}, "logit_bias.10"),
     "model_missing": ({"messages": GOOD["messages"]}, "model"),
 }
 

@@ -223,6 +223,45 @@ def test_corrupt_model_file_gives_a_clear_error_and_serving_goes_on(
     assert ask(server, MODEL_ID).status_code == 200
 
 
+def _patched(data: bytes, marker: bytes, skip: int, value: bytes) -> bytes:
+    """``data`` with ``value`` written ``skip`` bytes after the end of ``marker``."""
+    at = data.index(marker) + len(marker) + skip
+    return data[:at] + value + data[at + len(value) :]
+
+
+def test_malformed_model_files_never_take_the_server_down(
+    server_with: Any, default_model_file: Path
+) -> None:
+    """Files llama.cpp rejects, and one it would abort() the whole process on."""
+    server = server_with()
+    data = default_model_file.read_bytes()
+    u32 = (4).to_bytes(4, "little")  # GGUF's value type UINT32
+    variants = {
+        # The header claims 1,000 layers: llama.cpp's GGML_ASSERT aborts the process reading it.
+        "layers": _patched(data, b"llama.block_count" + u32, 0, (1000).to_bytes(4, "little")),
+        # The first tensor's type is no type at all (name, n_dims, 2 dims, then the type).
+        "tensortype": _patched(data, b"token_embd.weight", 4 + 16, (200).to_bytes(4, "little")),
+        "magic": b"GGUX" + data[4:],
+        "empty": b"",
+    }
+    for name, content in variants.items():
+        path = server.home / "models" / "local" / f"{name}-GGUF" / f"{name}.Q4_1.gguf"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content)
+    for name in ("layers", "tensortype"):
+        response = ask(server, name)
+        assert response.status_code == 500, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_load_failed" and name in error["message"]
+        assert str(server.home) not in error["message"]
+    assert "aborted on a malformed file" in ask(server, "layers").json()["error"]["message"]
+    for name in ("magic", "empty"):  # not GGUF at all: not even listed
+        assert ask(server, name).status_code == 404
+    assert server.process.poll() is None
+    assert httpx.get(f"{server.api_url}/models", timeout=30).status_code == 200
+    assert ask(server, MODEL_ID).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def plain_server(
     tmp_path_factory: pytest.TempPathFactory, default_model_file: Path, gemma_model_file: Path

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
 DEFAULT_CONTEXT_LENGTH = 4096  # per slot, as LM Studio's default
 DEFAULT_JIT_TTL = 60 * 60.0  # LM Studio unloads an idle JIT-loaded model after 60 minutes
+DEFAULT_MAX_BODY_SIZE = 8 * 2**20  # bytes; a 4k-token chat is a few dozen KiB
+# Seconds SIGTERM waits for requests in flight; below `lmserve server stop`'s 30 s patience.
+DEFAULT_DRAIN_TIMEOUT = 20.0
 
 
 def physical_memory() -> int | None:
@@ -48,3 +51,8 @@ class Settings:
     max_memory: int | None = None  # bytes for all loaded models; None: 3/4 of the machine
     fetch_default_model: bool = True
     cors_origins: tuple[str, ...] = ()  # () : no CORS headers; ("*",): any origin
+    # Keys a request must present (Authorization: Bearer, or x-api-key); (): any key will do.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT

@@ -3,40 +3,69 @@
 Records go only to clients that asked for them (``lmserve log stream``); nothing is kept or
 written to disk, so prompts never land in a log file by accident.  A subscriber that cannot
 keep up loses records rather than slowing generation down.
+
+In-process listeners (the metrics) see every record, subscribed or not; they must be quick
+and must not keep the prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 _SUBSCRIBER_BACKLOG = 1000
 
+Listener = Callable[[dict[str, Any]], None]
+logger = logging.getLogger("lmserve.logbus")
+
 
 class LogBus:
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._listeners: list[Listener] = []
+        self._closed = False
 
     @property
     def has_subscribers(self) -> bool:
         return bool(self._subscribers)
 
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(record)`` synchronously for every record published."""
+        self._listeners.append(listener)
+
     def publish(self, record_type: str, **fields: Any) -> None:
-        """Send a record to every subscriber; call from the event loop."""
-        if not self._subscribers:
+        """Send a record to every subscriber and listener; call from the event loop."""
+        if not self._subscribers and not self._listeners:
             return
         record = {"type": record_type, "timestamp": time.time(), **fields}
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # a metrics bug must not fail a request
+                logger.exception("log listener failed")
         for queue in self._subscribers:
             if queue.qsize() < _SUBSCRIBER_BACKLOG:
                 queue.put_nowait(record)
 
+    def close(self) -> None:
+        """End every subscription (the server is shutting down); later ones end at once."""
+        self._closed = True
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if self._closed:
+            return
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             while True:
-                yield await queue.get()
+                record = await queue.get()
+                if record is None:
+                    return
+                yield record
         finally:
             self._subscribers.discard(queue)

@@ -1,12 +1,23 @@
-"""Starting the server: choose the first model, build the app, run uvicorn."""
+"""Starting the server: choose the first model, build the app, run uvicorn; draining at the end.
+
+The first SIGTERM or SIGINT (Ctrl-C) starts a drain: new requests get 503 ``shutting_down``
+and ``/health`` says 503, while the requests in flight run to their end, for at most
+``--drain-timeout`` seconds; then whatever still runs is stopped and the process exits 0.
+A second signal stops at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from types import FrameType
 
 import uvicorn
+from starlette.datastructures import State
 
 from lmserve.api.app import create_app
+from lmserve.api.security import is_loopback_name
 from lmserve.config import Settings
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.default import DEFAULT_MODEL, ModelFetchError, ensure_default_model
@@ -50,19 +61,77 @@ def choose_model(manager: ModelManager, settings: Settings) -> CatalogEntry:
     return entry
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, draining before it stops (see the module's docstring)."""
+
+    def __init__(self, config: uvicorn.Config, state: State, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_timeout = drain_timeout
+        self.drain_requested = False
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs as a signal handler: only set flags; on_tick acts on them.  Unlike uvicorn's
+        # own handler, the signal is not raised again after shutdown: a drained server
+        # exits 0.
+        if self.drain_requested:
+            self.should_exit = True  # the second signal: stop now
+        self.drain_requested = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_requested and not self.should_exit:
+            self._drain()
+        return await super().on_tick(counter)
+
+    def _drain(self) -> None:
+        lifecycle = self.state.lifecycle
+        now = time.monotonic()
+        if self.drain_deadline is None:
+            lifecycle.draining = True
+            self.state.logs.close()  # log streams never end by themselves
+            self.drain_deadline = now + self.drain_timeout
+            if not lifecycle.idle:
+                logger.info(
+                    "shutting down: waiting up to %g s for %d request(s) in flight",
+                    self.drain_timeout,
+                    lifecycle.in_flight,
+                )
+        if lifecycle.idle:
+            self.should_exit = True
+        elif now >= self.drain_deadline:
+            logger.warning(
+                "drain timeout: stopping the %d request(s) still in flight", lifecycle.in_flight
+            )
+            # The engines end every request they hold with "the server is shutting down",
+            # so clients get an answer rather than a cut connection.
+            self.state.models.close()
+            self.should_exit = True
+
+
 def run_server(settings: Settings, log_level: str = "info") -> None:
     manager = ModelManager(models_dir(), settings)
     startup = []
     if settings.load_at_start:
         entry = choose_model(manager, settings)
         startup.append((entry.relative_path, LoadOptions()))
-    app = create_app(manager, startup_models=startup, cors_origins=settings.cors_origins)
+    app = create_app(manager, startup_models=startup, settings=settings)
+    if not is_loopback_name(settings.host) and not settings.api_keys:
+        logger.warning(
+            "listening on %s without an API key: anyone who can reach this address can use "
+            "the server (see --api-key)",
+            settings.host,
+        )
     logger.info("lmserve will listen on http://%s:%d/v1", settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        timeout_graceful_shutdown=5,
+        # After the drain, only idle connections are left: closing them is quick.
+        timeout_graceful_shutdown=2,
         access_log=log_level == "debug",
     )
+    server = DrainingServer(config, app.state, settings.drain_timeout)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()

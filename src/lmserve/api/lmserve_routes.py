@@ -19,15 +19,16 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 when ready; 503 while a model is loading."""
+    """200 when ready; 503 while a model is loading or the server is shutting down."""
     models: ModelManager = request.app.state.models
     loading = models.loading
+    draining = request.app.state.lifecycle.draining
     body = {
-        "status": "loading" if loading else "ok",
+        "status": "shutting_down" if draining else "loading" if loading else "ok",
         "models": [model.identifier for model in models.loaded()],
         "loading": loading,
     }
-    return JSONResponse(body, status_code=503 if loading else 200)
+    return JSONResponse(body, status_code=503 if loading or draining else 200)
 
 
 @router.get("/lmserve/slots")

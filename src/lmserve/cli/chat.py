@@ -69,6 +69,7 @@ def chat(
     stats: bool,
     host: str | None,
     port: int | None,
+    api_key: str | None,
 ) -> None:
     """Chat with a model in the terminal; answers stream as they are generated.
 
@@ -80,7 +81,7 @@ def chat(
         prompt = sys.stdin.read().strip() or None
         if prompt is None:
             raise click.UsageError("stdin was empty: nothing to ask")
-    with ServerClient(host, port) as client:
+    with ServerClient(host, port, api_key=api_key) as client:
         model = model or _default_model(client)
         history: list[dict[str, str]] = []
         if system_prompt:

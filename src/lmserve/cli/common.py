@@ -14,6 +14,7 @@ from typing import Any
 import click
 import httpx
 
+from lmserve.apikeys import ENV_VAR
 from lmserve.config import DEFAULT_HOST, DEFAULT_PORT
 from lmserve.paths import server_state_file
 
@@ -73,6 +74,14 @@ def client_host(bound: str) -> str:
 
 
 def connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--host``, ``--port`` and ``--api-key`` (parameters ``host``, ``port``, ``api_key``)."""
+    function = click.option(
+        "--api-key",
+        default=None,
+        envvar=ENV_VAR,
+        show_envvar=True,
+        help="The key to send, if the server requires one.",
+    )(function)
     function = click.option(
         "--port", type=int, default=None, help="The server's port (default: the running one)."
     )(function)
@@ -84,10 +93,18 @@ def connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
 class ServerClient:
     """Calls the running server's API; connection and API errors become clean messages."""
 
-    def __init__(self, host: str | None, port: int | None, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        host: str | None,
+        port: int | None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+    ) -> None:
         self.host, self.port = server_address(host, port)
         self.base_url = f"http://{self.host}:{self.port}"
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=auth_headers(api_key)
+        )
 
     def __enter__(self) -> ServerClient:
         return self
@@ -126,6 +143,12 @@ class ServerClient:
             raise not_running(self.base_url) from exc
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header for ``api_key`` (``--api-key``, else the variable)."""
+    key = api_key or os.environ.get(ENV_VAR)
+    return {"Authorization": f"Bearer {key.split()[0]}"} if key and key.strip() else {}
+
+
 def not_running(base_url: str) -> click.ClickException:
     return click.ClickException(
         f"lmserve is not running at {base_url}. Start it with: lmserve server start"
@@ -138,7 +161,10 @@ def api_error_message(response: httpx.Response) -> str:
         message = error.get("message") if isinstance(error, dict) else str(error)
     except ValueError:
         message = None
-    return message or f"the server answered {response.status_code}"
+    message = message or f"the server answered {response.status_code}"
+    if response.status_code == 401:
+        message += f" Pass --api-key or set {ENV_VAR}."
+    return message
 
 
 def echo_json(data: Any) -> None:

@@ -10,7 +10,13 @@ from typing import Any
 import click
 import httpx
 
-from lmserve.cli.common import connection_options, not_running, server_address
+from lmserve.cli.common import (
+    api_error_message,
+    auth_headers,
+    connection_options,
+    not_running,
+    server_address,
+)
 
 
 @click.group()
@@ -26,7 +32,9 @@ def _base_url(host: str, port: int) -> str:
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.option("--stats", is_flag=True, help="Also print each prediction's statistics.")
-def log_stream(host: str | None, port: int | None, as_json: bool, stats: bool) -> None:
+def log_stream(
+    host: str | None, port: int | None, api_key: str | None, as_json: bool, stats: bool
+) -> None:
     """Print, live, the exact prompt each request sends the model, and its output.
 
     Connects to the running server and prints a record as each prediction starts (the
@@ -36,11 +44,14 @@ def log_stream(host: str | None, port: int | None, as_json: bool, stats: bool) -
     url = f"{_base_url(host, port)}/lmserve/log/stream"
     try:
         with (
-            httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as client,
+            httpx.Client(
+                timeout=httpx.Timeout(5.0, read=None), headers=auth_headers(api_key)
+            ) as client,
             client.stream("GET", url) as response,
         ):
             if response.status_code != 200:
-                raise click.ClickException(f"the server answered {response.status_code} on {url}")
+                response.read()
+                raise click.ClickException(api_error_message(response))
             click.echo(f"Streaming logs from {_base_url(host, port)} (Ctrl-C to stop)", err=True)
             for line in response.iter_lines():
                 if not line.startswith("data: "):

@@ -74,9 +74,9 @@ def list_models(only: str | None, as_json: bool) -> None:
 @click.command("ps")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def list_loaded(host: str | None, port: int | None, as_json: bool) -> None:
+def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json: bool) -> None:
     """List the models loaded in the running server, with their slots and TTL."""
-    with ServerClient(host, port) as client:
+    with ServerClient(host, port, api_key=api_key) as client:
         models = client.get("/api/v1/models")["models"]
     instances = [
         {"identifier": instance["id"], "model": model["key"], **instance["config"]}
@@ -183,6 +183,7 @@ def load_model(
     yes: bool,
     host: str | None,
     port: int | None,
+    api_key: str | None,
 ) -> None:
     """Load a downloaded model into the running server."""
     name = pick_model(model, yes)
@@ -196,7 +197,7 @@ def load_model(
     ):
         if value is not None:
             body["config"][key] = value
-    with ServerClient(host, port) as client:
+    with ServerClient(host, port, api_key=api_key) as client:
         loaded = client.post("/api/v1/models/load", body)
     config = loaded["config"]
     click.echo(
@@ -210,12 +211,16 @@ def load_model(
 @click.option("--all", "unload_all", is_flag=True, help="Unload every loaded model.")
 @connection_options
 def unload_model(
-    identifier: str | None, unload_all: bool, host: str | None, port: int | None
+    identifier: str | None,
+    unload_all: bool,
+    host: str | None,
+    port: int | None,
+    api_key: str | None,
 ) -> None:
     """Unload a model from the running server (by identifier), or all of them."""
     if not identifier and not unload_all:
         raise click.UsageError("name the model to unload, or pass --all")
-    with ServerClient(host, port) as client:
+    with ServerClient(host, port, api_key=api_key) as client:
         loaded = [
             instance["id"]
             for model in client.get("/api/v1/models")["models"]

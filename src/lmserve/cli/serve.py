@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
+from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
 from lmserve.config import (
     DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_JIT_TTL,
     DEFAULT_PORT,
@@ -122,6 +125,44 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Comma-separated origins allowed to call the API.",
         ),
         click.option(
+            "--allow-host",
+            "allowed_hosts",
+            multiple=True,
+            metavar="NAME",
+            help="A Host name to answer besides localhost (repeatable). A server bound to "
+            "loopback refuses other names (403), against DNS rebinding.",
+        ),
+        click.option(
+            "--api-key",
+            "api_keys",
+            multiple=True,
+            metavar="KEY",
+            envvar=ENV_VAR,
+            show_envvar=True,
+            help="Require this API key (repeatable; the variable may hold several, "
+            "space-separated). Without one, any key is accepted.",
+        ),
+        click.option(
+            "--api-key-file",
+            default=None,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Require one of the keys in this file (one per line; # comments).",
+        ),
+        click.option(
+            "--max-body-size",
+            default="8M",
+            show_default=True,
+            metavar="SIZE",
+            help="Largest request body accepted (413 beyond it).",
+        ),
+        click.option(
+            "--drain-timeout",
+            default=DEFAULT_DRAIN_TIMEOUT,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            help="On SIGTERM or Ctrl-C, seconds to let requests in flight finish.",
+        ),
+        click.option(
             "--log-level",
             default="info",
             show_default=True,
@@ -151,7 +192,28 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         max_loaded_models=options.get("max_loaded_models"),  # type: ignore[arg-type]
         max_memory=parse_size(str(max_memory)) if max_memory else None,
         cors_origins=cors_origins(options),
+        api_keys=api_keys(options),
+        allowed_hosts=_strings(options.get("allowed_hosts")),
+        max_body_size=parse_size(str(options.get("max_body_size") or "8M")),
+        drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
     )
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A multiple option's values (a tuple from click; nothing when left out)."""
+    return tuple(str(item) for item in value) if isinstance(value, tuple | list) else ()
+
+
+def api_keys(options: dict[str, object]) -> tuple[str, ...]:
+    """Keys from ``--api-key`` (or the variable) and ``--api-key-file``, in that order."""
+    try:
+        keys = [check_key(key) for key in _strings(options.get("api_keys"))]
+        key_file = options.get("api_key_file")
+        if key_file:
+            keys += read_key_file(Path(str(key_file)))
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--api-key") from exc
+    return tuple(dict.fromkeys(keys))
 
 
 def cors_origins(options: dict[str, object]) -> tuple[str, ...]:

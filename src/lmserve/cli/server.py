@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import click
 import httpx
 
+from lmserve.apikeys import ENV_VAR
 from lmserve.cli.common import ServerState, client_host, echo_json, server_address
 from lmserve.cli.serve import server_options
 from lmserve.paths import home_dir, logs_dir
@@ -24,15 +26,35 @@ def server() -> None:
     """Start, stop and check the background server."""
 
 
+# Option names whose flag is not the name with dashes (multiple options take singular flags).
+_FLAGS = {"model_name": "--model", "allowed_hosts": "--allow-host", "api_keys": "--api-key"}
+
+
 def _serve_arguments(options: dict[str, Any]) -> list[str]:
-    """``lmserve serve`` arguments for the options given to ``server start``."""
+    """``lmserve serve`` arguments for the options given to ``server start``.
+
+    API keys are not among them: a command line is visible to every local user (``ps``), so
+    they travel in the child's environment (:func:`_serve_environment`).
+    """
     arguments = []
     for name, value in options.items():
-        if value is None or value is False or name == "timeout":
+        if value is None or value is False or name in {"timeout", "api_keys"}:
             continue
-        flag = "--model" if name == "model_name" else "--" + name.replace("_", "-")
-        arguments += [flag] if value is True else [flag, str(value)]
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, tuple | list):
+            for item in value:
+                arguments += [flag, str(item)]
+        else:
+            arguments += [flag] if value is True else [flag, str(value)]
     return arguments
+
+
+def _serve_environment(options: dict[str, Any]) -> dict[str, str]:
+    environment = dict(os.environ)
+    keys = options.get("api_keys") or ()
+    if keys:
+        environment[ENV_VAR] = " ".join(keys)
+    return environment
 
 
 def _healthy(host: str, port: int) -> dict[str, Any] | None:
@@ -69,6 +91,7 @@ def start(**options: Any) -> None:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "lmserve", "serve", *_serve_arguments(options)],
+            env=_serve_environment(options),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -97,7 +120,14 @@ def start(**options: Any) -> None:
 
 
 @server.command()
-def stop() -> None:
+@click.option(
+    "--timeout",
+    default=_STOP_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for the server to finish its requests before killing it.",
+)
+def stop(timeout: float) -> None:
     """Stop the background server (it finishes the requests it is serving first)."""
     state = ServerState.read()
     if state is None or not state.alive:
@@ -105,7 +135,7 @@ def stop() -> None:
         click.echo("The server is not running.")
         return
     state.signal(signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while state.alive and time.monotonic() < deadline:
         time.sleep(0.1)
     if state.alive:

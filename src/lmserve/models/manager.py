@@ -22,6 +22,7 @@ from lmserve.models.loader import (
     load_instance,
     plan_context,
 )
+from lmserve.models.probe import ModelFileProbe
 
 logger = logging.getLogger("lmserve.models")
 
@@ -60,6 +61,7 @@ class ModelManager:
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self.probe = ModelFileProbe()
 
     # -- lookup ------------------------------------------------------------------------------
     def rescan(self) -> Catalog:
@@ -158,6 +160,7 @@ class ModelManager:
         return identifiers
 
     def close(self) -> None:
+        self.probe.close()
         if self._reaper is not None:
             self._reaper.cancel()
         models, self._loaded = list(self._loaded.values()), {}
@@ -188,6 +191,8 @@ class ModelManager:
         parallel, n_ctx = plan_context(entry, options, self.defaults)
         await self._make_room(estimate_memory(entry, parallel * n_ctx), entry)
         try:
+            # A file that would crash llama.cpp must crash a child process, not the server.
+            await asyncio.to_thread(self.probe.check, entry.path)
             model = await asyncio.to_thread(
                 load_instance, entry, identifier, options, self.defaults, jit=jit, ttl=ttl
             )
