@@ -9,8 +9,20 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from lmserve import __version__
-from lmserve.api import lmserve_routes, lmstudio_routes, openai_routes
+from lmserve.api import (
+    anthropic,
+    embeddings,
+    lmserve_routes,
+    lmstudio_routes,
+    metrics,
+    openai_routes,
+    responses,
+)
 from lmserve.api.errors import install_error_handlers
+from lmserve.api.lifecycle import DrainGuard, Lifecycle
+from lmserve.api.limits import BodySizeLimit
+from lmserve.api.security import APIKeyGuard, APIKeys, HostGuard, is_loopback_name
+from lmserve.config import Settings
 from lmserve.logbus import LogBus
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadOptions
@@ -23,12 +35,14 @@ def create_app(
     *,
     logs: LogBus | None = None,
     startup_models: Sequence[tuple[str, LoadOptions]] = (),
-    cors_origins: Sequence[str] = (),
+    settings: Settings | None = None,
 ) -> FastAPI:
     """Build the ASGI app around a model manager; ``startup_models`` load before serving.
 
     The app owns the manager from here on: it closes it (unloading every model) on shutdown.
+    ``settings`` gives the HTTP policy: CORS, API keys, the Host check, the body size cap.
     """
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -37,6 +51,7 @@ def create_app(
                 await models.load(name, options)
             yield
         finally:
+            app.state.logs.close()
             app.state.downloads.cancel_all()  # the parts stay, for a later resume
             models.close()
 
@@ -44,17 +59,43 @@ def create_app(
     app.state.models = models
     app.state.logs = logs or LogBus()
     app.state.downloads = DownloadJobs(downloads_dir(), on_complete=models.rescan)
+    app.state.lifecycle = Lifecycle()
+    app.state.metrics = metrics.Metrics()
+    app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
-    if cors_origins:
+    _install_guards(app, settings)
+    # Outside every guard, so their refusals on Anthropic's routes come in Anthropic's shape.
+    app.add_middleware(anthropic.AnthropicErrorShape)
+    app.include_router(openai_routes.router)
+    app.include_router(embeddings.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
+    app.include_router(lmstudio_routes.router)
+    app.include_router(lmserve_routes.router)
+    app.include_router(metrics.router)
+    return app
+
+
+def _install_guards(app: FastAPI, settings: Settings) -> None:
+    """The middleware, innermost first (each ``add_middleware`` wraps the ones before).
+
+    From the outside in: metrics see every answer; the Host check refuses rebinding pages
+    before anything else; CORS answers preflights (no key needed) and labels the refusals
+    below it so pages can read them; then draining, API keys, and the body cap.
+    """
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_size)
+    if settings.api_keys:
+        app.add_middleware(APIKeyGuard, keys=APIKeys(settings.api_keys))
+    app.add_middleware(DrainGuard, lifecycle=app.state.lifecycle)
+    if settings.cors_origins:
         # Never with credentials: a page of any origin must not ride on a user's cookies.
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(cors_origins),
+            allow_origins=list(settings.cors_origins),
             allow_credentials=False,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
         )
-    app.include_router(openai_routes.router)
-    app.include_router(lmstudio_routes.router)
-    app.include_router(lmserve_routes.router)
-    return app
+    if is_loopback_name(settings.host):
+        app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics, router=app.router)

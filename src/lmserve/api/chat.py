@@ -18,95 +18,264 @@ from lmserve.api.generation import (
     prepare,
     public_finish_reason,
 )
+from lmserve.api.logprobs import chat_logprobs
 from lmserve.api.protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessage,
     Choice,
+    NamedToolChoice,
+    ResponseFunctionCall,
+    ResponseToolCall,
     TextContentPart,
+)
+from lmserve.api.reasoning import OPEN as REASONING_OPEN
+from lmserve.api.reasoning import ReasoningSplitter, split_reasoning
+from lmserve.api.structured import response_format_grammar
+from lmserve.api.tools import (
+    ToolCall,
+    ToolCallStream,
+    active_tools,
+    arguments_object,
+    call_grammar,
+    history_call_text,
+    parse_tool_calls,
+    system_instructions,
+    template_knows_tools,
+    tool_call_deltas,
+    tools_for_template,
 )
 from lmserve.engine.types import TextDelta
 from lmserve.models.loader import LoadedModel
 
 
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them: ``role`` and string ``content``."""
+def _text_content(message: ChatMessage, index: int) -> str:
+    content = message.content
+    if not isinstance(content, list):
+        return content or ""
+    parts = []
+    for part in content:
+        if not isinstance(part, TextContentPart):
+            raise InvalidRequestError(
+                "This model does not accept image inputs; send text content only.",
+                param=f"messages[{index}].content",
+                code="unsupported_content",
+            )
+        parts.append(part.text)
+    return "\n".join(parts)
+
+
+def template_messages(
+    messages: list[ChatMessage], *, native_tools: bool = False
+) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: ``role`` and string ``content``.
+
+    With ``native_tools`` the template gets earlier tool calls and results in Hugging Face's
+    structure; otherwise they are written into the text in the Hermes form the model was told.
+    """
     rendered = []
     for index, message in enumerate(messages):
-        content = message.content
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not isinstance(part, TextContentPart):
-                    raise InvalidRequestError(
-                        "This model does not accept image inputs; send text content only.",
-                        param=f"messages[{index}].content",
-                        code="unsupported_content",
-                    )
-                parts.append(part.text)
-            content = "\n".join(parts)
+        content = _text_content(message, index)
         # OpenAI's "developer" role is the system role under a newer name.
         role = "system" if message.role == "developer" else message.role
-        item: dict[str, Any] = {"role": role, "content": content or ""}
+        item: dict[str, Any] = {"role": role, "content": content}
         if message.name:
             item["name"] = message.name
+        if message.role == "assistant" and message.tool_calls:
+            if native_tools:
+                item["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": arguments_object(call.function.arguments),
+                        },
+                    }
+                    for call in message.tool_calls
+                ]
+            else:
+                calls = "\n".join(
+                    history_call_text(call.function.name, call.function.arguments)
+                    for call in message.tool_calls
+                )
+                item["content"] = f"{content}\n{calls}".strip()
+        if message.role == "tool":
+            if native_tools:
+                item["tool_call_id"] = message.tool_call_id
+            else:
+                item = {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
         rendered.append(item)
     return rendered
 
 
+def _with_instructions(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{instructions}".strip()}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instructions}, *messages]
+
+
 def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
-    """Render and tokenize the conversation and check it fits.
+    """Render and tokenize the conversation (with its tools) and check it fits.
 
     Raises ``TemplateRenderError`` or :class:`InvalidRequestError`.
     """
-    if body.response_format is not None and body.response_format.type != "text":
+    if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError(
-            f"response_format type '{body.response_format.type}' is not supported yet.",
-            param="response_format",
-            code="unsupported_value",
+            "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs"
         )
-    prompt = model.template.render(template_messages(body.messages))
+    tools = active_tools(body.tools, body.tool_choice)
+    template = model.template
+    native = bool(tools) and not template.is_fallback and template_knows_tools(template.source)
+    messages = template_messages(body.messages, native_tools=native)
+    if tools and not native:
+        messages = _with_instructions(messages, system_instructions(tools))
+    prompt = template.render(messages, tools=tools_for_template(tools) if native else None)
     tokens = model.llama.tokenize_prompt(prompt)
-    return prepare(
-        body, model, [prompt], [tokens], id_prefix="chatcmpl", param="messages", what="messages"
+    forced = bool(tools) and (
+        body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)
     )
+    grammar = (
+        call_grammar(tools, body.parallel_tool_calls)
+        if forced
+        else response_format_grammar(body.response_format)
+    )
+    prepared = prepare(
+        body,
+        model,
+        [prompt],
+        [tokens],
+        id_prefix="chatcmpl",
+        param="messages",
+        what="messages",
+        grammar=grammar,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+    )
+    prepared.tools = tools
+    prepared.parallel_tool_calls = body.parallel_tool_calls
+    prepared.starts_in_reasoning = prompt.rstrip().endswith(REASONING_OPEN)
+    return prepared
+
+
+def _calls(prepared: Prepared, calls: list[ToolCall]) -> list[ToolCall]:
+    return calls if prepared.parallel_tool_calls else calls[:1]
+
+
+def _logprobs(generation: Generation, index: int) -> dict[str, Any] | None:
+    top = generation.prepared.logprobs
+    if top is None:
+        return None
+    return {"content": chat_logprobs(generation.logprobs[index], top), "refusal": None}
+
+
+def _message(prepared: Prepared, text: str) -> tuple[AssistantMessage, bool]:
+    reasoning, answer = split_reasoning(text, prepared.starts_in_reasoning)
+    calls: list[ToolCall] = []
+    content: str | None = answer
+    if prepared.tools:
+        content, calls = parse_tool_calls(answer, prepared.tools)
+        calls = _calls(prepared, calls)
+    message = AssistantMessage(
+        content=content,
+        reasoning_content=reasoning,
+        tool_calls=[
+            ResponseToolCall(
+                id=call.id, function=ResponseFunctionCall(name=call.name, arguments=call.arguments)
+            )
+            for call in calls
+        ]
+        or None,
+    )
+    return message, bool(calls)
 
 
 async def chat_completion(generation: Generation) -> ChatCompletion:
     results = await generation.collect()
     prepared = generation.prepared
+    choices = []
+    for index, (text, done) in enumerate(results):
+        finish = public_finish_reason(done)
+        message, called = _message(prepared, text)
+        choices.append(
+            Choice(
+                index=index,
+                message=message,
+                logprobs=_logprobs(generation, index),
+                finish_reason="tool_calls" if called else finish,
+            )
+        )
     return ChatCompletion(
         id=prepared.request_id,
         model=prepared.model.identifier,
         system_fingerprint=SYSTEM_FINGERPRINT,
-        choices=[
-            Choice(
-                index=index,
-                message=AssistantMessage(content=text),
-                finish_reason=public_finish_reason(done),
-            )
-            for index, (text, done) in enumerate(results)
-        ],
+        choices=choices,
         usage=generation.usage,
     )
 
 
 async def chat_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    """``chat.completion.chunk`` dicts: role first, then content deltas, finish, usage."""
+    """``chat.completion.chunk`` dicts: role first, then deltas (reasoning, content, tool
+    calls), a finish reason per choice, and the usage chunk if asked."""
+    prepared = generation.prepared
     chunks = ChunkMaker(generation, "chat.completion.chunk", include_usage)
+    top = prepared.logprobs
+    n = len(generation.streams)
+    splitters = [ReasoningSplitter(prepared.starts_in_reasoning) for _ in range(n)]
+    tool_streams = [ToolCallStream(prepared.tools) if prepared.tools else None for _ in range(n)]
 
-    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def choice(
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         return chunks.choice(
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         )
 
-    for index in range(len(generation.streams)):
+    def content_deltas(index: int, text: str) -> list[dict[str, Any]]:
+        deltas = []
+        reasoning, answer = splitters[index].feed(text)
+        if reasoning:
+            deltas.append({"reasoning_content": reasoning})
+        stream = tool_streams[index]
+        if stream is not None:
+            answer = stream.feed(answer)
+        if answer:
+            deltas.append({"content": answer})
+        return deltas
+
+    for index in range(n):
         yield choice(index, {"role": "assistant", "content": ""})
     async for index, event in generation.events():
         if isinstance(event, TextDelta):
-            yield choice(index, {"content": event.text})
-        else:
-            yield choice(index, {}, public_finish_reason(event))
+            logprobs = (
+                {"content": chat_logprobs(event.logprobs, top), "refusal": None}
+                if top is not None
+                else None
+            )
+            deltas = content_deltas(index, event.text)
+            for position, delta in enumerate(deltas):
+                yield choice(index, delta, logprobs=logprobs if position == 0 else None)
+            continue
+        finish = public_finish_reason(event)
+        reasoning, answer = splitters[index].finish()
+        if reasoning:
+            yield choice(index, {"reasoning_content": reasoning})
+        stream = tool_streams[index]
+        calls: list[ToolCall] = []
+        if stream is not None:
+            answer = stream.feed(answer)
+            rest, calls = stream.finish()
+            answer += rest
+            calls = _calls(prepared, calls)
+        if answer:
+            yield choice(index, {"content": answer})
+        for call_index, call in enumerate(calls):
+            for delta in tool_call_deltas(call_index, call):
+                yield choice(index, {"tool_calls": [delta]})
+        yield choice(index, {}, "tool_calls" if calls else finish)
     if include_usage:
         yield chunks.usage()

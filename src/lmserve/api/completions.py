@@ -14,6 +14,7 @@ from lmserve.api.generation import (
     prepare,
     public_finish_reason,
 )
+from lmserve.api.logprobs import completion_logprobs
 from lmserve.api.protocol import CompletionChoice, CompletionRequest, TextCompletion
 from lmserve.engine.types import TextDelta
 from lmserve.models.loader import LoadedModel
@@ -23,6 +24,8 @@ def _prompts(body: CompletionRequest, model: LoadedModel) -> tuple[list[str], li
     """Each prompt's text and tokens, from any of the four shapes OpenAI accepts."""
     prompt = body.prompt
     llama = model.llama
+    if not isinstance(prompt, str) and not prompt:
+        raise InvalidRequestError("The prompt list is empty.", param="prompt")
     if isinstance(prompt, str):
         texts = [prompt]
     elif prompt and all(isinstance(item, int) for item in prompt):
@@ -81,7 +84,16 @@ def _with_suffix(
 def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Prepared:
     texts, tokens = _prompts(body, model)
     tokens = _with_suffix(body, model, texts, tokens)
-    return prepare(body, model, texts, tokens, id_prefix="cmpl", param="prompt", what="prompt")
+    return prepare(
+        body,
+        model,
+        texts,
+        tokens,
+        id_prefix="cmpl",
+        param="prompt",
+        what="prompt",
+        logprobs=body.logprobs,
+    )
 
 
 def _echo(generation: Generation, index: int, body: CompletionRequest) -> str:
@@ -101,6 +113,13 @@ async def text_completion(generation: Generation, body: CompletionRequest) -> Te
             CompletionChoice(
                 index=index,
                 text=_echo(generation, index, body) + text,
+                logprobs=(
+                    completion_logprobs(
+                        generation.logprobs[index], len(_echo(generation, index, body))
+                    )
+                    if body.logprobs is not None
+                    else None
+                ),
                 finish_reason=public_finish_reason(done),
             )
             for index, (text, done) in enumerate(results)
@@ -115,9 +134,17 @@ async def completion_chunks(
     """``text_completion`` chunks: the echo (if asked), text pieces, finish, usage."""
     chunks = ChunkMaker(generation, "text_completion", body.include_usage)
 
-    def choice(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+    offsets = [len(_echo(generation, index, body)) for index in range(len(generation.streams))]
+
+    def choice(
+        index: int, text: str, finish: str | None = None, event: TextDelta | None = None
+    ) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs is not None and event is not None:
+            logprobs = completion_logprobs(event.logprobs, offsets[index])
+            offsets[index] += len(text)
         return chunks.choice(
-            {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         )
 
     if body.echo:
@@ -125,7 +152,7 @@ async def completion_chunks(
             yield choice(index, _echo(generation, index, body))
     async for index, event in generation.events():
         if isinstance(event, TextDelta):
-            yield choice(index, event.text)
+            yield choice(index, event.text, event=event)
         else:
             yield choice(index, "", public_finish_reason(event))
     if body.include_usage:

@@ -6,7 +6,9 @@ Hierarchy (each class fixes the HTTP status and the ``type``):
 - :class:`APIError` (500, ``server_error``): base of all errors the API reports on purpose
   - :class:`InvalidRequestError` (400, ``invalid_request_error``): the request is malformed
     - :class:`ContextLengthExceededError` (code ``context_length_exceeded``)
-  - :class:`AuthenticationError` (401, ``authentication_error``)
+    - :class:`PayloadTooLargeError` (413, code ``request_too_large``)
+  - :class:`AuthenticationError` (401, ``authentication_error``): no valid API key
+  - :class:`PermissionDeniedError` (403, ``permission_error``): e.g. a foreign ``Host``
   - :class:`NotFoundError` (404, ``invalid_request_error``): unknown route or resource
     - :class:`ModelNotFoundError` (code ``model_not_found``)
   - :class:`BadGatewayError` (502, ``server_error``): the Hugging Face hub failed
@@ -14,6 +16,7 @@ Hierarchy (each class fixes the HTTP status and the ``type``):
 
 Anything else that escapes a route is a bug: it becomes a 500 whose body says nothing about
 the server's internals (no traceback, no file path); the details go to the server's log.
+Messages are capped (:data:`MAX_MESSAGE_LENGTH`), so an error never echoes a huge input back.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmserve.engine.sampling import GrammarError
 from lmserve.engine.template import TemplateRenderError
 from lmserve.engine.types import EngineClosedError, QueueFullError
-from lmserve.models.download import DownloadError, InvalidModelReference, QuantizationNotFound
+from lmserve.models.hub import DownloadError, InvalidModelReference, QuantizationNotFound
 from lmserve.models.manager import ModelCapacityError, ModelLoadFailed, ModelNotFound
 
 logger = logging.getLogger("lmserve.api")
@@ -67,10 +71,21 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class PayloadTooLargeError(InvalidRequestError):
+    status_code = 413
+    default_code = "request_too_large"
+
+
 class AuthenticationError(APIError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
 
 
 class NotFoundError(APIError):
@@ -95,9 +110,20 @@ class ServiceUnavailableError(APIError):
     default_code = "service_unavailable"
 
 
+MAX_MESSAGE_LENGTH = 1000
+_MAX_PARAM_LENGTH = 200
+
+
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
+    # Messages quote names the client sent (models, job ids); keep the echo small.
+    message = _capped(message, MAX_MESSAGE_LENGTH)
+    param = _capped(param, _MAX_PARAM_LENGTH) if param is not None else None
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -162,11 +188,23 @@ def api_error_for(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, RequestValidationError):
         return validation_error(exc)
+    if isinstance(exc, UnicodeError):
+        # JSON may spell a lone UTF-16 surrogate ("\ud800"); no model can read it as text.
+        return InvalidRequestError(
+            "The request holds text that is not valid Unicode (a lone surrogate escape such "
+            "as \\ud800).",
+            code="invalid_unicode",
+        )
     if isinstance(exc, ModelNotFound):
         known = ", ".join(exc.known) if exc.known else "none"
         return ModelNotFoundError(
             f"The model '{exc.name}' does not exist or is not loaded. Available: {known}.",
             param="model",
+        )
+    if isinstance(exc, GrammarError):
+        return InvalidRequestError(
+            f"The output constraint could not be compiled into a grammar: {exc}.",
+            code="invalid_grammar",
         )
     if isinstance(exc, TemplateRenderError):
         return InvalidRequestError(str(exc), param="messages", code="invalid_messages")
@@ -197,8 +235,10 @@ def api_error_for(exc: Exception) -> APIError:
 _MAPPED = (
     APIError,
     RequestValidationError,
+    UnicodeError,
     ModelNotFound,
     TemplateRenderError,
+    GrammarError,
     QueueFullError,
     EngineClosedError,
     ModelCapacityError,

@@ -12,18 +12,24 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmserve import __version__
 from lmserve.api.errors import APIError, ContextLengthExceededError, InvalidRequestError
-from lmserve.api.protocol import GenerationRequestFields, PromptTokensDetails, Usage
+from lmserve.api.protocol import (
+    GenerationRequestFields,
+    PromptTokensDetails,
+    ToolDefinition,
+    Usage,
+)
 from lmserve.engine.types import (
     Finished,
     GenerationRequest,
     GenerationStream,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
 )
 from lmserve.logbus import LogBus
 from lmserve.models.loader import LoadedModel
@@ -50,6 +56,12 @@ class Prepared:
     max_tokens: int | None
     stop: tuple[str, ...]
     n: int
+    logprobs: int | None = None
+    # Chat only: the tools the model may call, to find calls in what it writes.
+    tools: list[ToolDefinition] = field(default_factory=list)
+    parallel_tool_calls: bool = True
+    # Chat only: the template opened a <think> block at the end of the prompt.
+    starts_in_reasoning: bool = False
 
     def engine_requests(self) -> list[GenerationRequest]:
         """``n`` requests per prompt; choice ``p * n + j`` is the j-th of prompt p."""
@@ -66,6 +78,7 @@ class Prepared:
                         sampling=sampling,
                         max_tokens=self.max_tokens,
                         stop=self.stop,
+                        logprobs=self.logprobs,
                     )
                 )
         return requests
@@ -143,18 +156,24 @@ def prepare(
     id_prefix: str,
     param: str,
     what: str,
+    grammar: str | None = None,
+    logprobs: int | None = None,
 ) -> Prepared:
     for prompt_tokens in tokens:
         check_fits(model, prompt_tokens, param, what)
+    sampling = sampling_params(body, model.llama.n_vocab)
+    if grammar is not None:
+        sampling = replace(sampling, grammar=grammar)
     return Prepared(
         request_id=new_id(id_prefix),
         model=model,
         prompts=prompts,
         prompt_tokens=tokens,
-        sampling=sampling_params(body, model.llama.n_vocab),
+        sampling=sampling,
         max_tokens=body.completion_limit(),
         stop=stop_sequences(body),
         n=body.n,
+        logprobs=logprobs,
     )
 
 
@@ -192,6 +211,7 @@ class Generation:
             self.cancel()
             raise
         self.texts = [""] * len(self.streams)
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in self.streams]
         self.finished: list[Finished | None] = [None] * len(self.streams)
         for index, (prompt, tokens) in enumerate(
             zip(prepared.prompts, prepared.prompt_tokens, strict=True)
@@ -212,6 +232,7 @@ class Generation:
     def _record(self, index: int, event: TextDelta | Finished) -> None:
         if isinstance(event, TextDelta):
             self.texts[index] += event.text
+            self.logprobs[index].extend(event.logprobs)
             return
         self.finished[index] = event
         self._logs.publish(

@@ -24,8 +24,8 @@ from lmserve.api.generation import Generation, stats_of
 from lmserve.api.protocol import MAX_TOKENS_CAP, ChatCompletionRequest, CompletionRequest
 from lmserve.api.serving import serve_generation
 from lmserve.models.catalog import CatalogEntry
-from lmserve.models.download import resolve_plan
 from lmserve.models.download_jobs import DownloadJobs
+from lmserve.models.hub import resolve_plan
 from lmserve.models.loader import LoadedModel, LoadOptions
 from lmserve.models.manager import ModelManager
 

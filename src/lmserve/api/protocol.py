@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 1000
 MAX_TOKENS_CAP = 1_000_000
+MAX_MESSAGES = 4096
+MAX_LOGIT_BIAS = 1024  # entries
+MAX_TOKEN_ID = 2**31 - 1  # llama.cpp's token ids are int32
 
 
 class _Request(BaseModel):
@@ -56,9 +59,46 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a 'json_schema' object is required when type is 'json_schema'")
+        return self
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = Field(default=None, max_length=10_000)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Request):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: ToolChoiceFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class GenerationRequestFields(_Request):
@@ -66,7 +106,9 @@ class GenerationRequestFields(_Request):
 
     model: str = Field(min_length=1)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS
+    )
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     n: int = Field(default=1, ge=1, le=16)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -97,9 +139,14 @@ class GenerationRequestFields(_Request):
 
 
 class ChatCompletionRequest(GenerationRequestFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool = False
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
+    parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    tool_choice: ToolChoice | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -110,10 +157,11 @@ class CompletionRequest(GenerationRequestFields):
     prompt: (
         str
         | list[str]
-        | list[Annotated[int, Field(ge=0)]]
-        | list[list[Annotated[int, Field(ge=0)]]]
+        | list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]]
+        | list[list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]]]
     ) = ""
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_CAP)  # OpenAI's default
 
@@ -129,17 +177,35 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
+    # What reasoning models think before answering (LM Studio and DeepSeek call it this).
+    reasoning_content: str | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
+    # {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, as OpenAI's legacy API.
+    logprobs: dict[str, Any] | None = None
+    finish_reason: FinishReason | None
 
 
 class TextCompletion(BaseModel):
@@ -155,8 +221,8 @@ class TextCompletion(BaseModel):
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
+    logprobs: dict[str, Any] | None = None  # {"content": [...], "refusal": None}
+    finish_reason: FinishReason | None
 
 
 class ChatCompletion(BaseModel):
@@ -167,28 +233,6 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     choices: list[Choice]
     usage: Usage
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int
-    delta: Delta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from lmserve.api.errors import APIError
 from lmserve.api.generation import Generation, Prepared, sse_event
+from lmserve.api.limits import check_choices
 from lmserve.api.protocol import GenerationRequestFields
 from lmserve.api.streaming import (
     ClientGone,
@@ -36,7 +37,9 @@ async def serve_generation(
     prepare: Callable[[Body, LoadedModel], Prepared],
     respond: Callable[[Generation], Awaitable[BaseModel | dict[str, Any]]],
     chunks: Callable[[Generation], AsyncIterator[dict[str, Any]]],
+    encode: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]] | None = None,
 ) -> Response | BaseModel | dict[str, Any]:
+    """``encode`` writes the stream (default: OpenAI's ``data:`` lines and ``[DONE]``)."""
     models: ModelManager = request.app.state.models
     model = await models.acquire(body.model, body.ttl)
     released = False
@@ -50,14 +53,15 @@ async def serve_generation(
             models.release(model)
 
     try:
-        generation = Generation(prepare(body, model), request.app.state.logs)
+        prepared = prepare(body, model)
+        check_choices(len(prepared.prompt_tokens) * prepared.n)
+        generation = Generation(prepared, request.app.state.logs)
     except BaseException:
         finish()
         raise
     if body.stream:
-        return EventStreamResponse(
-            server_sent_events(chunks(generation)), on_close=lambda: finish(generation)
-        )
+        events = (encode or server_sent_events)(chunks(generation))
+        return EventStreamResponse(events, on_close=lambda: finish(generation))
     try:
         return await unless_disconnected(request, respond(generation))
     except ClientGone:
@@ -75,3 +79,10 @@ async def server_sent_events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIter
         yield sse_event(exc.body())
         return
     yield b"data: [DONE]\n\n"
+
+
+async def named_server_sent_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """``event: <type>`` before each ``data:`` line, as the Responses and Anthropic APIs
+    stream; their event makers report failures in-band in their own shapes."""
+    async for event in events:
+        yield f"event: {event['type']}\n".encode() + sse_event(event)

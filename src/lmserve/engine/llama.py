@@ -13,10 +13,10 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import llama_cpp as C
-
-from lmserve.engine.types import SamplingParams
+import numpy as np
 
 logger = logging.getLogger("lmserve.llama")
 
@@ -60,6 +60,10 @@ def drop_doubled_bos(tokens: list[int], bos_id: int) -> list[int]:
     return tokens
 
 
+class TokenSampler(Protocol):
+    def sample(self, context: LlamaContext, row: int) -> int: ...
+
+
 class ModelLoadError(RuntimeError):
     """llama.cpp could not load the model file."""
 
@@ -88,6 +92,8 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._piece_lock = threading.Lock()
+        architecture = self.metadata("general.architecture")
+        self.architecture = architecture or "unknown"
         template = C.llama_model_chat_template(model, None)
         self.chat_template: str | None = template.decode("utf-8") if template else None
 
@@ -243,66 +249,21 @@ class LlamaContext:
     def clear(self) -> None:
         C.llama_memory_clear(self._memory, True)
 
-    # -- sampling -----------------------------------------------------------------------------
-    def sample(self, chain: SamplerChain, row: int) -> int:
-        return C.llama_sampler_sample(chain.handle, self._ctx, row)
+    # -- outputs ------------------------------------------------------------------------------
+    def sample(self, chain: TokenSampler, row: int) -> int:
+        """The next token of the sequence whose logits are in ``row``, chosen by ``chain``."""
+        return chain.sample(self, row)
+
+    def logits(self, row: int) -> np.ndarray:
+        """Row ``row`` of the last decode's logits: a read-only view, valid until the next
+        decode (no copy of the vocabulary-sized vector)."""
+        pointer = C.llama_get_logits_ith(self._ctx, row)
+        view = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+        view.flags.writeable = False
+        return view
 
     def close(self) -> None:
         if self._ctx:
             C.llama_batch_free(self._batch)
             C.llama_free(self._ctx)
             self._ctx = None
-
-
-class SamplerChain:
-    """A chain of llama.cpp's C samplers built from :class:`SamplingParams`.
-
-    The order is llama.cpp's default: bias, penalties, top-k, top-p, min-p, temperature, draw.
-    """
-
-    def __init__(self, model: LlamaModel, params: SamplingParams, seed: int) -> None:
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        self.handle = chain
-        self._penalties: C.llama_sampler_p | None = None
-        self._window = params.repeat_last_n
-        if params.logit_bias:
-            biases = (C.llama_logit_bias * len(params.logit_bias))()
-            for i, (token, bias) in enumerate(params.logit_bias):
-                biases[i].token = token
-                # OpenAI: -100 bans the token; make the ban absolute, not merely unlikely.
-                biases[i].bias = float("-inf") if bias <= -100 else bias
-            C.llama_sampler_chain_add(
-                chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases)
-            )
-        if params.penalised:
-            # llama_cpp 0.3.36 takes n_vocab first; older documentation shows four arguments.
-            self._penalties = C.llama_sampler_init_penalties(
-                model.n_vocab,
-                params.repeat_last_n,
-                params.repeat_penalty,
-                params.frequency_penalty,
-                params.presence_penalty,
-            )
-            C.llama_sampler_chain_add(chain, self._penalties)
-        if params.greedy:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
-            return
-        if params.top_k > 0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(params.min_p, 1))
-        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(params.temperature))
-        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed))
-
-    def remember(self, tokens: list[int]) -> None:
-        """Feed context tokens (the prompt) to the penalties so they count as already seen."""
-        if self._penalties is not None:
-            for token in tokens[-self._window :] if self._window > 0 else tokens:
-                C.llama_sampler_accept(self._penalties, token)
-
-    def close(self) -> None:
-        if self.handle:
-            C.llama_sampler_free(self.handle)
-            self.handle = None

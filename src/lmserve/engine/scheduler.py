@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from lmserve.engine.llama import LlamaContext, LlamaModel
+from lmserve.engine.sampling import token_logprob
 from lmserve.engine.sequence import Sequence
 from lmserve.engine.types import (
     EngineClosedError,
@@ -38,6 +39,7 @@ from lmserve.engine.types import (
     Outbox,
     QueueFullError,
     StopReason,
+    TokenLogprob,
 )
 
 logger = logging.getLogger("lmserve.engine")
@@ -321,18 +323,25 @@ class BatchingEngine:
             for entry in planned
             if entry.slot.sequence is not None and entry.slot.sequence.row is not None
         ]
-        tokens = [
-            self.context.sample(slot.sequence.chain, slot.sequence.row)
-            for slot in ready
-            if slot.sequence is not None and slot.sequence.row is not None
-        ]
+        picks: list[tuple[_Slot, int, TokenLogprob | None]] = []
+        for slot in ready:
+            sequence = slot.sequence
+            assert sequence is not None and sequence.row is not None
+            token = self.context.sample(sequence.chain, sequence.row)
+            wanted = sequence.request.logprobs
+            logprob = (
+                token_logprob(self.model, self.context.logits(sequence.row), token, wanted)
+                if wanted is not None
+                else None
+            )
+            picks.append((slot, token, logprob))
         now = time.perf_counter()
         stats.sample_seconds += now - sample_started
-        stats.generated_tokens += len(tokens)
-        for slot, token in zip(ready, tokens, strict=True):
+        stats.generated_tokens += len(picks)
+        for slot, token, logprob in picks:
             sequence = slot.sequence
             assert sequence is not None
-            reason = sequence.accept(self.model, token, now)
+            reason = sequence.accept(self.model, token, now, logprob)
             if reason is None and len(sequence.prompt) + sequence.generated >= self.n_ctx_per_slot:
                 reason = "contextLengthReached"  # prompt and completion fill the slot's context
             if reason is not None:

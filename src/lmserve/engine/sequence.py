@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from lmserve.engine.llama import LlamaModel, SamplerChain
+from lmserve.engine.llama import LlamaModel
+from lmserve.engine.sampling import SamplerChain
 from lmserve.engine.text import StopMatcher, Utf8Assembler
 from lmserve.engine.types import (
     Finished,
@@ -14,6 +15,7 @@ from lmserve.engine.types import (
     GenerationStream,
     StopReason,
     TextDelta,
+    TokenLogprob,
 )
 
 _FINISH_REASONS: dict[StopReason, FinishReason] = {
@@ -44,6 +46,8 @@ class Sequence:
     last_token_at: float | None = None
     utf8: Utf8Assembler = field(default_factory=Utf8Assembler)
     stops: StopMatcher | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    stopped_by: str | None = None
 
     @classmethod
     def create(cls, model: LlamaModel, stream: GenerationStream, seed: int) -> Sequence:
@@ -63,7 +67,9 @@ class Sequence:
     def prefilling(self) -> bool:
         return self.next_prompt_index < len(self.prompt)
 
-    def accept(self, model: LlamaModel, token: int, now: float) -> StopReason | None:
+    def accept(
+        self, model: LlamaModel, token: int, now: float, logprob: TokenLogprob | None = None
+    ) -> StopReason | None:
         """Take one sampled token: publish its text; say why to stop, if it is time."""
         if self.first_token_at is None:
             self.first_token_at = now
@@ -71,11 +77,14 @@ class Sequence:
         if model.is_eog(token):
             return "eosFound"
         self.generated += 1
+        if logprob is not None:
+            self.pending_logprobs.append(logprob)
         text = self.utf8.feed(model.piece(token))
         if self.stops is not None and text:
             text, stopped = self.stops.feed(text)
             if stopped:
                 self._publish_text(text)
+                self.stopped_by = self.stops.stopped_by
                 self.stops = None  # nothing held back remains to flush
                 return "stopStringFound"
         self._publish_text(text)
@@ -94,6 +103,7 @@ class Sequence:
                 tail = text if stopped else text + self.stops.flush()
                 if stopped:
                     reason = "stopStringFound"
+                    self.stopped_by = self.stops.stopped_by
             self._publish_text(tail)
         first, last = self.first_token_at, self.last_token_at
         self.stream.publish(
@@ -106,10 +116,14 @@ class Sequence:
                 time_to_first_token=(first - self.submitted) if first is not None else None,
                 generation_seconds=(last - first) if first is not None and last else 0.0,
                 error=error,
+                stopped_by=self.stopped_by,
             )
         )
         self.chain.close()
 
     def _publish_text(self, text: str) -> None:
+        # Log-probabilities travel with the text their tokens became; a token whose text is
+        # held back (half a character, a possible stop string) waits for it.
         if text:
-            self.stream.publish(TextDelta(text, self.generated))
+            logprobs, self.pending_logprobs = tuple(self.pending_logprobs), []
+            self.stream.publish(TextDelta(text, self.generated, logprobs))

@@ -40,6 +40,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
+    grammar: str | None = None  # GBNF the output must match (structured output, tool calls)
 
     @property
     def greedy(self) -> bool:
@@ -65,15 +66,27 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; n: each token's and its n likeliest rivals'
     number: int = field(default_factory=lambda: next(_request_numbers))
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and its likeliest rivals."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
-    """Text produced since the previous event (may be empty when held back for a stop)."""
+    """Text produced since the previous event, and the tokens it came from."""
 
     text: str
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class Finished:
     time_to_first_token: float | None
     generation_seconds: float
     error: str | None = None
+    stopped_by: str | None = None  # the stop string that ended generation, if one did
 
     @property
     def tokens_per_second(self) -> float | None:

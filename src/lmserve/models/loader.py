@@ -6,10 +6,12 @@ Blocking (seconds for big models): the manager calls it in a worker thread.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
 from lmserve.config import ModelDefaults
+from lmserve.engine.embeddings import Embedder
 from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel
 from lmserve.engine.scheduler import BatchingEngine
 from lmserve.engine.template import ChatTemplate
@@ -52,6 +54,15 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # requests between model lookup and their last event
+    _embedder: Embedder | None = None
+    _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def embedder(self) -> Embedder:
+        """The model's embedding context, made on first use (blocking: call off the loop)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.llama, self.n_ctx)
+            return self._embedder
 
     @property
     def n_ctx(self) -> int:
@@ -70,6 +81,9 @@ class LoadedModel:
 
     def close(self, reason: str) -> None:
         self.engine.close(reason)
+        with self._embedder_lock:
+            if self._embedder is not None:
+                self._embedder.close()
         self.llama.close()
 
 

@@ -1,0 +1,114 @@
+"""``/v1/embeddings``: strings or token arrays in, normalised vectors out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmserve.api.errors import ContextLengthExceededError, InvalidRequestError
+from lmserve.models.loader import LoadedModel
+from lmserve.models.manager import ModelManager
+
+MAX_INPUTS = 2048  # OpenAI's limit per request
+
+Token = Annotated[int, Field(ge=0, le=2**31 - 1)]  # bounded, as every number in a request
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | list[Token] | list[list[Token]]
+    model: str = Field(min_length=1)
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    ttl: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)
+
+
+def _token_lists(body: EmbeddingRequest, model: LoadedModel) -> list[list[int]]:
+    raw = body.input
+    llama = model.llama
+    if isinstance(raw, str):
+        raw = [raw]
+    if not raw:
+        raise InvalidRequestError("'input' must not be empty.", param="input")
+    if len(raw) > MAX_INPUTS:
+        raise InvalidRequestError(f"'input' may hold at most {MAX_INPUTS} items.", param="input")
+    if all(isinstance(item, int) for item in raw):
+        raw = [raw]  # one token array
+    lists: list[list[int]] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, str):
+            if not item:
+                raise InvalidRequestError(f"input[{index}] is an empty string.", param="input")
+            lists.append(llama.tokenize(item, add_special=llama.add_bos, parse_special=False))
+        else:
+            if not item or any(token >= llama.n_vocab for token in item):
+                raise InvalidRequestError(
+                    f"input[{index}] has no tokens or a token id outside the vocabulary "
+                    f"(0 to {llama.n_vocab - 1}).",
+                    param="input",
+                )
+            lists.append(list(item))
+    return lists
+
+
+def _encode(vector: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    models: ModelManager = request.app.state.models
+    async with models.using(body.model, body.ttl) as model:
+        token_lists = _token_lists(body, model)
+        embedder = await asyncio.to_thread(model.embedder)
+        if body.dimensions is not None and body.dimensions != embedder.dimensions:
+            raise InvalidRequestError(
+                f"This model's embeddings have {embedder.dimensions} dimensions; 'dimensions' "
+                "cannot shorten or lengthen them.",
+                param="dimensions",
+                code="unsupported_value",
+            )
+        for index, tokens in enumerate(token_lists):
+            if len(tokens) > embedder.n_ctx:
+                raise ContextLengthExceededError(
+                    f"input[{index}] has {len(tokens)} tokens; this model embeds at most "
+                    f"{embedder.n_ctx}.",
+                    param="input",
+                )
+        vectors = await asyncio.to_thread(lambda: [embedder.embed(t) for t in token_lists])
+    used = sum(len(tokens) for tokens in token_lists)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _encode(vector, body.encoding_format),
+            }
+            for index, vector in enumerate(vectors)
+        ],
+        "model": model.identifier,
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
+
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings")
+async def v1_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    """Embeddings of a string, a list of strings, or token arrays (pooled, normalised)."""
+    return await create_embeddings(body, request)
+
+
+@router.post("/api/v0/embeddings")
+async def v0_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    """LM Studio's v0 embeddings route: the same as ``/v1/embeddings``."""
+    return await create_embeddings(body, request)

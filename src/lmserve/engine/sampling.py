@@ -1,0 +1,193 @@
+"""Choosing each next token: llama.cpp's C samplers, a grammar, and log-probabilities.
+
+Nothing here loops over the vocabulary in Python: the samplers are C code, and the few
+whole-vocabulary steps (copying logits into a candidate array, log-softmax) are numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import llama_cpp as C
+import numpy as np
+
+from lmserve.engine.llama import LlamaContext, LlamaModel
+from lmserve.engine.types import SamplingParams, TokenLogprob
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not parse the grammar."""
+
+
+class _Candidates:
+    """A reusable ``llama_token_data_array`` over the whole vocabulary, filled from logits."""
+
+    def __init__(self, n_vocab: int) -> None:
+        assert _TOKEN_DATA.itemsize == ctypes.sizeof(C.llama_token_data)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self.array = C.llama_token_data_array(
+            data=self._data.ctypes.data_as(C.llama_token_data_p),
+            size=n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+
+    def fill(self, logits: np.ndarray) -> None:
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        self.array.size = len(self._ids)
+        self.array.selected = -1
+        self.array.sorted = False
+
+    def apply(self, sampler: C.llama_sampler_p) -> None:
+        C.llama_sampler_apply(sampler, ctypes.byref(self.array))
+
+    @property
+    def selected(self) -> int:
+        return int(self._data["id"][self.array.selected])
+
+
+class SamplerChain:
+    """A chain of llama.cpp's C samplers built from :class:`SamplingParams`.
+
+    The order is llama.cpp's default: bias, penalties, top-k, top-p, min-p, temperature, draw.
+    A grammar, if any, is checked against the token the chain picks, and only when it refuses
+    that token is it applied to the whole vocabulary and the token drawn again; checking
+    one token costs microseconds, masking 49,152 costs milliseconds.  (llama.cpp's own
+    sampler helper does the same.)
+    """
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, seed: int) -> None:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.handle = chain
+        self._penalties: C.llama_sampler_p | None = None
+        self._window = params.repeat_last_n
+        self._grammar: C.llama_sampler_p | None = None
+        self._candidates: _Candidates | None = None
+        if params.grammar:
+            grammar = C.llama_sampler_init_grammar(
+                model.vocab, params.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                C.llama_sampler_free(chain)
+                self.handle = None
+                raise GrammarError("the grammar does not parse")
+            self._grammar = grammar
+            self._candidates = _Candidates(model.n_vocab)
+            self._single = (C.llama_token_data * 1)()
+            self._single_array = C.llama_token_data_array(
+                data=ctypes.cast(self._single, C.llama_token_data_p),
+                size=1,
+                selected=-1,
+                sorted=False,
+            )
+        if params.logit_bias:
+            biases = (C.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias):
+                biases[i].token = token
+                # OpenAI: -100 bans the token; make the ban absolute, not merely unlikely.
+                biases[i].bias = float("-inf") if bias <= -100 else bias
+            C.llama_sampler_chain_add(
+                chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases)
+            )
+        if params.penalised:
+            # llama_cpp 0.3.36 takes n_vocab first; older documentation shows four arguments.
+            self._penalties = C.llama_sampler_init_penalties(
+                model.n_vocab,
+                params.repeat_last_n,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+            C.llama_sampler_chain_add(chain, self._penalties)
+        if params.greedy:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(params.min_p, 1))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(params.temperature))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed))
+
+    def remember(self, tokens: list[int]) -> None:
+        """Feed context tokens (the prompt) to the penalties so they count as already seen."""
+        if self._penalties is not None:
+            for token in tokens[-self._window :] if self._window > 0 else tokens:
+                C.llama_sampler_accept(self._penalties, token)
+
+    def sample(self, context: LlamaContext, row: int) -> int:
+        """Pick and accept the next token from row ``row`` of the last decode's logits."""
+        if self._grammar is None or self._candidates is None:
+            return C.llama_sampler_sample(self.handle, context.handle, row)
+        candidates = self._candidates
+        logits = context.logits(row)
+        candidates.fill(logits)
+        candidates.apply(self.handle)
+        token = candidates.selected
+        if not self._grammar_allows(token):
+            candidates.fill(logits)
+            candidates.apply(self._grammar)
+            candidates.apply(self.handle)
+            token = candidates.selected
+        C.llama_sampler_accept(self.handle, token)
+        C.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        single = self._single[0]
+        single.id, single.logit, single.p = token, 0.0, 0.0
+        self._single_array.size = 1
+        self._single_array.selected = -1
+        self._single_array.sorted = False
+        C.llama_sampler_apply(self._grammar, ctypes.byref(self._single_array))
+        return bool(np.isfinite(self._single[0].logit))
+
+    def close(self) -> None:
+        if self.handle:
+            C.llama_sampler_free(self.handle)
+            self.handle = None
+        if self._grammar:
+            C.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Log-probabilities of one row of logits: the model's own, before any sampler."""
+
+    log_normalizer: float
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+def distribution(logits: np.ndarray, top: int) -> Distribution:
+    """log-softmax statistics of ``logits`` and its ``top`` most likely tokens."""
+    peak = float(logits.max())
+    normalizer = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+    if top > 0:
+        ids = np.argpartition(logits, -top)[-top:]
+        ids = ids[np.argsort(logits[ids])[::-1]]
+    else:
+        ids = np.empty(0, dtype=np.int64)
+    return Distribution(normalizer, ids, logits[ids].astype(np.float64) - normalizer)
+
+
+def token_logprob(model: LlamaModel, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    dist = distribution(logits, top)
+    return TokenLogprob(
+        token=token,
+        piece=model.piece(token),
+        logprob=float(logits[token]) - dist.log_normalizer,
+        top=tuple(
+            (int(tid), model.piece(int(tid)), float(lp))
+            for tid, lp in zip(dist.top_ids, dist.top_logprobs, strict=True)
+        ),
+    )

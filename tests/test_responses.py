@@ -1,0 +1,483 @@
+"""OpenAI's Responses API (``/v1/responses``) on the real server, with the official SDK."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+
+from lmserve.api.generation import Prepared
+from lmserve.api.responses_output import ResponseEvents, ResponseTurn
+from lmserve.api.responses_protocol import ResponsesRequest
+from lmserve.engine.types import Finished, SamplingParams, TextDelta
+from tests.conftest import MODEL_ID, Server
+from tests.test_tools import prompts
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+ADD = {
+    "type": "function",
+    "name": "add",
+    "description": "Add two integers",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    },
+}
+TOOLS = [WEATHER, ADD]
+SCHEMAS = {tool["name"]: tool["parameters"] for tool in TOOLS}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def check_calls(output: list[Any]) -> list[Any]:
+    calls = [item for item in output if item.type == "function_call"]
+    assert calls
+    for call in calls:
+        assert call.id.startswith("fc_") and call.call_id.startswith("call_")
+        assert call.status == "completed"
+        jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
+    return calls
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def test_a_text_response_parses_with_the_sdk(client: OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL_ID,
+        input="Say hello.",
+        max_output_tokens=40,
+        metadata={"k": "v"},
+        extra_body={"seed": 1},
+    )
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert response.model == MODEL_ID and response.status in {"completed", "incomplete"}
+    message = response.output[0]
+    assert message.type == "message" and message.role == "assistant"
+    assert message.id.startswith("msg_") and message.content[0].type == "output_text"
+    assert response.output_text == message.content[0].text != ""
+    usage = response.usage
+    assert usage.input_tokens > 0 and 0 < usage.output_tokens <= 40
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert usage.output_tokens_details.reasoning_tokens == 0
+    # The echoed settings: LM Studio's defaults where the request left them out.
+    assert response.temperature == pytest.approx(0.8) and response.top_p == pytest.approx(0.95)
+    assert response.tool_choice == "auto" and response.tools == []
+    assert response.parallel_tool_calls is True and response.text.format.type == "text"
+    assert response.metadata == {"k": "v"} and response.max_output_tokens == 40
+
+
+def test_the_token_limit_makes_the_response_incomplete(client: OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL_ID, input="Tell me a long story.", max_output_tokens=3
+    )
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 3
+    assert response.output[0].status == "incomplete"
+
+
+def test_input_messages_and_instructions_reach_the_prompt(client: OpenAI, server: Server) -> None:
+    with prompts(server) as seen:
+        client.responses.create(
+            model=MODEL_ID,
+            instructions="Answer like a pirate.",
+            input=[
+                {"role": "developer", "content": "Keep it short."},
+                {"type": "message", "role": "user", "content": "Hi, I am Ada."},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "Ahoy Ada!"}]},
+                {"role": "user", "content": [{"type": "input_text", "text": "Who am I?"}]},
+            ],
+            max_output_tokens=1,
+        )
+    prompt = seen[-1]
+    order = ["Answer like a pirate.", "Keep it short.", "Hi, I am Ada.", "Ahoy Ada!", "Who am I?"]
+    positions = [prompt.index(text) for text in order]
+    assert positions == sorted(positions)
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+def test_streamed_text_comes_in_openais_event_order(client: OpenAI) -> None:
+    with client.responses.stream(model=MODEL_ID, input="Say hello.", max_output_tokens=200) as s:
+        events = list(s)
+        final = s.get_final_response()
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    text = "".join(delta.delta for delta in deltas)
+    assert text and text == final.output_text
+    assert {(d.item_id, d.output_index, d.content_index) for d in deltas} == {
+        (final.output[0].id, 0, 0)
+    }
+    assert events[0].response.id == final.id and events[0].response.status == "in_progress"
+    assert final.usage.output_tokens > 0
+
+
+def test_a_stream_cut_short_ends_with_response_incomplete(client: OpenAI) -> None:
+    events = list(
+        client.responses.create(model=MODEL_ID, input="A story.", max_output_tokens=2, stream=True)
+    )
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+    assert events[-2].type == "response.output_item.done"
+    assert events[-2].item.status == "incomplete"
+
+
+def test_the_wire_format_names_each_event(server: Server, http: httpx.Client) -> None:
+    body = {"model": MODEL_ID, "input": "Hi", "max_output_tokens": 3, "stream": True}
+    with http.stream("POST", "/v1/responses", json=body) as response:
+        blocks = response.read().decode().strip().split("\n\n")
+    for block in blocks:
+        event_line, data_line = block.split("\n")
+        assert event_line.startswith("event: ") and data_line.startswith("data: ")
+        assert json.loads(data_line[6:])["type"] == event_line[7:]
+    assert "[DONE]" not in blocks[-1]
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_required_tool_choice_gives_valid_function_calls(client: OpenAI, seed: int) -> None:
+    response = client.responses.create(
+        model=MODEL_ID,
+        input="What is the weather like in Paris today?",
+        tools=TOOLS,
+        tool_choice="required",
+        extra_body={"seed": seed},
+        temperature=1.0,
+        max_output_tokens=200,
+    )
+    check_calls(response.output)
+    assert response.tools[0].name == "get_weather" and response.tool_choice == "required"
+
+
+def test_a_named_function_is_called_once_without_parallel_calls(client: OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL_ID,
+        input="What is 2 plus 3?",
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "add"},
+        parallel_tool_calls=False,
+        max_output_tokens=200,
+    )
+    calls = check_calls(response.output)
+    assert [call.name for call in calls] == ["add"]
+
+
+def test_streamed_function_calls_reassemble_with_the_sdk_helper(client: OpenAI) -> None:
+    with client.responses.stream(
+        model=MODEL_ID,
+        input="What is the weather like in Paris today?",
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=200,
+        extra_body={"seed": 3},
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    (call,) = check_calls(final.output)
+    kinds = [event.type for event in events]
+    start = kinds.index("response.output_item.added")
+    assert kinds[start:] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added = events[start].item
+    assert added.type == "function_call" and added.arguments == "" and added.name == call.name
+    assert events[start + 2].arguments == call.arguments
+
+
+def test_function_calls_and_their_outputs_in_the_input_render(
+    client: OpenAI, server: Server
+) -> None:
+    with prompts(server) as seen:
+        response = client.responses.create(
+            model=MODEL_ID,
+            input=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "type": "function_call",
+                    "call_id": "call_1",
+                    "name": "get_weather",
+                    "arguments": '{"city": "Paris"}',
+                },
+                {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'},
+            ],
+            tools=TOOLS,
+            max_output_tokens=20,
+        )
+    assert response.output
+    prompt = seen[-1]
+    assert '"name": "get_weather", "arguments": {"city": "Paris"}' in prompt
+    assert '<tool_response>\n{"temp_c": 21}\n</tool_response>' in prompt
+
+
+# -- structured output ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_json_schema_text_format_gives_matching_json(client: OpenAI, seed: int) -> None:
+    response = client.responses.create(
+        model=MODEL_ID,
+        input="Invent a person.",
+        text={
+            "format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}
+        },
+        max_output_tokens=200,
+        extra_body={"seed": seed},
+        temperature=1.0,
+    )
+    assert response.status == "completed"
+    jsonschema.validate(json.loads(response.output_text), PERSON)
+    assert response.text.format.type == "json_schema" and response.text.format.name == "person"
+
+
+def test_a_json_object_text_format_streams_an_object(client: OpenAI) -> None:
+    with client.responses.stream(
+        model=MODEL_ID,
+        input="Give me some JSON.",
+        text={"format": {"type": "json_object"}},
+        max_output_tokens=300,
+        extra_body={"seed": 2},
+    ) as stream:
+        final = stream.get_final_response()
+    assert isinstance(json.loads(final.output_text), dict)
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def test_previous_response_id_continues_the_conversation(client: OpenAI, server: Server) -> None:
+    with prompts(server) as seen:
+        first = client.responses.create(
+            model=MODEL_ID,
+            instructions="You are Captain Zed's assistant.",
+            input="My boat is called Marigold.",
+            max_output_tokens=20,
+        )
+        second = client.responses.create(
+            model=MODEL_ID,
+            input="What is my boat called?",
+            previous_response_id=first.id,
+            max_output_tokens=20,
+        )
+    assert second.previous_response_id == first.id
+    prompt = seen[-1]
+    exchange = ["My boat is called Marigold.", first.output_text, "What is my boat called?"]
+    positions = [prompt.index(text) for text in exchange]
+    assert positions == sorted(positions)
+    # Instructions belong to their own request: OpenAI does not carry them over.
+    assert "Captain Zed" in seen[-2] and "Captain Zed" not in prompt
+    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn's prefix
+
+
+def test_earlier_output_items_can_be_sent_back_as_input(client: OpenAI, server: Server) -> None:
+    first = client.responses.create(model=MODEL_ID, input="Name a colour.", max_output_tokens=10)
+    history = [{"role": "user", "content": "Name a colour."}]
+    history += [item.model_dump(exclude_none=True) for item in first.output]
+    history.append({"role": "user", "content": "Another one?"})
+    with prompts(server) as seen:
+        client.responses.create(model=MODEL_ID, input=history, max_output_tokens=5)
+    assert first.output_text in seen[-1]
+
+
+def test_stored_responses_can_be_retrieved_and_deleted(client: OpenAI) -> None:
+    response = client.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=5)
+    fetched = client.responses.retrieve(response.id)
+    assert fetched.id == response.id and fetched.output_text == response.output_text
+    client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+
+
+def test_unstored_responses_cannot_be_continued(client: OpenAI) -> None:
+    response = client.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=3, store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(
+            model=MODEL_ID, input="Again", previous_response_id=response.id, max_output_tokens=3
+        )
+    assert caught.value.body["param"] == "previous_response_id"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_an_unknown_previous_response_is_404(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/responses",
+        json={"model": MODEL_ID, "input": "Hi", "previous_response_id": "resp_nope"},
+    )
+    error = openai_error(response, 404)
+    assert error["code"] == "previous_response_not_found" and "resp_nope" in error["message"]
+
+
+def test_an_unknown_model_is_404(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="no-such-model", input="Hi")
+    assert caught.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "Hi"}, "model"),
+        ({"model": MODEL_ID, "input": "Hi", "temperature": 3}, "temperature"),
+        ({"model": MODEL_ID, "input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"model": MODEL_ID, "input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+        ({"model": MODEL_ID, "input": "Hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        (
+            {"model": MODEL_ID, "input": "Hi", "text": {"format": {"type": "json_schema"}}},
+            "text.format",
+        ),
+        (
+            {
+                "model": MODEL_ID,
+                "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
+            },
+            "input[0].content[0]",
+        ),
+        ({"model": MODEL_ID, "input": []}, "input"),
+        (
+            {
+                "model": MODEL_ID,
+                "input": "Hi",
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "name": "nope"},
+            },
+            "tool_choice",
+        ),
+    ],
+)
+def test_bad_requests_are_400_in_openais_shape(
+    http: httpx.Client, body: dict[str, Any], param: str
+) -> None:
+    error = openai_error(http.post("/v1/responses", json=body), 400)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+# -- events from chat chunks (no model needed) -------------------------------------------------
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_reasoning_becomes_a_reasoning_item_before_the_message() -> None:
+    events = ResponseEvents(SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
+    produced = []
+    for piece in (
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "Think"}),
+        chunk({"reasoning_content": "ing."}),
+        chunk({"content": "Answer"}),
+        chunk({}, "stop"),
+    ):
+        produced += events.feed(piece)
+    kinds = [event["type"] for event in produced]
+    assert kinds == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    reasoning, message = events.output
+    assert reasoning["type"] == "reasoning" and reasoning["content"][0]["text"] == "Thinking."
+    assert message["content"][0]["text"] == "Answer" and message["status"] == "completed"
+    assert [event["output_index"] for event in produced] == [0] * 7 + [1] * 6
+
+
+def failing_generation() -> Any:
+    """A stand-in for a Generation whose engine fails after one piece of text."""
+    model: Any = SimpleNamespace(identifier=MODEL_ID)
+    prepared = Prepared("x", model, ["Hi"], [[1, 2, 3]], SamplingParams(), None, (), 1)
+
+    async def events() -> Any:
+        yield 0, TextDelta("Hel", 1)
+        yield 0, Finished("error", "failed", 3, 1, 0, None, 0.1, error="decode failed")
+
+    return SimpleNamespace(prepared=prepared, streams=[None], events=events)
+
+
+async def test_a_failure_mid_stream_ends_with_error_and_response_failed() -> None:
+    generation = failing_generation()
+    turn = ResponseTurn(ResponsesRequest(model=MODEL_ID, input="Hi"), save=None)
+    turn._prepared = generation.prepared
+    produced = [event async for event in turn.events(generation)]
+    assert [event["type"] for event in produced] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "error",
+        "response.failed",
+    ]
+    assert "decode failed" in produced[-2]["message"]
+    failed = produced[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert [event["sequence_number"] for event in produced] == list(range(len(produced)))
