@@ -20,35 +20,10 @@ from lmserve.api.app import create_app
 from lmserve.config import Settings
 from lmserve.models.manager import ModelManager
 from tests.conftest import MODEL_ID, Server
-from tests.test_responses import failing_generation
-from tests.test_tools import prompts
+from tests.helpers import ASK_WEATHER, SCHEMAS, anthropic_tools, failing_generation, prompts
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 30},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-}
-ADD = {
-    "name": "add",
-    "description": "Add two integers",
-    "input_schema": {
-        "type": "object",
-        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {tool["name"]: tool["input_schema"] for tool in TOOLS}
-ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+TOOLS = anthropic_tools()
+ASK = ASK_WEATHER
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
@@ -363,7 +338,7 @@ GOOD = {"model": MODEL_ID, "max_tokens": 5, "messages": HELLO}
             },
             "image",
         ),
-        ({**GOOD, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "nope"}}, "nope"),
+        ({**GOOD, "tools": TOOLS[:1], "tool_choice": {"type": "tool", "name": "nope"}}, "nope"),
         ({**GOOD, "tool_choice": {"type": "tool"}}, "name"),
     ],
 )

@@ -12,40 +12,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from lmserve.api.generation import Prepared
 from lmserve.api.responses_output import ResponseEvents, ResponseTurn
 from lmserve.api.responses_protocol import ResponsesRequest
-from lmserve.engine.types import Finished, SamplingParams, TextDelta
 from tests.conftest import MODEL_ID, Server
-from tests.test_tools import prompts
+from tests.helpers import SCHEMAS, failing_generation, prompts, responses_tools
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 30},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-}
-ADD = {
-    "type": "function",
-    "name": "add",
-    "description": "Add two integers",
-    "parameters": {
-        "type": "object",
-        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {tool["name"]: tool["parameters"] for tool in TOOLS}
+TOOLS = responses_tools()
 PERSON = {
     "type": "object",
     "properties": {
@@ -397,7 +369,7 @@ def test_an_unknown_model_is_404(client: OpenAI) -> None:
             {
                 "model": MODEL_ID,
                 "input": "Hi",
-                "tools": [WEATHER],
+                "tools": TOOLS[:1],
                 "tool_choice": {"type": "function", "name": "nope"},
             },
             "tool_choice",
@@ -449,18 +421,6 @@ def test_reasoning_becomes_a_reasoning_item_before_the_message() -> None:
     assert reasoning["type"] == "reasoning" and reasoning["content"][0]["text"] == "Thinking."
     assert message["content"][0]["text"] == "Answer" and message["status"] == "completed"
     assert [event["output_index"] for event in produced] == [0] * 7 + [1] * 6
-
-
-def failing_generation() -> Any:
-    """A stand-in for a Generation whose engine fails after one piece of text."""
-    model: Any = SimpleNamespace(identifier=MODEL_ID)
-    prepared = Prepared("x", model, ["Hi"], [[1, 2, 3]], SamplingParams(), None, (), 1)
-
-    async def events() -> Any:
-        yield 0, TextDelta("Hel", 1)
-        yield 0, Finished("error", "failed", 3, 1, 0, None, 0.1, error="decode failed")
-
-    return SimpleNamespace(prepared=prepared, streams=[None], events=events)
 
 
 async def test_a_failure_mid_stream_ends_with_error_and_response_failed() -> None:

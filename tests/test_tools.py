@@ -3,51 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import jsonschema
 import openai
 import pytest
 from openai import OpenAI
 
 from tests.conftest import MODEL_ID, Server
+from tests.helpers import ASK_WEATHER, SCHEMAS, chat_tools, prompts
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 30},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
-ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+TOOLS = chat_tools()
+ASK = ASK_WEATHER
 
 
 def check_calls(calls: Any) -> None:
@@ -125,33 +92,6 @@ def test_streamed_tool_call_delta_shape(client: OpenAI) -> None:
     assert rest and all(d.id is None and d.function.name is None for d in rest)
     json.loads("".join(d.function.arguments for d in rest))
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-
-
-@contextmanager
-def prompts(server: Server) -> Iterator[list[str]]:
-    """The rendered prompts of the requests made inside the block (from the log stream)."""
-    seen: list[str] = []
-    ready = threading.Event()
-    stop = threading.Event()
-
-    def follow() -> None:
-        with httpx.stream("GET", f"{server.base_url}/lmserve/log/stream", timeout=None) as r:
-            for line in r.iter_lines():
-                ready.set()
-                if stop.is_set():
-                    return
-                if line.startswith("data: "):
-                    record = json.loads(line[6:])
-                    if record["type"] == "llm.prediction.input":
-                        seen.append(record["prompt"])
-
-    thread = threading.Thread(target=follow, daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield seen
-    finally:
-        stop.set()
 
 
 def test_tools_reach_the_prompt_unless_choice_is_none(client: OpenAI, server: Server) -> None:

@@ -1,0 +1,109 @@
+"""What several test modules share: tool definitions in each API's shape, a reader of the
+rendered prompts, and a stand-in for a generation that fails half-way."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+
+from lmserve.api.generation import Prepared
+from lmserve.engine.types import Finished, SamplingParams, TextDelta
+from tests.conftest import MODEL_ID, Server
+
+# (name, description, JSON schema of the arguments)
+FUNCTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "get_weather",
+        "Current weather in a city",
+        {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    ),
+    (
+        "add",
+        "Add two integers",
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    ),
+]
+SCHEMAS = {name: schema for name, _, schema in FUNCTIONS}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def chat_tools() -> list[dict[str, Any]]:
+    """OpenAI chat completions' shape."""
+    return [
+        {"type": "function", "function": {"name": name, "description": text, "parameters": schema}}
+        for name, text, schema in FUNCTIONS
+    ]
+
+
+def responses_tools() -> list[dict[str, Any]]:
+    """OpenAI Responses' shape."""
+    return [
+        {"type": "function", "name": name, "description": text, "parameters": schema}
+        for name, text, schema in FUNCTIONS
+    ]
+
+
+def anthropic_tools() -> list[dict[str, Any]]:
+    """Anthropic Messages' shape."""
+    return [
+        {"name": name, "description": text, "input_schema": schema}
+        for name, text, schema in FUNCTIONS
+    ]
+
+
+@contextmanager
+def prompts(server: Server) -> Iterator[list[str]]:
+    """The rendered prompts of the requests made inside the block (from the log stream)."""
+    seen: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{server.base_url}/lmserve/log/stream", timeout=None) as r:
+            for line in r.iter_lines():
+                ready.set()
+                if stop.is_set():
+                    return
+                if line.startswith("data: "):
+                    record = json.loads(line[6:])
+                    if record["type"] == "llm.prediction.input":
+                        seen.append(record["prompt"])
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield seen
+    finally:
+        stop.set()
+
+
+def failing_generation() -> Any:
+    """A stand-in for a Generation whose engine fails after one piece of text."""
+    model: Any = SimpleNamespace(identifier=MODEL_ID)
+    prepared = Prepared("x", model, ["Hi"], [[1, 2, 3]], SamplingParams(), None, (), 1)
+
+    async def events() -> Any:
+        yield 0, TextDelta("Hel", 1)
+        yield 0, Finished("error", "failed", 3, 1, 0, None, 0.1, error="decode failed")
+
+    return SimpleNamespace(prepared=prepared, streams=[None], events=events)
