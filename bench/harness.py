@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,10 @@ def _wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> Non
 
 
 @contextlib.contextmanager
-def lmserve(parallel: int = 8, context_length: int = 4096) -> Iterator[RunningServer]:
-    """lmserve on the default model, in a temporary home."""
+def lmserve(
+    parallel: int = 8, context_length: int = 4096, extra: Sequence[str] = ()
+) -> Iterator[RunningServer]:
+    """lmserve on the default model, in a temporary home; ``extra``: more ``serve`` options."""
     with tempfile.TemporaryDirectory(prefix="lmserve-bench-") as home:
         target = DEFAULT_MODEL.target(Path(home) / "models")
         target.parent.mkdir(parents=True)
@@ -109,6 +111,7 @@ def lmserve(parallel: int = 8, context_length: int = 4096) -> Iterator[RunningSe
                 str(threads()),
                 "--log-level",
                 "warning",
+                *extra,
             ],
             env={**os.environ, "LMSERVE_HOME": home},
             stdout=subprocess.DEVNULL,

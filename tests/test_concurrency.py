@@ -86,6 +86,26 @@ def _slots(server: Server) -> list[dict[str, Any]]:
     return httpx.get(f"{server.base_url}/lmserve/slots").json()["models"][0]["slots"]
 
 
+async def _until(server: Server, condition: Any, within: float = 30.0) -> None:
+    """Poll the server's slot stats until ``condition(model_stats)`` holds.
+
+    Tests wait for a state (a slot generating, a request queued) instead of sleeping a fixed
+    time, which a fast machine (a GPU makes 500 tokens/s) outruns.
+    """
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            model = (await http.get("/lmserve/slots")).json()["models"][0]
+            if condition(model):
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"not reached within {within} s: {model}")
+
+
+def _generating(model: dict[str, Any]) -> bool:
+    return any(slot["busy"] and (slot["generated_tokens"] or 0) > 0 for slot in model["slots"])
+
+
 def _wait_idle(server: Server, within: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < within:
@@ -164,12 +184,12 @@ async def test_shared_system_prompt_is_copied_between_slots(wide: Server) -> Non
         running = asyncio.create_task(
             client.chat.completions.create(
                 model=MODEL_ID,
-                max_tokens=120,
+                max_tokens=400,
                 messages=[system, {"role": "user", "content": "What is rule one?"}],
                 extra_body={"logit_bias": {"2": -100, "0": -100}},
             )
         )
-        await asyncio.sleep(1.0)  # its slot now holds the system prompt, and is busy
+        await _until(wide, _generating)  # its slot now holds the system prompt, and is busy
         other = await client.chat.completions.create(
             model=MODEL_ID,
             max_tokens=5,
@@ -193,7 +213,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory, default_model_file: Path) -
 async def test_full_queue_answers_503_with_retry_after(narrow: Server) -> None:
     long_body = {
         "model": MODEL_ID,
-        "max_tokens": 300,
+        "max_tokens": 500,
         "stream": True,
         "messages": [{"role": "user", "content": "Count to one thousand."}],
         "logit_bias": {"2": -100, "0": -100},
@@ -205,9 +225,9 @@ async def test_full_queue_answers_503_with_retry_after(narrow: Server) -> None:
                 return (await response.aread()).decode()
 
         running = asyncio.create_task(occupy())
-        await asyncio.sleep(0.5)
+        await _until(narrow, _generating)
         queued = asyncio.create_task(occupy())
-        await asyncio.sleep(0.5)
+        await _until(narrow, lambda model: model["queue_depth"] == 1)
         for stream in (False, True):
             refused = await http.post("/v1/chat/completions", json={**long_body, "stream": stream})
             assert refused.status_code == 503

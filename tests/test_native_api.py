@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from lmserve.engine.llama import gpu_offload_supported
 from tests.conftest import MODEL_ID
 
 CHAT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
@@ -84,6 +85,9 @@ def test_v1_models_shape(http: httpx.Client) -> None:
     assert model["capabilities"] == {"vision": False, "trained_for_tool_use": False}
     [instance] = model["loaded_instances"]
     assert instance["id"] == MODEL_ID and instance["config"]["context_length"] == 4096
+    # The default offload setting, resolved against this llama.cpp build.
+    assert instance["config"]["gpu"] == "auto"
+    assert instance["config"]["gpu_layers"] == (-1 if gpu_offload_supported() else 0)
 
 
 def test_v1_load_is_idempotent_and_unload_of_unknown_is_404(http: httpx.Client) -> None:

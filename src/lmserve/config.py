@@ -36,6 +36,8 @@ class ModelDefaults:
     max_queue: int = 64  # requests waiting for a slot, beyond which we answer 503
     threads: int = 0  # 0: all cores
     batch_size: int = 512
+    # GPU offload: "auto" puts every layer on the GPU when llama.cpp was built with one.
+    gpu: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from lmserve.api.serving import serve_generation
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
-from lmserve.models.loader import LoadedModel, LoadOptions
+from lmserve.models.loader import LoadedModel, LoadOptions, check_gpu_setting
 from lmserve.models.manager import ModelManager
 
 router = APIRouter(prefix="/api")
@@ -135,15 +135,7 @@ class LoadConfig(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _gpu(cls, value: str | None) -> str | None:
-        if value is None or value in {"off", "max"}:
-            return value
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError("gpu must be 'off', 'max' or a number from 0 to 1")
-        return value
+        return value if value is None else check_gpu_setting(value)
 
 
 class LoadRequest(LoadConfig):

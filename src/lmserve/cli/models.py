@@ -15,7 +15,9 @@ from lmserve.cli.common import (
     interactive,
     table,
 )
+from lmserve.cli.serve import gpu_option
 from lmserve.models.catalog import Catalog, CatalogEntry
+from lmserve.models.loader import GPU_SETTINGS_HELP
 from lmserve.paths import models_dir
 
 
@@ -136,17 +138,6 @@ def pick_model(name: str, yes: bool) -> str:
     return matches[choice - 1]
 
 
-def _gpu_option(value: str | None) -> str | None:
-    if value is None or value in {"off", "max"}:
-        return value
-    try:
-        if 0.0 <= float(value) <= 1.0:
-            return value
-    except ValueError:
-        pass
-    raise click.BadParameter("use off, max or a fraction from 0 to 1")
-
-
 @click.command("load")
 @click.argument("model")
 @click.option(
@@ -162,8 +153,8 @@ def _gpu_option(value: str | None) -> str | None:
 @click.option(
     "--gpu",
     default=None,
-    callback=lambda _ctx, _param, v: _gpu_option(v),
-    help="Layers to offload to a GPU: off, max, or a fraction 0-1.",
+    callback=lambda _ctx, _param, v: gpu_option(v),
+    help=f"Layers to offload to a GPU: {GPU_SETTINGS_HELP} (default: the server's).",
 )
 @click.option(
     "--parallel",

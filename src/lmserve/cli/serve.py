@@ -18,6 +18,7 @@ from lmserve.config import (
     ModelDefaults,
     Settings,
 )
+from lmserve.models.loader import GPU_SETTINGS_HELP, check_gpu_setting
 
 
 def parse_size(text: str) -> int:
@@ -33,6 +34,14 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise click.BadParameter("the size must be positive")
     return int(size)
+
+
+def gpu_option(value: str | None) -> str | None:
+    """Click's check of a ``--gpu`` value."""
+    try:
+        return None if value is None else check_gpu_setting(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def server_options(function: Callable[..., None]) -> Callable[..., None]:
@@ -87,6 +96,14 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             type=click.IntRange(0, 1024),
             help="CPU threads for llama.cpp (0: all cores).",
+        ),
+        click.option(
+            "--gpu",
+            default="auto",
+            show_default=True,
+            callback=lambda _ctx, _param, v: gpu_option(v),
+            help=f"Layers to offload to a GPU: {GPU_SETTINGS_HELP}. auto offloads all "
+            "when llama.cpp was built with a GPU backend.",
         ),
         click.option(
             "--no-jit",
@@ -186,6 +203,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             parallel=int(options["parallel"]),  # type: ignore[arg-type]
             max_queue=int(options["max_queue"]),  # type: ignore[arg-type]
             threads=int(options["threads"]),  # type: ignore[arg-type]
+            gpu=str(options.get("gpu") or "auto"),
         ),
         jit=not options.get("no_jit"),
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]

@@ -64,6 +64,12 @@ class TokenSampler(Protocol):
     def sample(self, context: LlamaContext, row: int) -> int: ...
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan...)."""
+    _ensure_backend()
+    return bool(C.llama_supports_gpu_offload())
+
+
 class ModelLoadError(RuntimeError):
     """llama.cpp could not load the model file."""
 

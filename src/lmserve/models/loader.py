@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from lmserve.config import ModelDefaults
 from lmserve.engine.embeddings import Embedder
-from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel
+from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel, gpu_offload_supported
 from lmserve.engine.scheduler import BatchingEngine
 from lmserve.engine.template import ChatTemplate
 from lmserve.models.catalog import CatalogEntry
@@ -28,12 +28,34 @@ class LoadOptions:
     context_length: int | None = None
     parallel: int | None = None
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
-    gpu: str | None = None  # "off", "max" or a fraction "0".."1" of the layers to offload
+    gpu: str | None = None  # see check_gpu_setting
 
 
-def gpu_layers(gpu: str | None, n_layers: int) -> int:
-    """llama.cpp's ``n_gpu_layers`` for ``--gpu off|max|0..1``; a CPU build ignores it."""
-    if gpu is None or gpu == "off":
+GPU_SETTINGS_HELP = "auto, off, max, or a fraction 0-1 of the layers"
+
+
+def check_gpu_setting(value: str) -> str:
+    """``value`` if it is a GPU offload setting (auto, off, max, 0..1), else ``ValueError``."""
+    if value in {"auto", "off", "max"}:
+        return value
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the GPU setting must be {GPU_SETTINGS_HELP}, not {value!r}")
+    return value
+
+
+def gpu_layers(gpu: str, n_layers: int) -> int:
+    """llama.cpp's ``n_gpu_layers`` for a GPU setting.
+
+    ``auto`` offloads every layer when the build can (LM Studio's default on a GPU machine)
+    and none otherwise; a CPU build ignores any other value too.
+    """
+    if gpu == "auto":
+        gpu = "max" if gpu_offload_supported() else "off"
+    if gpu == "off":
         return 0
     if gpu == "max":
         return -1
@@ -122,7 +144,9 @@ def load_instance(
     started = time.perf_counter()
     parallel, n_ctx = plan_context(entry, options, defaults)
     n_layers = int(entry.header.arch_value("block_count") or 0)
-    llama = LlamaModel(entry.path, n_gpu_layers=gpu_layers(options.gpu, n_layers))
+    gpu = options.gpu or defaults.gpu
+    offloaded = gpu_layers(gpu, n_layers)
+    llama = LlamaModel(entry.path, n_gpu_layers=offloaded)
     try:
         context = LlamaContext(
             llama,
@@ -154,7 +178,9 @@ def load_instance(
         "context_length": engine.n_ctx_per_slot,
         "eval_batch_size": defaults.batch_size,
         "parallel": parallel,
-        "gpu": options.gpu or "off",
+        "gpu": gpu,
+        # Layers llama.cpp was asked to put on a GPU (-1: all); 0 on a CPU-only build.
+        "gpu_layers": offloaded,
     }
     loaded = LoadedModel(
         identifier=identifier,
@@ -167,12 +193,14 @@ def load_instance(
         jit=jit,
         ttl=ttl,
     )
+    on_gpu = offloaded != 0 and gpu_offload_supported()
     logger.info(
-        "loaded %s (%s, %d slots x %d tokens%s) in %.2f s",
+        "loaded %s (%s, %d slots x %d tokens%s%s) in %.2f s",
         identifier,
         entry.path.name,
         parallel,
         engine.n_ctx_per_slot,
+        f", GPU offload {gpu}" if on_gpu else "",
         f", ttl {ttl:g} s" if ttl is not None else "",
         time.perf_counter() - started,
     )
