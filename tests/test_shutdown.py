@@ -71,7 +71,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, default_mo
             httpx.Client(base_url=server.base_url, timeout=120) as http,
             http.stream("GET", "/lmserve/log/stream") as log_stream,
             http.stream(
-                "POST", "/v1/chat/completions", json={**LONG, "max_tokens": 150, "stream": True}
+                "POST", "/v1/chat/completions", json={**LONG, "max_tokens": 400, "stream": True}
             ) as stream,
         ):
             records = log_stream.iter_lines()
@@ -81,11 +81,13 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, default_mo
             children = children_of(server.process.pid)
             sent = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
             # New work is refused while the stream goes on; /health says so.
             with httpx.Client(base_url=server.base_url, timeout=10) as other:
+                deadline = time.monotonic() + 10
+                while (health := other.get("/health")).status_code == 200:
+                    assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+                    time.sleep(0.01)
                 refused = other.post("/v1/chat/completions", json={**LONG, "max_tokens": 2})
-                health = other.get("/health")
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "shutting_down"
             assert refused.json()["error"]["type"] == "server_error"
