@@ -125,6 +125,20 @@ def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
     return messages
 
 
+def _prefilled(messages: list[ChatMessage], body: CountTokensRequest) -> bool:
+    """Whether the conversation ends with an assistant's text, which the answer continues."""
+    final = messages[-1] if messages else None
+    if final is None or final.role != "assistant" or final.tool_calls:
+        return False
+    if isinstance(final.content, str) and final.content != final.content.rstrip():
+        # Anthropic refuses it too: the model would continue after a space it cannot take back.
+        raise InvalidRequestError(
+            "final assistant content cannot end with trailing whitespace",
+            param=f"messages[{len(body.messages) - 1}].content",
+        )
+    return True
+
+
 # Anthropic's tool choices in chat's words ("tool" names one: see _tool_choice).
 _CHOICES: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}
 
@@ -169,10 +183,12 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             "stream": body.stream,
             "ttl": body.ttl,
         }
+    messages = chat_messages(body)
     try:
         return ChatCompletionRequest(
             model=body.model,
-            messages=chat_messages(body),
+            messages=messages,
+            continue_final_message=_prefilled(messages, body),
             tools=tools or None,
             tool_choice=_tool_choice(body),
             parallel_tool_calls=not (

@@ -126,13 +126,23 @@ def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
         raise InvalidRequestError(
             "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs"
         )
+    final = body.messages[-1]
+    if body.continue_final_message and (final.role != "assistant" or final.tool_calls):
+        raise InvalidRequestError(
+            "'continue_final_message' needs the last message to be an assistant's text.",
+            param="continue_final_message",
+        )
     tools = active_tools(body.tools, body.tool_choice)
     template = model.template
     native = bool(tools) and not template.is_fallback and template_knows_tools(template.source)
     messages = template_messages(body.messages, native_tools=native)
     if tools and not native:
         messages = _with_instructions(messages, system_instructions(tools))
-    prompt = template.render(messages, tools=tools_for_template(tools) if native else None)
+    prompt = template.render(
+        messages,
+        continue_final_message=body.continue_final_message,
+        tools=tools_for_template(tools) if native else None,
+    )
     tokens = model.llama.tokenize_prompt(prompt)
     forced = bool(tools) and (
         body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)

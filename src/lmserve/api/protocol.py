@@ -147,6 +147,8 @@ class ChatCompletionRequest(GenerationRequestFields):
     tool_choice: ToolChoice | None = None
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM's extension: the last message, an assistant's, is continued rather than answered.
+    continue_final_message: bool = False
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -95,9 +95,33 @@ class ChatTemplate:
         messages: Sequence[Mapping[str, Any]],
         *,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         **extra: Any,
     ) -> str:
-        """Render ``messages`` (dicts with ``role`` and ``content``) into the prompt text."""
+        """Render ``messages`` (dicts with ``role`` and ``content``) into the prompt text.
+
+        With ``continue_final_message`` the last message (an assistant's) is left open, so
+        that the model goes on writing it: an assistant "prefill".
+        """
+        if continue_final_message:
+            return self._render_open(messages, extra)
+        return self._render(messages, add_generation_prompt, extra)
+
+    def _render_open(self, messages: Sequence[Mapping[str, Any]], extra: dict[str, Any]) -> str:
+        final = str(messages[-1].get("content") or "")
+        if final.strip():
+            # The template's own rendering of the whole conversation, cut right after the
+            # final text: whatever the template puts around an assistant turn stays as it is.
+            whole = self._render(messages, False, extra)
+            end = whole.rfind(final)
+            if end >= 0:
+                return whole[: end + len(final)]
+        # The template changed the text (or there is none): the turn as a new answer's start.
+        return self._render(messages[:-1], True, extra) + final
+
+    def _render(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, extra: dict
+    ) -> str:
         context = {
             "messages": [dict(message) for message in messages],
             "add_generation_prompt": add_generation_prompt,
