@@ -148,7 +148,8 @@ def test_drain_timeout_stops_what_is_left(tmp_path: Path, default_model_file: Pa
     # The client got an answer saying why, not a hang.
     response = outcome.get("response")
     assert response is not None, outcome
-    assert response.status_code >= 500
+    # 503: the server went away, which a client may retry elsewhere (not a 500 bug).
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
     assert "shutting down" in response.json()["error"]["message"]
     assert "drain timeout" in server.log()
     print(f"drain timeout 1 s: exited {took:.2f} s after SIGTERM")

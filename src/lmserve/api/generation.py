@@ -16,7 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmserve import __version__
-from lmserve.api.errors import APIError, ContextLengthExceededError, InvalidRequestError
+from lmserve.api.errors import (
+    APIError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
 from lmserve.api.protocol import (
     GenerationRequestFields,
     PromptTokensDetails,
@@ -192,6 +197,11 @@ def stats_of(finished: Finished) -> dict[str, Any]:
 
 def public_finish_reason(finished: Finished) -> str:
     if finished.finish_reason == "error":
+        if finished.unavailable:
+            # Cut off by an unload or the end of a shutdown's drain: try again (elsewhere).
+            raise ServiceUnavailableError(
+                f"The request was stopped: {finished.error}.", code="unavailable"
+            )
         raise GenerationFailed(f"Generation failed: {finished.error}")
     return "length" if finished.finish_reason == "length" else "stop"
 

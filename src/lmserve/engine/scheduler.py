@@ -137,6 +137,7 @@ class BatchingEngine:
         self._wake = threading.Condition()
         self._running = True
         self._closing_reason = "the engine stopped after an internal error"
+        self._crashed = False  # the loop died of a bug, rather than being closed
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -205,6 +206,7 @@ class BatchingEngine:
                 self._outbox.flush()
         except Exception:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
+            self._crashed = True
         finally:
             self._fail_everything(self._closing_reason)
 
@@ -408,10 +410,17 @@ class BatchingEngine:
                 sequence.pending_token = entry.pending_before
                 sequence.row = None
 
-    def _release(self, slot: _Slot, reason: StopReason, error: str | None = None) -> None:
+    def _release(
+        self,
+        slot: _Slot,
+        reason: StopReason,
+        error: str | None = None,
+        *,
+        unavailable: bool = False,
+    ) -> None:
         sequence = slot.sequence
         if sequence is not None:
-            sequence.finish(reason, error)
+            sequence.finish(reason, error, unavailable=unavailable)
         slot.sequence = None
         slot.last_used = time.perf_counter()
 
@@ -436,8 +445,8 @@ class BatchingEngine:
             self._running = False
             waiting, self._waiting = list(self._waiting), deque()
         for sequence in waiting:
-            sequence.finish("failed", message)
+            sequence.finish("failed", message, unavailable=not self._crashed)
         for slot in self._slots:
             if slot.sequence is not None:
-                self._release(slot, "failed", message)
+                self._release(slot, "failed", message, unavailable=not self._crashed)
         self._outbox.flush()

@@ -94,7 +94,9 @@ class Sequence:
         self.pending_token = token
         return None
 
-    def finish(self, reason: StopReason, error: str | None = None) -> None:
+    def finish(
+        self, reason: StopReason, error: str | None = None, *, unavailable: bool = False
+    ) -> None:
         """Publish what is held back and the final event; free the sampler."""
         if reason != "failed":
             tail = self.utf8.flush()
@@ -117,6 +119,7 @@ class Sequence:
                 generation_seconds=(last - first) if first is not None and last else 0.0,
                 error=error,
                 stopped_by=self.stopped_by,
+                unavailable=unavailable,
             )
         )
         self.chain.close()

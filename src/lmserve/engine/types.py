@@ -102,6 +102,8 @@ class Finished:
     generation_seconds: float
     error: str | None = None
     stopped_by: str | None = None  # the stop string that ended generation, if one did
+    # Failed because the engine closed (unload, shutdown): worth trying again, unlike a bug.
+    unavailable: bool = False
 
     @property
     def tokens_per_second(self) -> float | None:
