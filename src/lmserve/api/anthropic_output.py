@@ -12,12 +12,10 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmserve.api.chat import chat_chunks, chat_completion, prepare_chat
+from lmserve.api.chat import ChatTurn, chat_chunks, chat_completion
 from lmserve.api.errors import APIError
-from lmserve.api.generation import Generation, Prepared
-from lmserve.api.protocol import ChatCompletionRequest
+from lmserve.api.generation import Generation
 from lmserve.engine.types import Finished
-from lmserve.models.loader import LoadedModel
 
 # Anthropic's error types by HTTP status; lmserve keeps its statuses (503, not 529).
 ERROR_TYPES = {
@@ -65,23 +63,11 @@ def stop_of(finish_reason: str | None, finished: Finished | None) -> tuple[str, 
     return "end_turn", None
 
 
-class MessageTurn:
+class MessageTurn(ChatTurn):
     """One Messages request: its id, and the message it makes."""
 
     def __init__(self) -> None:
-        self.id = f"msg_{secrets.token_hex(12)}"
-        self._prepared: Prepared | None = None
-
-    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
-        prepared = prepare_chat(chat_body, model)
-        prepared.request_id = self.id  # so the log stream names the message
-        self._prepared = prepared
-        return prepared
-
-    @property
-    def prepared(self) -> Prepared:
-        assert self._prepared is not None, "prepare() runs before any message is made"
-        return self._prepared
+        super().__init__(f"msg_{secrets.token_hex(12)}")
 
     def message(
         self,

@@ -169,6 +169,30 @@ def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
     return prepared
 
 
+class ChatTurn:
+    """A request of another API surface served as a chat completion under its own id.
+
+    The Responses and Anthropic surfaces keep one per request: ``prepare`` renders the chat
+    request and names the log records after the surface's id; ``prepared`` is then at hand
+    for building that surface's objects.
+    """
+
+    def __init__(self, turn_id: str) -> None:
+        self.id = turn_id
+        self._prepared: Prepared | None = None
+
+    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
+        prepared = prepare_chat(chat_body, model)
+        prepared.request_id = self.id  # so the log stream names the surface's object
+        self._prepared = prepared
+        return prepared
+
+    @property
+    def prepared(self) -> Prepared:
+        assert self._prepared is not None, "prepare() runs before any output is made"
+        return self._prepared
+
+
 def _calls(prepared: Prepared, calls: list[ToolCall]) -> list[ToolCall]:
     return calls if prepared.parallel_tool_calls else calls[:1]
 

@@ -13,12 +13,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lmserve.api.chat import chat_chunks, chat_completion, prepare_chat
+from lmserve.api.chat import ChatTurn, chat_chunks, chat_completion
 from lmserve.api.errors import APIError
-from lmserve.api.generation import Generation, Prepared
-from lmserve.api.protocol import AssistantMessage, ChatCompletionRequest
+from lmserve.api.generation import Generation
+from lmserve.api.protocol import AssistantMessage
 from lmserve.api.responses_protocol import ResponsesRequest
-from lmserve.models.loader import LoadedModel
 
 # Called with (response id, the response, its output items) once a stored response is done.
 Save = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
@@ -89,26 +88,14 @@ def output_items(message: AssistantMessage, status: str) -> list[dict[str, Any]]
     return items
 
 
-class ResponseTurn:
+class ResponseTurn(ChatTurn):
     """One Responses request: its id, its settings, and the response objects it makes."""
 
     def __init__(self, body: ResponsesRequest, save: Save | None) -> None:
+        super().__init__(f"resp_{secrets.token_hex(24)}")
         self.body = body
-        self.id = f"resp_{secrets.token_hex(24)}"
         self.created_at = int(time.time())
         self._save = save if body.store else None
-        self._prepared: Prepared | None = None
-
-    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
-        prepared = prepare_chat(chat_body, model)
-        prepared.request_id = self.id  # so the log stream names the response
-        self._prepared = prepared
-        return prepared
-
-    @property
-    def prepared(self) -> Prepared:
-        assert self._prepared is not None, "prepare() runs before any response is made"
-        return self._prepared
 
     def response(
         self,
