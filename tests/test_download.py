@@ -22,12 +22,8 @@ import pytest
 
 from lmserve.models.catalog import Catalog
 from lmserve.models.default import DEFAULT_MODEL
-from lmserve.models.hub import (
-    InvalidModelReference,
-    parse_reference,
-    preferred_quantization,
-    quantization_of,
-)
+from lmserve.models.hub import preferred_quantization, quantization_of
+from lmserve.models.references import InvalidModelReference, parse_reference
 from tests.hf_standin import HubStandIn
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"

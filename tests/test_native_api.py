@@ -58,7 +58,14 @@ def test_v0_accepts_max_tokens_minus_one_as_no_limit(http: httpx.Client) -> None
 
 def test_v0_completions(http: httpx.Client) -> None:
     body = http.post(
-        "/api/v0/completions", json={"model": MODEL_ID, "prompt": "The sky is", "max_tokens": 6}
+        "/api/v0/completions",
+        # The end-of-text tokens banned: a sampled raw completion may otherwise end early.
+        json={
+            "model": MODEL_ID,
+            "prompt": "The sky is",
+            "max_tokens": 6,
+            "logit_bias": {"0": -100, "2": -100},
+        },
     ).json()
     assert body["object"] == "text_completion"
     assert body["usage"]["completion_tokens"] == 6

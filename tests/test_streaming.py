@@ -66,6 +66,7 @@ def test_usage_chunk_only_when_asked(client: OpenAI) -> None:
             model=MODEL_ID,
             messages=MESSAGES,
             max_tokens=4,
+            temperature=0,
             stream=True,
             stream_options={"include_usage": True},
         )

@@ -33,8 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmserve.engine.sampling import GrammarError
 from lmserve.engine.template import TemplateRenderError
 from lmserve.engine.types import EngineClosedError, QueueFullError
-from lmserve.models.hub import DownloadError, InvalidModelReference, QuantizationNotFound
+from lmserve.models.hub import QuantizationNotFound
 from lmserve.models.manager import ModelCapacityError, ModelLoadFailed, ModelNotFound
+from lmserve.models.references import DownloadError, InvalidModelReference
 
 logger = logging.getLogger("lmserve.api")
 

@@ -10,7 +10,8 @@ import httpx
 
 from lmserve.models.catalog import model_key
 from lmserve.models.download import download
-from lmserve.models.hub import DownloadError, DownloadPlan, preferred_quantization, resolve_plan
+from lmserve.models.hub import DownloadPlan, preferred_quantization, resolve_plan
+from lmserve.models.references import DownloadError
 from lmserve.paths import downloads_dir, models_dir
 
 

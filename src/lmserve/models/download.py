@@ -28,16 +28,14 @@ from lmserve import __version__
 from lmserve.models.hub import (
     TIMEOUT,
     ChecksumMismatch,
-    DownloadError,
     DownloadPlan,
-    InvalidModelReference,
     RemoteFile,
     check_files,
-    check_repo_id,
     first_line,
     is_same_file,
     mb,
 )
+from lmserve.models.references import DownloadError, InvalidModelReference, check_repo_id
 
 try:  # advisory locks keep two downloads of one file from writing the same part file
     import fcntl

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmserve.models.download import download
-from lmserve.models.hub import DownloadError, DownloadPlan
+from lmserve.models.hub import DownloadPlan
+from lmserve.models.references import DownloadError
 
 JobStatus = Literal["downloading", "paused", "completed", "failed"]
 

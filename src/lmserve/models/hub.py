@@ -11,21 +11,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from lmserve import __version__
+from lmserve.models.references import (
+    DEFAULT_REVISION,
+    DownloadError,
+    InvalidModelReference,
+    check_repo_id,
+    is_safe_file_name,
+    parse,
+)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_REVISION = "main"
 
 # Taken, in this order, when a repository offers several quantizations and nobody chose one.
 QUANTIZATION_PREFERENCE: tuple[str, ...] = (
@@ -48,25 +52,10 @@ QUANTIZATION_PREFERENCE: tuple[str, ...] = (
 )
 _FLOAT_TYPES = frozenset({"F16", "BF16", "F32", "MXFP4"})
 
-_HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
-# The hub's own rule for user, organisation and repository names (``validate_repo_id``),
-# restricted to ASCII: they become folder names on this machine.
-_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?$")
-_FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
-_REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-_QUANT_REQUEST = re.compile(r"^[A-Za-z0-9_]+$")
 _QUANT_TOKEN = re.compile(r"^(?:I?Q\d+(?:_[A-Z0-9]+)*|TQ\d_\d|B?F16|FP16|F32|FP32|MXFP4)$", re.I)
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})$")
 TIMEOUT = httpx.Timeout(30.0, read=120.0)
 _CHUNK = 1 << 20
-
-
-class DownloadError(Exception):
-    """A download could not be planned or completed; the message is fit for users."""
-
-
-class InvalidModelReference(DownloadError):
-    """The reference names no Hugging Face repository or file we accept."""
 
 
 class ChecksumMismatch(DownloadError):
@@ -118,122 +107,6 @@ class DownloadPlan:
     def already_present(self) -> bool:
         """True if every file is in place with the hub's size and sha256 (hashes them)."""
         return all(is_same_file(self.target(file), file) for file in self.files)
-
-
-@dataclass(frozen=True)
-class _Reference:
-    repo_id: str
-    quantization: str | None
-    filename: str | None
-    revision: str
-
-
-# --- references -----------------------------------------------------------------------------
-
-
-def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """Split a model reference into ``(repo_id, quantization, filename)``.
-
-    Accepts ``publisher/repo``, ``publisher/repo@q4_k_m`` and hub URLs
-    (``https://huggingface.co/publisher/repo``, ``hf.co/...``, or the URL of one ``.gguf`` file).
-    Raises :class:`InvalidModelReference` for anything else.
-    """
-    parsed = _parse(ref)
-    return parsed.repo_id, parsed.quantization, parsed.filename
-
-
-def _parse(ref: str) -> _Reference:
-    text = ref.strip()
-    if not text:
-        raise InvalidModelReference("the model reference is empty")
-    quantization = None
-    base, at, suffix = text.rpartition("@")
-    if at:
-        if not base or not _QUANT_REQUEST.match(suffix):
-            raise InvalidModelReference(
-                f"{ref!r}: '@' must follow publisher/repo and precede a quantization, "
-                "e.g. publisher/repo@q4_k_m"
-            )
-        text, quantization = base, suffix.upper()
-    if "://" in text or text.lower().split("/", 1)[0] in _hub_hosts():
-        repo_id, filename, revision = _parse_url(text, ref)
-    else:
-        repo_id, filename, revision = _parse_short(text, ref), None, DEFAULT_REVISION
-    if quantization and filename:
-        raise InvalidModelReference(
-            f"{ref!r} names both a file and a quantization; give one of them"
-        )
-    return _Reference(repo_id, quantization, filename, revision)
-
-
-def _hub_hosts() -> frozenset[str]:
-    # A mirror set as HF_ENDPOINT is a hub too: its URLs are accepted like huggingface.co's.
-    endpoint_host = urlsplit(os.environ.get("HF_ENDPOINT", "")).hostname
-    return _HUB_HOSTS | {endpoint_host} if endpoint_host else _HUB_HOSTS
-
-
-def _parse_short(text: str, ref: str) -> str:
-    if text.startswith(("/", "\\", "~")) or text.lower().endswith(".gguf"):
-        raise InvalidModelReference(
-            f"{ref!r} looks like a local path; lmserve get takes publisher/repo "
-            "(to add a file from disk, use lmserve import)"
-        )
-    parts = text.split("/")
-    if len(parts) != 2:
-        raise InvalidModelReference(
-            f"{ref!r} is not a model reference: expected publisher/repo, "
-            "e.g. HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-        )
-    return check_repo_id(parts, ref)
-
-
-def _parse_url(text: str, ref: str) -> tuple[str, str | None, str]:
-    url = urlsplit(text if "://" in text else f"https://{text}")
-    if url.scheme not in ("http", "https"):
-        raise InvalidModelReference(f"{ref!r}: only http(s) URLs of the Hugging Face hub work")
-    if url.username or url.password or (url.hostname or "") not in _hub_hosts():
-        raise InvalidModelReference(
-            f"{ref!r} is not a Hugging Face URL (expected huggingface.co/publisher/repo)"
-        )
-    path = url.path.removeprefix("/").removesuffix("/")
-    parts = [unquote(part) for part in path.split("/")] if path else []
-    if len(parts) < 2:
-        raise InvalidModelReference(f"{ref!r} names no repository (expected .../publisher/repo)")
-    repo_id = check_repo_id(parts[:2], ref)
-    rest = parts[2:]
-    if not rest:
-        return repo_id, None, DEFAULT_REVISION
-    if rest[0] == "tree" and len(rest) == 2:
-        return repo_id, None, _revision(rest[1], ref)
-    if rest[0] in ("blob", "resolve") and len(rest) >= 3:
-        revision = _revision(rest[1], ref)
-        for part in rest[2:]:
-            if not _FILE_PART.match(part) or ".." in part:
-                raise InvalidModelReference(f"{ref!r}: {part!r} is not an acceptable file name")
-        if not rest[-1].lower().endswith(".gguf"):
-            raise InvalidModelReference(f"{ref!r} is not a .gguf file")
-        return repo_id, "/".join(rest[2:]), revision
-    raise InvalidModelReference(
-        f"{ref!r} is neither a repository URL nor the URL of a .gguf file in one"
-    )
-
-
-def check_repo_id(parts: list[str], ref: str) -> str:
-    for part in parts:
-        if not part:
-            raise InvalidModelReference(f"{ref!r} has an empty publisher or repository name")
-        if not _NAME.match(part) or ".." in part or "--" in part:
-            raise InvalidModelReference(
-                f"{ref!r}: {part!r} is not a valid publisher or repository name "
-                "(letters, digits, '.', '_' and '-' only)"
-            )
-    return "/".join(parts)
-
-
-def _revision(value: str, ref: str) -> str:
-    if not _REVISION.match(value) or ".." in value:
-        raise InvalidModelReference(f"{ref!r}: {value!r} is not an acceptable revision")
-    return value
 
 
 # --- quantizations --------------------------------------------------------------------------
@@ -364,7 +237,7 @@ def resolve_plan(
     it a single candidate is taken as is, and several are handed to ``choose`` (default:
     :func:`preferred_quantization`).  Raises :class:`DownloadError` with a message for users.
     """
-    parsed = _parse(ref)
+    parsed = parse(ref)
     if quantization and parsed.quantization and quantization.upper() != parsed.quantization:
         raise InvalidModelReference(
             f"{ref!r} asks for {parsed.quantization} but the quantization given is "
@@ -387,7 +260,7 @@ def resolve_plan(
         )
     check_files(group.files, parsed.repo_id)
 
-    repo_id = _canonicalcheck_repo_id(parsed.repo_id, getattr(info, "id", None))
+    repo_id = _canonical_repo_id(parsed.repo_id, getattr(info, "id", None))
     publisher, repo = repo_id.split("/")
     return DownloadPlan(
         repo_id=repo_id,
@@ -468,7 +341,7 @@ def check_files(files: Iterable[RemoteFile], repo_id: str) -> None:
     names: set[str] = set()
     for file in files:
         # The names come from the network and become file names here.
-        if not _FILE_PART.match(file.name) or ".." in file.name:
+        if not is_safe_file_name(file.name):
             raise DownloadError(f"{repo_id}: refusing the unsafe file name {file.path!r}")
         if file.name in names:
             raise DownloadError(f"{repo_id}: two files to download are named {file.name}")
@@ -482,7 +355,7 @@ def _single(file: RemoteFile) -> _FileSet:
     return _FileSet(file.path, quantization, [file], quantization or file.name)
 
 
-def _canonicalcheck_repo_id(asked: str, answered: str | None) -> str:
+def _canonical_repo_id(asked: str, answered: str | None) -> str:
     # The hub answers with the repository's own spelling; use it for the folder name only if
     # it is the same repository and a safe name (the answer comes from the network).
     if answered and answered.lower() == asked.lower() and answered.count("/") == 1:
