@@ -6,6 +6,8 @@ It answers what huggingface_hub and lmserve's downloader ask of the real hub:
   description; with ``?blobs=True`` (what ``model_info(files_metadata=True)`` sends) each
   sibling also carries its size and, for LFS files, ``lfs: {sha256, size, pointerSize}``.
   An unknown repository gets 404 with ``X-Error-Code: RepoNotFound``, as on the hub.
+* ``GET /api/models?search=...&filter=gguf&sort=downloads``: the search, as the hub documents
+  it: repositories whose id contains the text (any case), with the tag, most downloaded first.
 * ``GET``/``HEAD /{repo_id}/resolve/{revision}/{path}``: LFS files redirect (302) to a
   ``/cdn/...`` URL, as the hub redirects to its CDN; both honour ``Range`` (206 with
   ``Content-Range``) and send ``ETag``, ``X-Repo-Commit`` and ``Content-Length``.
@@ -65,6 +67,7 @@ class HubStandIn:
     repos: dict[str, dict[str, HubFile]] = field(default_factory=dict)
     commits: dict[str, str] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
+    downloads: dict[str, int] = field(default_factory=dict)  # what the search sorts by
     ignore_range: bool = False
     chunk_delay_s: float = 0.0  # pause after each MiB sent, to make a transfer last
     _cuts: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -166,6 +169,31 @@ class HubStandIn:
         with self._lock:
             return self._cuts.pop((repo_id, path), None)
 
+    def _search_json(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        text = query.get("search", [""])[0].lower()
+        tags = set(query.get("filter", []))
+        found = [
+            repo_id
+            for repo_id, files in self.repos.items()
+            if text in repo_id.lower()
+            and (not tags or ("gguf" in tags and any(p.endswith(".gguf") for p in files)))
+        ]
+        if query.get("sort") == ["downloads"]:
+            found.sort(key=lambda repo_id: -self.downloads.get(repo_id, 0))
+        limit = int(query.get("limit", [str(len(found))])[0])
+        return [
+            {
+                "_id": self.commits[repo_id][:24],
+                "id": repo_id,
+                "modelId": repo_id,
+                "downloads": self.downloads.get(repo_id, 0),
+                "likes": 0,
+                "private": False,
+                "tags": ["gguf"],
+            }
+            for repo_id in found[:limit]
+        ]
+
     def _model_json(self, repo_id: str, with_blobs: bool) -> dict[str, Any]:
         siblings = []
         for path, entry in sorted(self.repos[repo_id].items()):
@@ -219,7 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         headers = {name.lower(): value for name, value in self.headers.items()}
         self.hub._record(Recorded(self.command, path, query, headers))
-        if match := _API.match(path):
+        if path == "/api/models":
+            self._json(200, self.hub._search_json(query))
+        elif match := _API.match(path):
             self._model_info(match.group(1), match.group(2), query)
         elif match := _RESOLVE.match(path):
             self._resolve(match.group(1), match.group(2), match.group(3), send_body)

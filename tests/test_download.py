@@ -250,6 +250,65 @@ def test_at_a_terminal_the_user_chooses(hub: HubStandIn, home: Path, model_bytes
     assert files_under(home / "models") == [home / "models" / REPO / names["Q8_0"]]
 
 
+OTHER = "someone/SmolLM2-Tiny-GGUF"
+
+
+def add_search_targets(hub: HubStandIn, model_bytes: bytes) -> None:
+    hub.add_file(REPO, FILE, model_bytes, sha256=SHA256)
+    hub.add_file(OTHER, "smollm2-tiny.Q4_1.gguf", model_bytes, sha256=SHA256)
+    # More downloaded, but no GGUF file: a search for GGUF models must not offer it.
+    hub.add_file("HuggingFaceTB/SmolLM2-135M-Instruct", "model.safetensors", b"weights")
+    hub.downloads.update({REPO: 500, OTHER: 20, "HuggingFaceTB/SmolLM2-135M-Instruct": 9000})
+
+
+def test_a_search_takes_the_most_downloaded_gguf_match(
+    hub: HubStandIn, home: Path, model_bytes: bytes
+) -> None:
+    add_search_targets(hub, model_bytes)
+
+    result = run_get(hub, home, "SMOLLM2")
+
+    assert result.returncode == 0, result.stderr
+    assert f"taking {REPO}" in result.stderr
+    assert files_under(home / "models") == [home / "models" / REPO / FILE]
+    search = hub.requests[0]
+    assert search.path == "/api/models"
+    assert search.query["search"] == ["SMOLLM2"] and search.query["filter"] == ["gguf"]
+
+
+def test_at_a_terminal_the_user_chooses_a_search_hit(
+    hub: HubStandIn, home: Path, model_bytes: bytes
+) -> None:
+    add_search_targets(hub, model_bytes)
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"2\n")  # the second most downloaded
+        result = subprocess.run(
+            [sys.executable, "-m", "lmserve", "get", "smollm2"],
+            env=hub_env(hub, home),
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+    assert result.returncode == 0, result.stderr
+    assert f"1. {REPO}  (500 downloads)" in result.stderr
+    assert f"2. {OTHER}  (20 downloads)" in result.stderr
+    assert "SmolLM2-135M-Instruct " not in result.stderr  # the repository without GGUF files
+    assert files_under(home / "models") == [home / "models" / OTHER / "smollm2-tiny.Q4_1.gguf"]
+
+
+def test_a_search_without_matches_is_a_clean_error(hub: HubStandIn, home: Path) -> None:
+    result = run_get(hub, home, "no-such-model")
+
+    assert "no GGUF models on the hub match 'no-such-model'" in assert_clean_error(result)
+    assert not home.exists() or files_under(home) == []
+
+
 def test_an_unknown_quantization_lists_those_available(
     hub: HubStandIn, home: Path, model_bytes: bytes
 ) -> None:

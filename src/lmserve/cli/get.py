@@ -12,6 +12,7 @@ from lmserve.models.catalog import model_key
 from lmserve.models.download import download
 from lmserve.models.hub import DownloadPlan, preferred_quantization, resolve_plan
 from lmserve.models.references import DownloadError
+from lmserve.models.search import is_search_term, search_models
 from lmserve.paths import downloads_dir, models_dir
 
 
@@ -32,8 +33,10 @@ from lmserve.paths import downloads_dir, models_dir
 def get(ref: str, quantization: str | None, yes: bool) -> None:
     """Download a GGUF model from Hugging Face into the models folder.
 
-    REF is publisher/repo, publisher/repo@quant (e.g. @q4_k_m), or a huggingface.co URL of a
-    repository or of one .gguf file in it.
+    REF is publisher/repo, publisher/repo@quant (e.g. @q4_k_m), a huggingface.co URL of a
+    repository or of one .gguf file in it, or a search (e.g. smollm2-135m): the hub's GGUF
+    repositories whose names contain it, most downloaded first, to choose from (with -y or
+    when not run from a terminal, the first is taken).
 
     When the repository holds several quantizations, @quant or --quant picks one; otherwise
     you choose from a list, or, with -y or when not run from a terminal, the preferred one is
@@ -43,8 +46,11 @@ def get(ref: str, quantization: str | None, yes: bool) -> None:
     the command is run again, and move to models/<publisher>/<repo>/ once their sha256 matches
     the hub's.  HF_TOKEN and HF_ENDPOINT are honoured.
     """
-    chooser = _ask if sys.stdin.isatty() and not yes else _take_preferred
+    interactive = sys.stdin.isatty() and not yes
+    chooser = _ask if interactive else _take_preferred
     try:
+        if is_search_term(ref):
+            ref = _pick_repository(ref, interactive)
         plan = resolve_plan(
             ref, models_root=models_dir(), quantization=quantization, choose=chooser
         )
@@ -64,6 +70,23 @@ def get(ref: str, quantization: str | None, yes: bool) -> None:
     for path in plan.targets:
         click.echo(str(path))
     click.echo(f"Model key: {model_key(plan.files[0].name)}", err=True)
+
+
+def _pick_repository(terms: str, interactive: bool) -> str:
+    hits = search_models(terms)
+    if not hits:
+        raise DownloadError(
+            f"no GGUF models on the hub match {terms.strip()!r}; try fewer or other words"
+        )
+    if not interactive:
+        click.echo(f"Searching for {terms.strip()!r}: taking {hits[0].repo_id}", err=True)
+        return hits[0].repo_id
+    click.echo(f"GGUF models matching {terms.strip()!r}, most downloaded first:", err=True)
+    for number, hit in enumerate(hits, start=1):
+        downloads = f"  ({hit.downloads:,} downloads)" if hit.downloads is not None else ""
+        click.echo(f"  {number}. {hit.repo_id}{downloads}", err=True)
+    number = click.prompt("Download which", type=click.IntRange(1, len(hits)), default=1, err=True)
+    return hits[number - 1].repo_id
 
 
 def _ask(labels: list[str]) -> str:

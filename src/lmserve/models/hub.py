@@ -302,11 +302,11 @@ def _model_info(repo_id: str, revision: str) -> Any:
         raise DownloadError(f"{repo_id} has no revision {revision!r}") from exc
     except HfHubHTTPError as exc:
         raise DownloadError(f"the hub refused to describe {repo_id}: {first_line(exc)}") from exc
-    except _hub_client_errors() as exc:
+    except hub_client_errors() as exc:
         raise DownloadError(f"cannot reach the hub at {api.endpoint}: {first_line(exc)}") from exc
 
 
-def _hub_client_errors() -> tuple[type[BaseException], ...]:
+def hub_client_errors() -> tuple[type[BaseException], ...]:
     # huggingface_hub raises its HTTP client's own exceptions for transport failures, and the
     # client differs between its versions; HfHubHTTPError derives from that client's base
     # error class, so take it from there.  OSError covers clients whose errors are IOErrors.
