@@ -312,6 +312,38 @@ def test_stored_responses_can_be_retrieved_and_deleted(client: OpenAI) -> None:
         client.responses.retrieve(response.id)
 
 
+def test_input_items_list_the_conversation_that_made_a_response(
+    client: OpenAI, http: httpx.Client
+) -> None:
+    first = client.responses.create(
+        model=MODEL_ID, input="My boat is called Marigold.", max_output_tokens=8
+    )
+    second = client.responses.create(
+        model=MODEL_ID,
+        input=[{"role": "user", "content": "What is it called?"}],
+        previous_response_id=first.id,
+        max_output_tokens=8,
+    )
+    page = client.responses.input_items.list(second.id, order="asc")
+    kinds = [(item.type, item.role) for item in page.data]
+    assert kinds == [("message", "user"), ("message", "assistant"), ("message", "user")]
+    texts = [item.content[0].text for item in page.data]
+    assert texts == ["My boat is called Marigold.", first.output_text, "What is it called?"]
+    # The earlier answer keeps the id it had as output; every item has one.
+    assert page.data[1].id == first.output[-1].id
+    assert len({item.id for item in page.data}) == 3
+    # Newest first by default; one item per page, followed with the SDK's auto-paging.
+    newest = client.responses.input_items.list(second.id)
+    assert [item.id for item in newest.data] == [item.id for item in page.data][::-1]
+    paged = list(client.responses.input_items.list(second.id, order="asc", limit=1))
+    assert [item.id for item in paged] == [item.id for item in page.data]
+    assert client.responses.input_items.list(second.id, limit=1).has_more is True
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_nope")
+    bad = http.get(f"/v1/responses/{second.id}/input_items", params={"limit": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+
+
 def test_unstored_responses_cannot_be_continued(client: OpenAI) -> None:
     response = client.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=3, store=False)
     assert response.store is False

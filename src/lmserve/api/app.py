@@ -21,6 +21,7 @@ from lmserve.api import (
 from lmserve.api.errors import install_error_handlers
 from lmserve.api.lifecycle import DrainGuard, Lifecycle
 from lmserve.api.limits import BodySizeLimit
+from lmserve.api.responses_store import ResponseStore
 from lmserve.api.security import APIKeyGuard, APIKeys, HostGuard, is_loopback_name
 from lmserve.config import Settings
 from lmserve.logbus import LogBus
@@ -60,6 +61,7 @@ def create_app(
     app.state.logs = logs or LogBus()
     app.state.downloads = DownloadJobs(downloads_dir(), on_complete=models.rescan)
     app.state.lifecycle = Lifecycle()
+    app.state.responses = ResponseStore()
     app.state.metrics = metrics.Metrics()
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)

@@ -137,11 +137,15 @@ def _is_union_member(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_NAMES)
 
 
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
 def _param_name(loc: tuple[Any, ...]) -> str | None:
     """``("body", "messages", 0, "role")`` → ``messages[0].role``, as OpenAI names params."""
     name = ""
-    for part in loc:
-        if part == "body" or _is_union_member(part):
+    for index, part in enumerate(loc):
+        # FastAPI says where a value came from first; OpenAI names the parameter alone.
+        if (index == 0 and part in _LOCATIONS) or part == "body" or _is_union_member(part):
             continue
         if isinstance(part, int):
             name += f"[{part}]"

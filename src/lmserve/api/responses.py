@@ -3,17 +3,15 @@
 A Responses request is a chat completion in other clothes: its input items become chat
 messages, its tools and ``text.format`` become chat's tools and ``response_format``, and the
 chat machinery (template, tool calls, grammars, streaming) does the rest.  What is new is
-state: a response is kept (in memory, the most recent :data:`STORE_CAPACITY`) so that a later
-request can continue it with ``previous_response_id``.
+state: a response is kept (see :mod:`lmserve.api.responses_store`) so that a later request
+can continue it with ``previous_response_id``, and its input items can be listed.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
@@ -39,55 +37,17 @@ from lmserve.api.responses_protocol import (
     MediaPart,
     ResponsesRequest,
 )
+from lmserve.api.responses_store import (
+    StoredResponse,
+    item_page,
+    public_item,
+    response_not_found,
+    response_store,
+)
 from lmserve.api.serving import named_server_sent_events, serve_generation
-
-STORE_CAPACITY = 1000
 
 router = APIRouter(prefix="/v1")
 _items = TypeAdapter(list[InputItem])
-
-
-@dataclass
-class StoredResponse:
-    response: dict[str, Any]
-    # Input and output items up to and including this response: the next turn's history.
-    conversation: list[InputItem]
-
-
-class ResponseStore:
-    """The most recently used responses, by id (least recently used ones are forgotten)."""
-
-    def __init__(self, capacity: int = STORE_CAPACITY) -> None:
-        self.capacity = capacity
-        self._responses: OrderedDict[str, StoredResponse] = OrderedDict()
-
-    def get(self, response_id: str) -> StoredResponse | None:
-        stored = self._responses.get(response_id)
-        if stored is not None:
-            self._responses.move_to_end(response_id)
-        return stored
-
-    def put(self, response_id: str, stored: StoredResponse) -> None:
-        self._responses[response_id] = stored
-        self._responses.move_to_end(response_id)
-        while len(self._responses) > self.capacity:
-            self._responses.popitem(last=False)
-
-    def delete(self, response_id: str) -> bool:
-        return self._responses.pop(response_id, None) is not None
-
-
-def response_store(request: Request) -> ResponseStore:
-    state = request.app.state
-    if not hasattr(state, "responses"):
-        state.responses = ResponseStore()
-    return state.responses
-
-
-def _not_found(response_id: str, param: str | None = None) -> NotFoundError:
-    return NotFoundError(
-        f"Response with id '{response_id}' not found.", param=param, code="response_not_found"
-    )
 
 
 # -- request → chat ---------------------------------------------------------------------------
@@ -205,6 +165,7 @@ def chat_request(
 async def create_response(body: ResponsesRequest, request: Request) -> Response | Any:
     store = response_store(request)
     history: list[InputItem] = []
+    listed: list[dict[str, Any]] = []  # the history as input_items lists it
     if body.previous_response_id is not None:
         previous = store.get(body.previous_response_id)
         if previous is None:
@@ -213,12 +174,14 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response 
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        history = previous.conversation
+        history, listed = previous.conversation, previous.items
     items = [*history, *body.input]
 
     def save(response_id: str, response: dict[str, Any], output: list[dict[str, Any]]) -> None:
         # The instructions are not part of the conversation: OpenAI drops them too.
-        store.put(response_id, StoredResponse(response, [*items, *_items.validate_python(output)]))
+        inputs = [*listed, *(public_item(item) for item in body.input)]
+        conversation = [*items, *_items.validate_python(output)]
+        store.put(response_id, StoredResponse(response, conversation, inputs, output))
 
     turn = ResponseTurn(body, save)
     return await serve_generation(
@@ -235,12 +198,28 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response 
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
     stored = response_store(request).get(response_id)
     if stored is None:
-        raise _not_found(response_id)
+        raise response_not_found(response_id)
     return stored.response
 
 
 @router.delete("/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     if not response_store(request).delete(response_id):
-        raise _not_found(response_id)
+        raise response_not_found(response_id)
     return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = Query(default=20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = Query(default=None, max_length=200),
+    before: str | None = Query(default=None, max_length=200),
+) -> dict[str, Any]:
+    """The items that made a response: its input, after those of the turns it continues."""
+    stored = response_store(request).get(response_id)
+    if stored is None:
+        raise response_not_found(response_id)
+    return item_page(stored.input_items, limit=limit, order=order, after=after, before=before)
