@@ -344,6 +344,60 @@ def test_input_items_list_the_conversation_that_made_a_response(
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
 
 
+LOGPROBS = {
+    "include": ["message.output_text.logprobs"],
+    "top_logprobs": 3,
+    "temperature": 0,
+    "max_output_tokens": 8,
+    "extra_body": {"repeat_penalty": 1.0},  # so greedy picks the raw distribution's top
+}
+
+
+def test_logprobs_come_with_the_text_when_included(client: OpenAI) -> None:
+    response = client.responses.create(model=MODEL_ID, input="Say hello.", **LOGPROBS)
+    [message] = response.output
+    part = message.content[0]
+    assert "".join(entry.token for entry in part.logprobs) == part.text
+    for entry in part.logprobs:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.token == entry.top_logprobs[0].token  # greedy: the likeliest
+    assert response.top_logprobs == 3
+    plain = client.responses.create(model=MODEL_ID, input="Say hello.", max_output_tokens=4)
+    assert plain.output[0].content[0].logprobs == []
+
+
+def test_streamed_logprobs_follow_the_deltas(client: OpenAI) -> None:
+    events = list(
+        client.responses.create(model=MODEL_ID, input="Say hello.", stream=True, **LOGPROBS)
+    )
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    assert all(delta.logprobs for delta in deltas)
+    streamed = [entry.token for delta in deltas for entry in delta.logprobs]
+    assert "".join(streamed) == "".join(delta.delta for delta in deltas)
+    [done] = [event for event in events if event.type == "response.output_text.done"]
+    assert [entry.token for entry in done.logprobs] == streamed
+    final = events[-1].response
+    assert [entry.token for entry in final.output[0].content[0].logprobs] == streamed
+
+
+def test_includes_without_content_here_are_accepted_and_others_refused(
+    client: OpenAI, http: httpx.Client
+) -> None:
+    # Codex asks for encrypted reasoning; there is none to give, and that is no error.
+    response = client.responses.create(
+        model=MODEL_ID,
+        input="Hi",
+        max_output_tokens=2,
+        include=["reasoning.encrypted_content"],
+        store=False,
+    )
+    assert response.status in {"completed", "incomplete"}
+    bad = http.post(
+        "/v1/responses", json={"model": MODEL_ID, "input": "Hi", "include": ["everything"]}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "include[0]"
+
+
 def test_unstored_responses_cannot_be_continued(client: OpenAI) -> None:
     response = client.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=3, store=False)
     assert response.store is False

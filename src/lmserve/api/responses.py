@@ -140,6 +140,8 @@ def chat_request(
             model=body.model,
             messages=messages,
             max_tokens=body.max_output_tokens,
+            logprobs=body.wants_logprobs,
+            top_logprobs=(body.top_logprobs or 0) if body.wants_logprobs else None,
             parallel_tool_calls=body.parallel_tool_calls,
             response_format=_response_format(body),
             tool_choice=_tool_choice(body),

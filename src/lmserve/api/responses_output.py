@@ -136,6 +136,7 @@ class ResponseTurn(ChatTurn):
             },
             "tool_choice": _dumped(body.tool_choice) if body.tool_choice is not None else "auto",
             "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
+            "top_logprobs": body.top_logprobs or 0,
             "top_p": sampling.top_p,
             "truncation": "disabled",
             "usage": usage,
@@ -177,10 +178,23 @@ class ResponseTurn(ChatTurn):
         completion = await chat_completion(generation)
         choice = completion.choices[0]
         status = "incomplete" if choice.finish_reason == "length" else "completed"
-        return self.complete(status, output_items(choice.message, status), generation)
+        output = output_items(choice.message, status)
+        if choice.logprobs is not None:
+            _attach_logprobs(output, choice.logprobs["content"])
+        return self.complete(status, output, generation)
 
     def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
         return ResponseEvents(self, generation).run()
+
+
+def _attach_logprobs(output: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Give the answer's text its tokens' log-probabilities.
+
+    Only when the answer is all the model wrote: with reasoning or tool calls beside it, the
+    tokens would have to be split between items, which is left undone.
+    """
+    if len(output) == 1 and output[0]["type"] == "message":
+        output[0]["content"][0]["logprobs"] = entries
 
 
 def _dumped(value: Any) -> Any:
@@ -245,7 +259,8 @@ class ResponseEvents:
             if self.open is None or self.open["type"] != "message":
                 events += self.close("completed")
                 events += self.start(message_item(new_item_id("msg"), "", "in_progress"))
-            events += self.text_delta("response.output_text.delta", delta["content"])
+            logprobs = (choice.get("logprobs") or {}).get("content") or []
+            events += self.text_delta("response.output_text.delta", delta["content"], logprobs)
         for call in delta.get("tool_calls") or []:
             if call.get("id"):  # a new call: its name first, then its arguments
                 events += self.close("completed")
@@ -287,15 +302,21 @@ class ResponseEvents:
                     item_id=item["id"],
                     output_index=index,
                     content_index=0,
-                    part=dict(parts[0]),
+                    part={**parts[0], "logprobs": []},  # the item's list keeps growing
                 )
             )
         return events
 
-    def text_delta(self, kind: str, text: str) -> list[dict[str, Any]]:
+    def text_delta(
+        self, kind: str, text: str, logprobs: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         assert self.open is not None
-        self.open["content"][0]["text"] += text
-        fields: dict[str, Any] = {"logprobs": []} if kind == "response.output_text.delta" else {}
+        part = self.open["content"][0]
+        part["text"] += text
+        fields: dict[str, Any] = {}
+        if kind == "response.output_text.delta":
+            fields["logprobs"] = logprobs or []
+            part["logprobs"] += logprobs or []
         return [
             self.event(
                 kind,
@@ -329,7 +350,12 @@ class ResponseEvents:
             place = {"item_id": item["id"], "output_index": index, "content_index": 0}
             if item["type"] == "message":
                 events.append(
-                    self.event("response.output_text.done", **place, text=part["text"], logprobs=[])
+                    self.event(
+                        "response.output_text.done",
+                        **place,
+                        text=part["text"],
+                        logprobs=part["logprobs"],
+                    )
                 )
             else:
                 events.append(

@@ -115,11 +115,27 @@ class TextConfig(_Request):
     format: TextFormat | None = None
 
 
+LOGPROBS = "message.output_text.logprobs"
+Includable = Literal[
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "file_search_call.results",
+    "message.input_image.image_url",
+    "message.output_text.logprobs",
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+]
+
+
 class ResponsesRequest(_Request):
     """Fields in the order of OpenAI's reference, then lmserve's extensions."""
 
     model: str = Field(min_length=1)
     input: list[InputItem] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    # What else the response should carry. Only the output's log-probabilities exist here;
+    # the rest are accepted (clients such as Codex send them) and have nothing to add.
+    include: list[Includable] | None = Field(default=None, max_length=16)
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     metadata: (
@@ -133,6 +149,7 @@ class ResponsesRequest(_Request):
     text: TextConfig | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
     # Extensions of LM Studio and llama.cpp beyond OpenAI's spec, as on chat completions.
@@ -141,6 +158,10 @@ class ResponsesRequest(_Request):
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     ttl: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return LOGPROBS in (self.include or [])
 
     @field_validator("input", mode="before")
     @classmethod
