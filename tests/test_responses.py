@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +16,7 @@ from openai import OpenAI
 
 from lmserve.api.responses_output import ResponseEvents, ResponseTurn
 from lmserve.api.responses_protocol import ResponsesRequest
-from tests.conftest import MODEL_ID, Server
+from tests.conftest import MODEL_ID, Server, running_server
 from tests.helpers import SCHEMAS, failing_generation, prompts, responses_tools
 
 TOOLS = responses_tools()
@@ -396,6 +398,43 @@ def test_includes_without_content_here_are_accepted_and_others_refused(
         "/v1/responses", json={"model": MODEL_ID, "input": "Hi", "include": ["everything"]}
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "include[0]"
+
+
+@pytest.fixture(scope="module")
+def small_context(
+    tmp_path_factory: pytest.TempPathFactory, default_model_file: Path
+) -> Iterator[Server]:
+    with running_server(tmp_path_factory, default_model_file, "--context-length", "256") as s:
+        yield s
+
+
+def test_truncation_auto_drops_the_oldest_turns_to_fit(small_context: Server) -> None:
+    filler = "The harbour log lists every boat and every tide of the day. " * 6  # ~80 tokens
+    turns: list[dict[str, Any]] = []
+    for number in range(1, 5):
+        turns += [
+            {"role": "user", "content": f"Turn {number}. {filler}"},
+            {"role": "assistant", "content": f"Noted, turn {number}."},
+        ]
+    turns.append({"role": "user", "content": "Which turn is this? Turn 5."})
+    client = OpenAI(base_url=small_context.api_url, api_key="x", max_retries=0)
+    request: dict[str, Any] = {
+        "model": MODEL_ID,
+        "input": turns,
+        "instructions": "Be brief.",
+        "max_output_tokens": 4,
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(**request)
+    assert caught.value.body["code"] == "context_length_exceeded"
+    with prompts(small_context) as seen:
+        response = client.responses.create(**request, truncation="auto")
+    assert response.truncation == "auto" and response.status in {"completed", "incomplete"}
+    prompt = seen[-1]
+    # The instructions and the newest turns stay; the oldest went, whole turns at a time.
+    assert "Be brief." in prompt and "Turn 5." in prompt and "Turn 4." in prompt
+    assert "Turn 1." not in prompt and "Noted, turn 1." not in prompt
+    assert response.usage.input_tokens < 256
 
 
 def test_unstored_responses_cannot_be_continued(client: OpenAI) -> None:

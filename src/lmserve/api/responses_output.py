@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from lmserve.api.chat import ChatTurn, chat_chunks, chat_completion
-from lmserve.api.errors import APIError
-from lmserve.api.generation import Generation
-from lmserve.api.protocol import AssistantMessage
+from lmserve.api.errors import APIError, ContextLengthExceededError
+from lmserve.api.generation import Generation, Prepared
+from lmserve.api.protocol import AssistantMessage, ChatCompletionRequest, ChatMessage
 from lmserve.api.responses_protocol import ResponsesRequest
+from lmserve.models.loader import LoadedModel
 
 # Called with (response id, the response, its output items) once a stored response is done.
 Save = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
@@ -138,7 +139,7 @@ class ResponseTurn(ChatTurn):
             "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
             "top_logprobs": body.top_logprobs or 0,
             "top_p": sampling.top_p,
-            "truncation": "disabled",
+            "truncation": body.truncation or "disabled",
             "usage": usage,
             "user": body.user,
         }
@@ -174,6 +175,21 @@ class ResponseTurn(ChatTurn):
             self._save(self.id, response, output)
         return response
 
+    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
+        """The chat request, made to fit by dropping the oldest turns when truncation is auto."""
+        while True:
+            try:
+                return super().prepare(chat_body, model)
+            except ContextLengthExceededError:
+                shorter = (
+                    None
+                    if self.body.truncation != "auto"
+                    else without_oldest_turn(chat_body.messages)
+                )
+                if shorter is None:
+                    raise
+                chat_body = chat_body.model_copy(update={"messages": shorter})
+
     async def respond(self, generation: Generation) -> dict[str, Any]:
         completion = await chat_completion(generation)
         choice = completion.choices[0]
@@ -185,6 +201,17 @@ class ResponseTurn(ChatTurn):
 
     def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
         return ResponseEvents(self, generation).run()
+
+
+def without_oldest_turn(messages: list[ChatMessage]) -> list[ChatMessage] | None:
+    """``messages`` less the oldest turn (a user message and what answered it), system
+    messages kept; ``None`` when only the latest turn is left."""
+    system = [message for message in messages if message.role in ("system", "developer")]
+    rest = [message for message in messages if message.role not in ("system", "developer")]
+    later_users = [index for index, message in enumerate(rest) if message.role == "user" and index]
+    if not later_users:
+        return None
+    return [*system, *rest[later_users[0] :]]
 
 
 def _attach_logprobs(output: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:

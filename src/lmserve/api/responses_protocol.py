@@ -151,6 +151,9 @@ class ResponsesRequest(_Request):
     tools: list[FunctionTool] | None = Field(default=None, max_length=128)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    # "auto": a conversation too long for the context loses its oldest turns instead of
+    # failing with context_length_exceeded.
+    truncation: Literal["auto", "disabled"] | None = "disabled"
     user: str | None = None
     # Extensions of LM Studio and llama.cpp beyond OpenAI's spec, as on chat completions.
     top_k: int | None = Field(default=None, ge=0, le=1_000_000)
