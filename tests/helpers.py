@@ -7,12 +7,14 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
 from lmserve.api.generation import Prepared
+from lmserve.engine.llama import LlamaModel, gpu_offload_supported
 from lmserve.engine.types import Finished, SamplingParams, TextDelta
 from tests.conftest import MODEL_ID, Server
 
@@ -107,3 +109,12 @@ def failing_generation() -> Any:
         yield 0, Finished("error", "failed", 3, 1, 0, None, 0.1, error="decode failed")
 
     return SimpleNamespace(prepared=prepared, streams=[None], events=events)
+
+
+def vocabulary(path: Path) -> LlamaModel:
+    """A model file's vocabulary, for tests that tokenize.
+
+    A vocabulary-only load crashed llama.cpp's CUDA build (seen on an H200), so a build with a
+    GPU backend loads the whole model, on the CPU, instead.
+    """
+    return LlamaModel(path, vocab_only=not gpu_offload_supported())

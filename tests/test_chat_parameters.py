@@ -14,6 +14,7 @@ from openai import OpenAI
 
 from lmserve.engine.llama import LlamaModel
 from tests.conftest import MODEL_ID
+from tests.helpers import vocabulary
 
 POEM = "Write a short poem about the sea."
 HOT = {"temperature": 1.5, "top_p": 1.0, "extra_body": {"top_k": 0, "min_p": 0.0}}
@@ -50,7 +51,7 @@ def with_extra(base: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tokenizer(default_model_file: Path) -> LlamaModel:
-    return LlamaModel(default_model_file, vocab_only=True)
+    return vocabulary(default_model_file)
 
 
 @pytest.fixture(scope="module")

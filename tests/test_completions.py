@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from lmserve.engine.llama import LlamaModel
 from tests.conftest import MODEL_ID
+from tests.helpers import vocabulary
 
 
 def test_raw_prompt_continues_the_text(client: OpenAI) -> None:
@@ -49,7 +49,7 @@ def test_several_prompts_and_n(client: OpenAI) -> None:
 
 
 def test_token_prompt(client: OpenAI, default_model_file: Path) -> None:
-    tokens = LlamaModel(default_model_file, vocab_only=True).tokenize("1, 2, 3,", add_special=False)
+    tokens = vocabulary(default_model_file).tokenize("1, 2, 3,", add_special=False)
     by_tokens = client.completions.create(
         model=MODEL_ID, prompt=tokens, max_tokens=4, temperature=0
     )
@@ -71,7 +71,7 @@ def test_streaming_equals_non_streaming(client: OpenAI) -> None:
 
 def test_suffix_needs_fill_in_the_middle_tokens(client: OpenAI, default_model_file: Path) -> None:
     # SmolLM2's vocabulary has no FIM tokens: a suffix is refused, not silently dropped.
-    assert LlamaModel(default_model_file, vocab_only=True).fim_tokens() is None
+    assert vocabulary(default_model_file).fim_tokens() is None
     with pytest.raises(openai.BadRequestError, match="suffix"):
         client.completions.create(
             model=MODEL_ID,

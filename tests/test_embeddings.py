@@ -12,8 +12,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from lmserve.engine.llama import LlamaModel
 from tests.conftest import MODEL_ID
+from tests.helpers import vocabulary
 
 
 def vectors(client: OpenAI, inputs: str | list) -> list[np.ndarray]:
@@ -49,9 +49,7 @@ def test_same_input_same_vector_alone_or_in_a_list(client: OpenAI) -> None:
 
 
 def test_token_arrays_embed_like_their_text(client: OpenAI, default_model_file: Path) -> None:
-    tokens = LlamaModel(default_model_file, vocab_only=True).tokenize(
-        "Bread and butter.", add_special=False
-    )
+    tokens = vocabulary(default_model_file).tokenize("Bread and butter.", add_special=False)
     by_text = vectors(client, "Bread and butter.")[0]
     by_tokens = vectors(client, tokens)[0]
     by_token_lists = vectors(client, [tokens, tokens])

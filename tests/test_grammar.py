@@ -15,6 +15,7 @@ from lmserve.engine.grammar import (
     schema_grammar,
 )
 from lmserve.engine.llama import LlamaModel
+from tests.helpers import vocabulary
 
 
 def as_regex(alternatives: list[str]) -> re.Pattern[str]:
@@ -127,7 +128,7 @@ SCHEMAS = [
 
 @pytest.fixture(scope="module")
 def vocab_model(default_model_file: Path) -> LlamaModel:
-    return LlamaModel(default_model_file, vocab_only=True)
+    return vocabulary(default_model_file)
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=[str(i) for i in range(len(SCHEMAS))])

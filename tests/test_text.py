@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmserve.engine.llama import LlamaModel, drop_doubled_bos
+from lmserve.engine.llama import drop_doubled_bos
 from lmserve.engine.text import StopMatcher, Utf8Assembler
+from tests.helpers import vocabulary
 
 
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
@@ -60,7 +61,7 @@ def test_doubled_bos_is_dropped_once() -> None:
 
 
 def test_bos_is_not_doubled_for_a_model_that_adds_it(gemma_model_file: Path) -> None:
-    gemma = LlamaModel(gemma_model_file, vocab_only=True)
+    gemma = vocabulary(gemma_model_file)
     assert gemma.add_bos
     bos = gemma.token_text(gemma.bos_id)
     # The template wrote BOS; llama.cpp would add another.
