@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import httpx
 import pytest
 
+from lmserve import __version__
 from lmserve.models.default import GEMMA3_270M
 from tests.conftest import (
     GEMMA_ID,
@@ -78,12 +80,23 @@ def test_client_verbs_without_a_server_say_how_to_start_it(home: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_version_names_the_packages(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "version")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"lmserve {__version__}"
+    assert lines[1] == f"llama-cpp-python {package_version('llama-cpp-python')}"
+    assert lines[2].startswith("GPU offload: ")
+
+
 def test_server_status_start_stop(home: Path, background_server: int) -> None:
     status = json.loads(run_cli(home, "server", "status", "--json").stdout)
     assert status["running"] is True and status["port"] == background_server
     assert status["models"] == [MODEL_ID]
     pid = status["pid"]
     assert pid and Path(f"/proc/{pid}").exists()
+    # `lmserve status`, as `lms status`, says the same.
+    assert json.loads(run_cli(home, "status", "--json").stdout) == status
     again = run_cli(home, "server", "start", "--port", str(background_server))
     assert "already running" in again.stdout
     assert (home / "logs" / "server.log").exists()

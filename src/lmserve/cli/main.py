@@ -15,6 +15,7 @@ from lmserve.cli.log import log
 from lmserve.cli.models import list_loaded, list_models, load_model, unload_model
 from lmserve.cli.serve import serve
 from lmserve.cli.server import server
+from lmserve.cli.server import status as server_status
 
 
 @click.group()
@@ -27,8 +28,23 @@ def cli() -> None:
     """
 
 
+@cli.command()
+def version() -> None:
+    """Print the versions of lmserve and llama.cpp's binding, and the GPU backend if any."""
+    # Imported here: loading llama.cpp takes a moment that other commands need not wait for.
+    from importlib.metadata import version as package_version
+
+    from lmserve.engine.llama import gpu_offload_supported
+
+    click.echo(f"lmserve {__version__}")
+    click.echo(f"llama-cpp-python {package_version('llama-cpp-python')}")
+    click.echo(f"GPU offload: {'available' if gpu_offload_supported() else 'not in this build'}")
+
+
 cli.add_command(serve)
 cli.add_command(server)
+# LM Studio's `lms status`: the same report as `server status`.
+cli.add_command(server_status, name="status")
 cli.add_command(list_models)
 cli.add_command(list_loaded)
 cli.add_command(load_model)
