@@ -13,6 +13,7 @@ from lmserve.api import (
     anthropic,
     embeddings,
     lmserve_routes,
+    lmstudio_chat,
     lmstudio_routes,
     metrics,
     openai_routes,
@@ -21,7 +22,8 @@ from lmserve.api import (
 from lmserve.api.errors import install_error_handlers
 from lmserve.api.lifecycle import DrainGuard, Lifecycle
 from lmserve.api.limits import BodySizeLimit
-from lmserve.api.responses_store import ResponseStore
+from lmserve.api.protocol import ChatMessage
+from lmserve.api.responses_store import LRUStore, ResponseStore
 from lmserve.api.security import APIKeyGuard, APIKeys, HostGuard, is_loopback_name
 from lmserve.config import Settings
 from lmserve.logbus import LogBus
@@ -62,6 +64,7 @@ def create_app(
     app.state.downloads = DownloadJobs(downloads_dir(), on_complete=models.rescan)
     app.state.lifecycle = Lifecycle()
     app.state.responses = ResponseStore()
+    app.state.chat_threads = LRUStore[list[ChatMessage]]()
     app.state.metrics = metrics.Metrics()
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
@@ -73,6 +76,7 @@ def create_app(
     app.include_router(responses.router)
     app.include_router(anthropic.router)
     app.include_router(lmstudio_routes.router)
+    app.include_router(lmstudio_chat.router)
     app.include_router(lmserve_routes.router)
     app.include_router(metrics.router)
     return app

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from fastapi import Request
 
@@ -33,20 +33,23 @@ class StoredResponse:
         return [*self.input_items, *self.output_items]
 
 
-class ResponseStore:
-    """The most recently used responses, by id (least recently used ones are forgotten)."""
+V = TypeVar("V")
+
+
+class LRUStore(Generic[V]):
+    """The most recently used values, by id (least recently used ones are forgotten)."""
 
     def __init__(self, capacity: int = STORE_CAPACITY) -> None:
         self.capacity = capacity
-        self._responses: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._responses: OrderedDict[str, V] = OrderedDict()
 
-    def get(self, response_id: str) -> StoredResponse | None:
+    def get(self, response_id: str) -> V | None:
         stored = self._responses.get(response_id)
         if stored is not None:
             self._responses.move_to_end(response_id)
         return stored
 
-    def put(self, response_id: str, stored: StoredResponse) -> None:
+    def put(self, response_id: str, stored: V) -> None:
         self._responses[response_id] = stored
         self._responses.move_to_end(response_id)
         while len(self._responses) > self.capacity:
@@ -54,6 +57,10 @@ class ResponseStore:
 
     def delete(self, response_id: str) -> bool:
         return self._responses.pop(response_id, None) is not None
+
+
+class ResponseStore(LRUStore[StoredResponse]):
+    """Stored Responses API responses."""
 
 
 def response_store(request: Request) -> ResponseStore:
