@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -197,7 +196,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             **sampling,
         )
     except ValidationError as exc:  # chat's own bounds, named as chat names them
-        raise validation_error(RequestValidationError(exc.errors())) from exc
+        raise validation_error(exc) from exc
 
 
 # -- routes -----------------------------------------------------------------------------------

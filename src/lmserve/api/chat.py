@@ -192,6 +192,17 @@ class ChatTurn:
         assert self._prepared is not None, "prepare() runs before any output is made"
         return self._prepared
 
+    def reasoning_tokens(self, reasoning: str, completion_tokens: int) -> int:
+        """How many of the completion's tokens were reasoning.
+
+        The engine counts a completion's tokens as a whole; the reasoning's share is counted
+        again from its text (at most the whole).
+        """
+        if not reasoning:
+            return 0
+        tokens = self.prepared.model.llama.tokenize(reasoning, add_special=False)
+        return min(len(tokens), completion_tokens)
+
 
 def _calls(prepared: Prepared, calls: list[ToolCall]) -> list[ToolCall]:
     return calls if prepared.parallel_tool_calls else calls[:1]

@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmserve.engine.sampling import GrammarError
@@ -154,8 +155,12 @@ def _param_name(loc: tuple[Any, ...]) -> str | None:
     return name or None
 
 
-def validation_error(exc: RequestValidationError) -> InvalidRequestError:
-    """Turn FastAPI's 422 into OpenAI's 400 with one readable message."""
+def validation_error(exc: RequestValidationError | ValidationError) -> InvalidRequestError:
+    """Turn FastAPI's 422 into OpenAI's 400 with one readable message.
+
+    Also takes pydantic's own error, from a request a route builds out of another (Anthropic,
+    Responses and LM Studio's chat become chat completions): chat's bounds named as chat's.
+    """
     errors = exc.errors()
     if not errors:
         return InvalidRequestError("The request body is not valid.")

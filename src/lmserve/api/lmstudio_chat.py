@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from lmserve.api.chat import ChatTurn, chat_chunks, chat_completion
-from lmserve.api.errors import APIError, InvalidRequestError, NotFoundError, validation_error
+from lmserve.api.errors import APIError, InvalidRequestError, validation_error
 from lmserve.api.generation import Generation
 from lmserve.api.protocol import MAX_TOKENS_CAP, ChatCompletionRequest, ChatMessage
 from lmserve.api.responses_store import LRUStore
@@ -73,25 +72,21 @@ def chat_request(body: NativeChatRequest, history: list[ChatMessage]) -> ChatCom
     # A thread's own system prompt stays unless this request brings another.
     earlier = [m for m in history if not (system and m.role == "system")]
     try:
-        return _chat_request(body, [*system, *earlier])
+        return ChatCompletionRequest(
+            model=body.model,
+            messages=[*system, *earlier, ChatMessage(role="user", content=body.input)],
+            max_tokens=body.max_output_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            min_p=body.min_p,
+            repeat_penalty=body.repeat_penalty,
+            seed=body.seed,
+            stream=body.stream,
+            ttl=body.ttl,
+        )
     except ValidationError as exc:  # e.g. a thread grown past the message cap
-        raise validation_error(RequestValidationError(exc.errors())) from exc
-
-
-def _chat_request(body: NativeChatRequest, earlier: list[ChatMessage]) -> ChatCompletionRequest:
-    return ChatCompletionRequest(
-        model=body.model,
-        messages=[*earlier, ChatMessage(role="user", content=body.input)],
-        max_tokens=body.max_output_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        repeat_penalty=body.repeat_penalty,
-        seed=body.seed,
-        stream=body.stream,
-        ttl=body.ttl,
-    )
+        raise validation_error(exc) from exc
 
 
 class NativeChatTurn(ChatTurn):
@@ -110,18 +105,15 @@ class NativeChatTurn(ChatTurn):
         output.append({"type": "message", "content": text})
         finished = generation.finished[0]
         usage = generation.usage
-        reasoning_tokens = (
-            len(self.prepared.model.llama.tokenize(reasoning, add_special=False))
-            if reasoning
-            else 0
-        )
         result: dict[str, Any] = {
             "model_instance_id": self.prepared.model.identifier,
             "output": output,
             "stats": {
                 "input_tokens": usage.prompt_tokens,
                 "total_output_tokens": usage.completion_tokens,
-                "reasoning_output_tokens": min(reasoning_tokens, usage.completion_tokens),
+                "reasoning_output_tokens": self.reasoning_tokens(
+                    reasoning or "", usage.completion_tokens
+                ),
                 "tokens_per_second": finished.tokens_per_second if finished else None,
                 "time_to_first_token_seconds": finished.time_to_first_token if finished else None,
             },
@@ -180,16 +172,7 @@ class NativeChatTurn(ChatTurn):
 async def native_chat(body: NativeChatRequest, request: Request) -> Response | Any:
     """LM Studio's stateful chat: one input, the conversation kept by id."""
     threads = chat_threads(request)
-    history: list[ChatMessage] = []
-    if body.previous_response_id is not None:
-        found = threads.get(body.previous_response_id)
-        if found is None:
-            raise NotFoundError(
-                f"Previous response with id '{body.previous_response_id}' not found.",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        history = found
+    history = threads.continued(body.previous_response_id) if body.previous_response_id else []
     chat_body = chat_request(body, history)
     turn = NativeChatTurn(body, chat_body, threads)
     return await serve_generation(

@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
-from lmserve.api.errors import InvalidRequestError, NotFoundError, validation_error
+from lmserve.api.errors import InvalidRequestError, validation_error
 from lmserve.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -157,7 +156,7 @@ def chat_request(
             ttl=body.ttl,
         )
     except ValidationError as exc:  # e.g. a stored conversation grown past MAX_MESSAGES
-        raise validation_error(RequestValidationError(exc.errors())) from exc
+        raise validation_error(exc) from exc
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -169,13 +168,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response 
     history: list[InputItem] = []
     listed: list[dict[str, Any]] = []  # the history as input_items lists it
     if body.previous_response_id is not None:
-        previous = store.get(body.previous_response_id)
-        if previous is None:
-            raise NotFoundError(
-                f"Previous response with id '{body.previous_response_id}' not found.",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
+        previous = store.continued(body.previous_response_id)
         history, listed = previous.conversation, previous.items
     items = [*history, *body.input]
 

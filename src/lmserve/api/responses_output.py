@@ -146,22 +146,18 @@ class ResponseTurn(ChatTurn):
 
     def usage(self, generation: Generation, output: list[dict[str, Any]]) -> dict[str, Any]:
         usage = generation.usage
-        # The engine counts output tokens as a whole; the reasoning's share is re-counted.
         thought = "".join(
             part["text"]
             for item in output
             if item["type"] == "reasoning"
             for part in item["content"]
         )
-        reasoning_tokens = (
-            len(self.prepared.model.llama.tokenize(thought, add_special=False)) if thought else 0
-        )
         return {
             "input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.prompt_tokens_details.cached_tokens},
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {
-                "reasoning_tokens": min(reasoning_tokens, usage.completion_tokens)
+                "reasoning_tokens": self.reasoning_tokens(thought, usage.completion_tokens)
             },
             "total_tokens": usage.total_tokens,
         }

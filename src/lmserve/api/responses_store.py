@@ -41,22 +41,33 @@ class LRUStore(Generic[V]):
 
     def __init__(self, capacity: int = STORE_CAPACITY) -> None:
         self.capacity = capacity
-        self._responses: OrderedDict[str, V] = OrderedDict()
+        self._values: OrderedDict[str, V] = OrderedDict()
+
+    def continued(self, previous_id: str) -> V:
+        """What a request's ``previous_response_id`` continues; a 404 if it is not kept."""
+        found = self.get(previous_id)
+        if found is None:
+            raise NotFoundError(
+                f"Previous response with id '{previous_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return found
 
     def get(self, response_id: str) -> V | None:
-        stored = self._responses.get(response_id)
+        stored = self._values.get(response_id)
         if stored is not None:
-            self._responses.move_to_end(response_id)
+            self._values.move_to_end(response_id)
         return stored
 
     def put(self, response_id: str, stored: V) -> None:
-        self._responses[response_id] = stored
-        self._responses.move_to_end(response_id)
-        while len(self._responses) > self.capacity:
-            self._responses.popitem(last=False)
+        self._values[response_id] = stored
+        self._values.move_to_end(response_id)
+        while len(self._values) > self.capacity:
+            self._values.popitem(last=False)
 
     def delete(self, response_id: str) -> bool:
-        return self._responses.pop(response_id, None) is not None
+        return self._values.pop(response_id, None) is not None
 
 
 class ResponseStore(LRUStore[StoredResponse]):

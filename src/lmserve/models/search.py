@@ -34,9 +34,8 @@ def is_search_term(ref: str) -> bool:
 
 
 def search_models(terms: str, limit: int = SEARCH_LIMIT) -> list[SearchHit]:
-    """Repositories with GGUF files whose names match ``terms``, most downloaded first."""
-    if not is_search_term(terms):
-        raise DownloadError(f"{terms!r} is not something to search for")
+    """Repositories with GGUF files whose names contain ``terms`` (see :func:`is_search_term`),
+    most downloaded first."""
     # Imported here: huggingface_hub takes a noticeable time to import.
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
