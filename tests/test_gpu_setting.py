@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from lmserve.config import check_gpu_setting
 from lmserve.models import loader
-from lmserve.models.loader import check_gpu_setting, gpu_layers
+from lmserve.models.loader import gpu_layers
 
 
 @pytest.mark.parametrize("value", ["auto", "off", "max", "0", "0.5", "1", "1.0"])

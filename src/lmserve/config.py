@@ -27,6 +27,22 @@ def default_memory_budget() -> int | None:
     return int(total * 0.75) if total else None
 
 
+GPU_SETTINGS_HELP = "auto, off, max, or a fraction 0-1 of the layers"
+
+
+def check_gpu_setting(value: str) -> str:
+    """``value`` if it is a GPU offload setting (auto, off, max, 0..1), else ``ValueError``."""
+    if value in {"auto", "off", "max"}:
+        return value
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the GPU setting must be {GPU_SETTINGS_HELP}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelDefaults:
     """How models are loaded when a load does not say otherwise."""

@@ -172,9 +172,9 @@ def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
 class ChatTurn:
     """A request of another API surface served as a chat completion under its own id.
 
-    The Responses and Anthropic surfaces keep one per request: ``prepare`` renders the chat
-    request and names the log records after the surface's id; ``prepared`` is then at hand
-    for building that surface's objects.
+    The Responses, Anthropic and LM Studio chat surfaces keep one per request: ``prepare``
+    renders the chat request and names the log records after the surface's id; ``prepared``
+    is then at hand for building that surface's objects.
     """
 
     def __init__(self, turn_id: str) -> None:

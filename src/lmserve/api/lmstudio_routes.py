@@ -23,10 +23,11 @@ from lmserve.api.errors import NotFoundError
 from lmserve.api.generation import Generation, stats_of
 from lmserve.api.protocol import MAX_TOKENS_CAP, ChatCompletionRequest, CompletionRequest
 from lmserve.api.serving import serve_generation
+from lmserve.config import check_gpu_setting
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
-from lmserve.models.loader import LoadedModel, LoadOptions, check_gpu_setting
+from lmserve.models.loader import LoadedModel, LoadOptions
 from lmserve.models.manager import ModelManager
 
 router = APIRouter(prefix="/api")

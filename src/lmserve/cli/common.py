@@ -15,7 +15,7 @@ import click
 import httpx
 
 from lmserve.apikeys import ENV_VAR
-from lmserve.config import DEFAULT_HOST, DEFAULT_PORT
+from lmserve.config import DEFAULT_HOST, DEFAULT_PORT, check_gpu_setting
 from lmserve.paths import server_state_file
 
 
@@ -190,3 +190,11 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def gpu_option(value: str | None) -> str | None:
+    """Click's check of a ``--gpu`` value (``serve``, ``server start`` and ``load``)."""
+    try:
+        return None if value is None else check_gpu_setting(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -11,13 +11,13 @@ from lmserve.cli.common import (
     ServerClient,
     connection_options,
     echo_json,
+    gpu_option,
     human_size,
     interactive,
     table,
 )
-from lmserve.cli.serve import gpu_option
+from lmserve.config import GPU_SETTINGS_HELP
 from lmserve.models.catalog import Catalog, CatalogEntry
-from lmserve.models.loader import GPU_SETTINGS_HELP
 from lmserve.paths import models_dir
 
 

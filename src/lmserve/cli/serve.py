@@ -9,16 +9,17 @@ from pathlib import Path
 import click
 
 from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
+from lmserve.cli.common import gpu_option
 from lmserve.config import (
     DEFAULT_CONTEXT_LENGTH,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_JIT_TTL,
     DEFAULT_PORT,
+    GPU_SETTINGS_HELP,
     ModelDefaults,
     Settings,
 )
-from lmserve.models.loader import GPU_SETTINGS_HELP, check_gpu_setting
 
 
 def parse_size(text: str) -> int:
@@ -34,14 +35,6 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise click.BadParameter("the size must be positive")
     return int(size)
-
-
-def gpu_option(value: str | None) -> str | None:
-    """Click's check of a ``--gpu`` value."""
-    try:
-        return None if value is None else check_gpu_setting(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def server_options(function: Callable[..., None]) -> Callable[..., None]:

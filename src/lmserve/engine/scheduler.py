@@ -137,7 +137,6 @@ class BatchingEngine:
         self._wake = threading.Condition()
         self._running = True
         self._closing_reason = "the engine stopped after an internal error"
-        self._crashed = False  # the loop died of a bug, rather than being closed
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -194,6 +193,7 @@ class BatchingEngine:
 
     # -- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        crashed = False
         try:
             while True:
                 with self._wake:
@@ -206,9 +206,10 @@ class BatchingEngine:
                 self._outbox.flush()
         except Exception:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
-            self._crashed = True
+            crashed = True
         finally:
-            self._fail_everything(self._closing_reason)
+            # Closed (unload, shutdown): the requests may be tried again, unlike after a bug.
+            self._fail_everything(self._closing_reason, unavailable=not crashed)
 
     def _busy(self) -> list[_Slot]:
         return [slot for slot in self._slots if slot.sequence is not None]
@@ -440,13 +441,13 @@ class BatchingEngine:
             self.context.forget(slot.seq, 0)
             slot.tokens.clear()
 
-    def _fail_everything(self, message: str) -> None:
+    def _fail_everything(self, message: str, *, unavailable: bool) -> None:
         with self._wake:
             self._running = False
             waiting, self._waiting = list(self._waiting), deque()
         for sequence in waiting:
-            sequence.finish("failed", message, unavailable=not self._crashed)
+            sequence.finish("failed", message, unavailable=unavailable)
         for slot in self._slots:
             if slot.sequence is not None:
-                self._release(slot, "failed", message, unavailable=not self._crashed)
+                self._release(slot, "failed", message, unavailable=unavailable)
         self._outbox.flush()

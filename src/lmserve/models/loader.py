@@ -28,23 +28,7 @@ class LoadOptions:
     context_length: int | None = None
     parallel: int | None = None
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
-    gpu: str | None = None  # see check_gpu_setting
-
-
-GPU_SETTINGS_HELP = "auto, off, max, or a fraction 0-1 of the layers"
-
-
-def check_gpu_setting(value: str) -> str:
-    """``value`` if it is a GPU offload setting (auto, off, max, 0..1), else ``ValueError``."""
-    if value in {"auto", "off", "max"}:
-        return value
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = -1.0
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"the GPU setting must be {GPU_SETTINGS_HELP}, not {value!r}")
-    return value
+    gpu: str | None = None  # see lmserve.config.check_gpu_setting
 
 
 def gpu_layers(gpu: str, n_layers: int) -> int:
