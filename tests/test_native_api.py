@@ -104,3 +104,18 @@ def test_v1_load_is_idempotent_and_unload_of_unknown_is_404(http: httpx.Client) 
     assert missing.status_code == 404
     bad = http.post("/api/v1/models/load", json={"model": MODEL_ID, "config": {"gpu": "lots"}})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "config.gpu"
+
+
+def test_a_load_asks_llama_cpp_for_the_layers_its_gpu_setting_names(http: httpx.Client) -> None:
+    # A CPU build ignores the layers asked for, but the instance reports what was asked.
+    for gpu, layers in (("max", -1), ("0.5", 15), ("off", 0)):  # SmolLM2-135M has 30 layers
+        identifier = f"gpu-{gpu}"
+        loaded = http.post(
+            "/api/v1/models/load",
+            json={"model": MODEL_ID, "config": {"gpu": gpu, "identifier": identifier}},
+        )
+        assert loaded.status_code == 200, loaded.text
+        config = loaded.json()["config"]
+        assert (config["gpu"], config["gpu_layers"]) == (gpu, layers)
+        unloaded = http.post("/api/v1/models/unload", json={"instance_id": identifier})
+        assert unloaded.status_code == 200
