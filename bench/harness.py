@@ -87,9 +87,17 @@ def _wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> Non
 
 @contextlib.contextmanager
 def lmserve(
-    parallel: int = 8, context_length: int = 4096, extra: Sequence[str] = ()
+    parallel: int = 8,
+    context_length: int = 4096,
+    extra: Sequence[str] = (),
+    source: Path | None = None,
+    name: str = "lmserve",
 ) -> Iterator[RunningServer]:
-    """lmserve on the default model, in a temporary home; ``extra``: more ``serve`` options."""
+    """lmserve on the default model, in a temporary home; ``extra``: more ``serve`` options;
+    ``source``: a ``src`` folder of another lmserve tree to run instead of the installed one."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="lmserve-bench-") as home:
         target = DEFAULT_MODEL.target(Path(home) / "models")
         target.parent.mkdir(parents=True)
@@ -113,13 +121,11 @@ def lmserve(
                 "warning",
                 *extra,
             ],
-            env={**os.environ, "LMSERVE_HOME": home},
+            env={**env, "LMSERVE_HOME": home},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        server = RunningServer(
-            "lmserve", f"http://127.0.0.1:{port}", "smollm2-135m-instruct", process
-        )
+        server = RunningServer(name, f"http://127.0.0.1:{port}", "smollm2-135m-instruct", process)
         try:
             _wait_ready(server, "/health")
             yield server

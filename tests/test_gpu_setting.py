@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from lmserve.config import check_gpu_setting
-from lmserve.models import loader
-from lmserve.models.loader import gpu_layers
+from lmserve.engine import worker
+from lmserve.engine.worker import gpu_layers
 
 
 @pytest.mark.parametrize("value", ["auto", "off", "max", "0", "0.5", "1", "1.0"])
@@ -31,9 +31,9 @@ def test_layers_for_each_setting() -> None:
 
 
 def test_auto_follows_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(worker, "gpu_offload_supported", lambda: True)
     assert gpu_layers("auto", 30) == -1
-    monkeypatch.setattr(loader, "gpu_offload_supported", lambda: False)
+    monkeypatch.setattr(worker, "gpu_offload_supported", lambda: False)
     assert gpu_layers("auto", 30) == 0
 
 

@@ -43,6 +43,20 @@ def check_gpu_setting(value: str) -> str:
     return value
 
 
+REPACK_SETTINGS = ("auto", "on", "off")
+REPACK_HELP = (
+    "Let llama.cpp repack weights for this CPU: auto (a self-check decides, and the verdict "
+    "is cached), on, or off (llama-server's --no-repack)."
+)
+
+
+def check_repack_setting(value: str) -> str:
+    """``value`` if it is a repack setting (auto, on, off), else ``ValueError``."""
+    if value not in REPACK_SETTINGS:
+        raise ValueError(f"the repack setting must be auto, on or off, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelDefaults:
     """How models are loaded when a load does not say otherwise."""
@@ -54,6 +68,7 @@ class ModelDefaults:
     batch_size: int = 512
     # GPU offload: "auto" puts every layer on the GPU when llama.cpp was built with one.
     gpu: str = "auto"
+    repack: str = "auto"  # see REPACK_HELP
 
 
 @dataclass(frozen=True)

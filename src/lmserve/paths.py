@@ -29,3 +29,8 @@ def logs_dir() -> Path:
 def server_state_file() -> Path:
     """Written by ``lmserve server start``: where the background server listens, its pid."""
     return home_dir() / "server.json"
+
+
+def selfcheck_file() -> Path:
+    """The hardware self-check's verdicts: may llama.cpp repack weights on this machine."""
+    return home_dir() / "selfcheck.json"

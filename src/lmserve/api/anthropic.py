@@ -225,7 +225,7 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, 
     try:
         chat_body = chat_request(body)
         async with models.using(body.model) as model:
-            prepared = prepare_chat(chat_body, model)
+            prepared = await prepare_chat(chat_body, model)
     except Exception as exc:
         raise api_error_for(exc) from exc
     return {"input_tokens": len(prepared.prompt_tokens[0])}

@@ -117,7 +117,7 @@ def _with_instructions(messages: list[dict[str, Any]], instructions: str) -> lis
     return [{"role": "system", "content": instructions}, *messages]
 
 
-def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
+async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
     """Render and tokenize the conversation (with its tools) and check it fits.
 
     Raises ``TemplateRenderError`` or :class:`InvalidRequestError`.
@@ -143,7 +143,7 @@ def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
         continue_final_message=body.continue_final_message,
         tools=tools_for_template(tools) if native else None,
     )
-    tokens = model.llama.tokenize_prompt(prompt)
+    tokens = await model.engine.tokenize_prompt(prompt)
     forced = bool(tools) and (
         body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)
     )
@@ -181,8 +181,8 @@ class ChatTurn:
         self.id = turn_id
         self._prepared: Prepared | None = None
 
-    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
-        prepared = prepare_chat(chat_body, model)
+    async def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
+        prepared = await prepare_chat(chat_body, model)
         prepared.request_id = self.id  # so the log stream names the surface's object
         self._prepared = prepared
         return prepared
@@ -192,7 +192,7 @@ class ChatTurn:
         assert self._prepared is not None, "prepare() runs before any output is made"
         return self._prepared
 
-    def reasoning_tokens(self, reasoning: str, completion_tokens: int) -> int:
+    async def reasoning_tokens(self, reasoning: str, completion_tokens: int) -> int:
         """How many of the completion's tokens were reasoning.
 
         The engine counts a completion's tokens as a whole; the reasoning's share is counted
@@ -200,7 +200,7 @@ class ChatTurn:
         """
         if not reasoning:
             return 0
-        tokens = self.prepared.model.llama.tokenize(reasoning, add_special=False)
+        tokens = await self.prepared.model.engine.tokenize(reasoning, add_special=False)
         return min(len(tokens), completion_tokens)
 
 

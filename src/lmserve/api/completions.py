@@ -20,10 +20,12 @@ from lmserve.engine.types import TextDelta
 from lmserve.models.loader import LoadedModel
 
 
-def _prompts(body: CompletionRequest, model: LoadedModel) -> tuple[list[str], list[list[int]]]:
+async def _prompts(
+    body: CompletionRequest, model: LoadedModel
+) -> tuple[list[str], list[list[int]]]:
     """Each prompt's text and tokens, from any of the four shapes OpenAI accepts."""
     prompt = body.prompt
-    llama = model.llama
+    engine, vocab = model.engine, model.vocab
     if not isinstance(prompt, str) and not prompt:
         raise InvalidRequestError("The prompt list is empty.", param="prompt")
     if isinstance(prompt, str):
@@ -39,28 +41,28 @@ def _prompts(body: CompletionRequest, model: LoadedModel) -> tuple[list[str], li
     if texts:
         # Special tokens written in the prompt are parsed, as llama.cpp's server does, so a
         # hand-written chat format works; BOS is added as the model asks.
-        token_lists = [llama.tokenize(text, add_special=llama.add_bos) for text in texts]
+        token_lists = [await engine.tokenize(text, add_special=vocab.add_bos) for text in texts]
     else:
         for index, tokens in enumerate(token_lists):
-            if not tokens or any(token >= llama.n_vocab for token in tokens):
+            if not tokens or any(token >= vocab.n_vocab for token in tokens):
                 raise InvalidRequestError(
                     f"Prompt {index} has no tokens or a token id outside the vocabulary "
-                    f"(0 to {llama.n_vocab - 1}).",
+                    f"(0 to {vocab.n_vocab - 1}).",
                     param="prompt",
                 )
-        texts = [llama.detokenize(tokens) for tokens in token_lists]
+        texts = [await engine.detokenize(tokens) for tokens in token_lists]
     if any(not tokens for tokens in token_lists):
         raise InvalidRequestError("The prompt is empty.", param="prompt")
     return texts, token_lists
 
 
-def _with_suffix(
+async def _with_suffix(
     body: CompletionRequest, model: LoadedModel, texts: list[str], tokens: list[list[int]]
 ) -> list[list[int]]:
     """Fill-in-the-middle: prefix and suffix around the model's FIM tokens."""
     if body.suffix is None:
         return tokens
-    fim = model.llama.fim_tokens()
+    fim = model.vocab.fim_tokens
     if fim is None:
         raise InvalidRequestError(
             "This model has no fill-in-the-middle tokens, so 'suffix' is not supported.",
@@ -68,11 +70,11 @@ def _with_suffix(
             code="unsupported_value",
         )
     prefix_token, suffix_token, middle_token = fim
-    suffix = model.llama.tokenize(body.suffix, add_special=False)
+    suffix = await model.engine.tokenize(body.suffix, add_special=False)
     return [
         [
             prefix_token,
-            *model.llama.tokenize(text, add_special=False),
+            *await model.engine.tokenize(text, add_special=False),
             suffix_token,
             *suffix,
             middle_token,
@@ -81,9 +83,9 @@ def _with_suffix(
     ]
 
 
-def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Prepared:
-    texts, tokens = _prompts(body, model)
-    tokens = _with_suffix(body, model, texts, tokens)
+async def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Prepared:
+    texts, tokens = await _prompts(body, model)
+    tokens = await _with_suffix(body, model, texts, tokens)
     return prepare(
         body,
         model,

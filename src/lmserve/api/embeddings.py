@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Annotated, Any, Literal
 
@@ -29,9 +28,9 @@ class EmbeddingRequest(BaseModel):
     ttl: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)
 
 
-def _token_lists(body: EmbeddingRequest, model: LoadedModel) -> list[list[int]]:
+async def _token_lists(body: EmbeddingRequest, model: LoadedModel) -> list[list[int]]:
     raw = body.input
-    llama = model.llama
+    vocab = model.vocab
     if isinstance(raw, str):
         raw = [raw]
     if not raw:
@@ -45,12 +44,14 @@ def _token_lists(body: EmbeddingRequest, model: LoadedModel) -> list[list[int]]:
         if isinstance(item, str):
             if not item:
                 raise InvalidRequestError(f"input[{index}] is an empty string.", param="input")
-            lists.append(llama.tokenize(item, add_special=llama.add_bos, parse_special=False))
+            lists.append(
+                await model.engine.tokenize(item, add_special=vocab.add_bos, parse_special=False)
+            )
         else:
-            if not item or any(token >= llama.n_vocab for token in item):
+            if not item or any(token >= vocab.n_vocab for token in item):
                 raise InvalidRequestError(
                     f"input[{index}] has no tokens or a token id outside the vocabulary "
-                    f"(0 to {llama.n_vocab - 1}).",
+                    f"(0 to {vocab.n_vocab - 1}).",
                     param="input",
                 )
             lists.append(list(item))
@@ -66,23 +67,23 @@ def _encode(vector: Any, encoding: str) -> list[float] | str:
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     models: ModelManager = request.app.state.models
     async with models.using(body.model, body.ttl) as model:
-        token_lists = _token_lists(body, model)
-        embedder = await asyncio.to_thread(model.embedder)
-        if body.dimensions is not None and body.dimensions != embedder.dimensions:
+        token_lists = await _token_lists(body, model)
+        dimensions = model.vocab.n_embd
+        if body.dimensions is not None and body.dimensions != dimensions:
             raise InvalidRequestError(
-                f"This model's embeddings have {embedder.dimensions} dimensions; 'dimensions' "
+                f"This model's embeddings have {dimensions} dimensions; 'dimensions' "
                 "cannot shorten or lengthen them.",
                 param="dimensions",
                 code="unsupported_value",
             )
         for index, tokens in enumerate(token_lists):
-            if len(tokens) > embedder.n_ctx:
+            if len(tokens) > model.n_ctx:
                 raise ContextLengthExceededError(
                     f"input[{index}] has {len(tokens)} tokens; this model embeds at most "
-                    f"{embedder.n_ctx}.",
+                    f"{model.n_ctx}.",
                     param="input",
                 )
-        vectors = await asyncio.to_thread(lambda: [embedder.embed(t) for t in token_lists])
+        vectors = await model.engine.embed(token_lists)
     used = sum(len(tokens) for tokens in token_lists)
     return {
         "object": "list",

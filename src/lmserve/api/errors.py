@@ -31,11 +31,21 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmserve.engine.sampling import GrammarError
 from lmserve.engine.template import TemplateRenderError
-from lmserve.engine.types import EngineClosedError, QueueFullError
+from lmserve.engine.types import (
+    EngineClosedError,
+    EngineCrashedError,
+    EngineError,
+    GrammarError,
+    QueueFullError,
+)
 from lmserve.models.hub import QuantizationNotFound
-from lmserve.models.manager import ModelCapacityError, ModelLoadFailed, ModelNotFound
+from lmserve.models.manager import (
+    ModelCapacityError,
+    ModelCrashedError,
+    ModelLoadFailed,
+    ModelNotFound,
+)
 from lmserve.models.references import DownloadError, InvalidModelReference
 
 logger = logging.getLogger("lmserve.api")
@@ -192,6 +202,12 @@ def validation_error(exc: RequestValidationError | ValidationError) -> InvalidRe
     )
 
 
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: a capital first letter (the rest as it is) and a full stop."""
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
 def api_error_for(exc: Exception) -> APIError:
     """The one mapping from the exceptions of every layer to the API's errors."""
     if isinstance(exc, APIError):
@@ -224,20 +240,27 @@ def api_error_for(exc: Exception) -> APIError:
             code="queue_full",
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, EngineCrashedError):
+        return APIError(_sentence(str(exc)), code="engine_crashed")
+    if isinstance(exc, ModelCrashedError):
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return ServiceUnavailableError(_sentence(str(exc)), code="model_crashed", headers=retry)
     if isinstance(exc, EngineClosedError):
         return ServiceUnavailableError(
             "The model is being unloaded or the server is shutting down.", code="unavailable"
         )
     if isinstance(exc, ModelCapacityError):
         return ServiceUnavailableError(
-            str(exc).capitalize() + ".", code="model_capacity", headers={"Retry-After": "5"}
+            _sentence(str(exc)), code="model_capacity", headers={"Retry-After": "5"}
         )
     if isinstance(exc, InvalidModelReference | QuantizationNotFound):
         return InvalidRequestError(str(exc), param="model", code="invalid_model_reference")
     if isinstance(exc, DownloadError):
         return BadGatewayError(str(exc), code="download_failed")
     if isinstance(exc, ModelLoadFailed):
-        return APIError(str(exc).capitalize() + ".", code="model_load_failed")
+        return APIError(_sentence(str(exc)), code="model_load_failed")
+    if isinstance(exc, EngineError):
+        return APIError(f"The engine failed: {exc}.", code="engine_error")
     logger.error("unmapped error %r", exc)
     return APIError("The server had an error while processing your request.")
 
@@ -251,7 +274,9 @@ _MAPPED = (
     GrammarError,
     QueueFullError,
     EngineClosedError,
+    EngineError,
     ModelCapacityError,
+    ModelCrashedError,
     ModelLoadFailed,
     DownloadError,
 )

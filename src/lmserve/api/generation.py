@@ -49,6 +49,12 @@ class GenerationFailed(APIError):
     """The engine could not finish the request (500, ``server_error``)."""
 
 
+class EngineCrashed(APIError):
+    """The model's engine process died while generating (500, ``engine_crashed``)."""
+
+    default_code = "engine_crashed"
+
+
 @dataclass
 class Prepared:
     """A request resolved against a model: the exact prompt, its tokens, how to sample."""
@@ -84,6 +90,7 @@ class Prepared:
                         max_tokens=self.max_tokens,
                         stop=self.stop,
                         logprobs=self.logprobs,
+                        label=self.request_id,
                     )
                 )
         return requests
@@ -166,7 +173,7 @@ def prepare(
 ) -> Prepared:
     for prompt_tokens in tokens:
         check_fits(model, prompt_tokens, param, what)
-    sampling = sampling_params(body, model.llama.n_vocab)
+    sampling = sampling_params(body, model.vocab.n_vocab)
     if grammar is not None:
         sampling = replace(sampling, grammar=grammar)
     return Prepared(
@@ -197,6 +204,11 @@ def stats_of(finished: Finished) -> dict[str, Any]:
 
 def public_finish_reason(finished: Finished) -> str:
     if finished.finish_reason == "error":
+        if finished.crashed:
+            raise EngineCrashed(
+                f"The request failed because {finished.error}. The model is loaded again "
+                "for the next request."
+            )
         if finished.unavailable:
             # Cut off by an unload or the end of a shutdown's drain: try again (elsewhere).
             raise ServiceUnavailableError(

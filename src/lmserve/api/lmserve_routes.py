@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +19,11 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 when ready; 503 while a model is loading or the server is shutting down."""
+    """200 when ready; 503 while a model is loading or the server is shutting down.
+
+    A model loaded again after its engine crashed is ``restarting``, not loading: the server
+    itself is healthy meanwhile.
+    """
     models: ModelManager = request.app.state.models
     loading = models.loading
     draining = request.app.state.lifecycle.draining
@@ -27,6 +31,19 @@ async def health(request: Request) -> JSONResponse:
         "status": "shutting_down" if draining else "loading" if loading else "ok",
         "models": [model.identifier for model in models.loaded()],
         "loading": loading,
+        "restarting": models.restarting,
+        "engines": {
+            model.identifier: {
+                "pid": model.engine.pid,
+                **(model.repack.describe() if model.repack else {}),
+            }
+            for model in models.loaded()
+        },
+        # Without the request ids: /health answers without a key.
+        "crashed": [
+            {key: value for key, value in record.items() if key != "last_requests"}
+            for record in models.crashes.report()
+        ],
     }
     return JSONResponse(body, status_code=503 if loading or draining else 200)
 
@@ -35,18 +52,25 @@ async def health(request: Request) -> JSONResponse:
 async def slots(request: Request) -> dict[str, Any]:
     """Each loaded model's slots: busy or idle, tokens cached, queue depth."""
     models: ModelManager = request.app.state.models
-    return {
-        "models": [
+    loaded = models.loaded()
+    snapshots = await asyncio.gather(
+        *(model.engine.snapshot() for model in loaded), return_exceptions=True
+    )
+    report = []
+    for model, snapshot in zip(loaded, snapshots, strict=True):
+        if isinstance(snapshot, BaseException):
+            continue  # its engine crashed just now: it is no longer loaded
+        report.append(
             {
                 "identifier": model.identifier,
                 "n_ctx": model.n_ctx,
                 "queue_depth": model.engine.queue_depth,
-                "engine": dataclasses.asdict(model.engine.stats),
-                "slots": model.engine.slots(),
+                "engine_pid": model.engine.pid,
+                "engine": snapshot["stats"],
+                "slots": snapshot["slots"],
             }
-            for model in models.loaded()
-        ]
-    }
+        )
+    return {"models": report}
 
 
 @router.get("/lmserve/log/stream")

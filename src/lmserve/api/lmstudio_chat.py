@@ -100,7 +100,9 @@ class NativeChatTurn(ChatTurn):
         self.chat_body = chat_body
         self.threads = threads
 
-    def result(self, generation: Generation, reasoning: str | None, text: str) -> dict[str, Any]:
+    async def result(
+        self, generation: Generation, reasoning: str | None, text: str
+    ) -> dict[str, Any]:
         output = [{"type": "reasoning", "content": reasoning}] if reasoning else []
         output.append({"type": "message", "content": text})
         finished = generation.finished[0]
@@ -111,7 +113,7 @@ class NativeChatTurn(ChatTurn):
             "stats": {
                 "input_tokens": usage.prompt_tokens,
                 "total_output_tokens": usage.completion_tokens,
-                "reasoning_output_tokens": self.reasoning_tokens(
+                "reasoning_output_tokens": await self.reasoning_tokens(
                     reasoning or "", usage.completion_tokens
                 ),
                 "tokens_per_second": finished.tokens_per_second if finished else None,
@@ -127,7 +129,7 @@ class NativeChatTurn(ChatTurn):
     async def respond(self, generation: Generation) -> dict[str, Any]:
         completion = await chat_completion(generation)
         message = completion.choices[0].message
-        return self.result(generation, message.reasoning_content, message.content or "")
+        return await self.result(generation, message.reasoning_content, message.content or "")
 
     async def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
         yield {"type": "chat.start", "model_instance_id": generation.prepared.model.identifier}
@@ -164,7 +166,7 @@ class NativeChatTurn(ChatTurn):
             yield {"type": "prompt_processing.end"}
         if open_kind is not None:
             yield {"type": f"{open_kind}.end"}
-        result = self.result(generation, texts["reasoning"] or None, texts["message"])
+        result = await self.result(generation, texts["reasoning"] or None, texts["message"])
         yield {"type": "chat.end", "result": result}
 
 

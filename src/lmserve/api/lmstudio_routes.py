@@ -8,11 +8,11 @@ server through these routes.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import llama_cpp
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
@@ -23,7 +23,7 @@ from lmserve.api.errors import NotFoundError
 from lmserve.api.generation import Generation, stats_of
 from lmserve.api.protocol import MAX_TOKENS_CAP, ChatCompletionRequest, CompletionRequest
 from lmserve.api.serving import serve_generation
-from lmserve.config import check_gpu_setting
+from lmserve.config import check_gpu_setting, check_repack_setting
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
@@ -34,7 +34,7 @@ router = APIRouter(prefix="/api")
 
 RUNTIME = {
     "name": "llama.cpp-cpu",
-    "version": f"llama-cpp-python {llama_cpp.__version__}",
+    "version": f"llama-cpp-python {importlib.metadata.version('llama_cpp_python')}",
     "supported_formats": ["gguf"],
 }
 
@@ -67,6 +67,7 @@ def _instance(model: LoadedModel) -> dict[str, Any]:
             "slots": model.engine.n_slots,
             "slots_busy": model.engine.busy_slots,
             "queue_depth": model.engine.queue_depth,
+            "engine_pid": model.engine.pid,
         },
     }
 
@@ -118,7 +119,8 @@ async def v1_list_models(request: Request) -> dict[str, Any]:
         for model in loaded
         if model.entry.path not in known  # loaded, then deleted from disk
     ]
-    return {"models": items}
+    # lmserve's addition: models whose engine crashed lately, loaded again or not.
+    return {"models": items, "crashed": models.crashes.report()}
 
 
 class LoadConfig(BaseModel):
@@ -132,11 +134,17 @@ class LoadConfig(BaseModel):
     ttl: float | None = Field(default=None, gt=0, le=365 * 24 * 3600)
     identifier: str | None = Field(default=None, min_length=1, max_length=200)
     gpu: str | None = None
+    repack: str | None = None
 
     @field_validator("gpu")
     @classmethod
     def _gpu(cls, value: str | None) -> str | None:
         return value if value is None else check_gpu_setting(value)
+
+    @field_validator("repack")
+    @classmethod
+    def _repack(cls, value: str | None) -> str | None:
+        return value if value is None else check_repack_setting(value)
 
 
 class LoadRequest(LoadConfig):
@@ -153,6 +161,7 @@ class LoadRequest(LoadConfig):
             parallel=merged.get("parallel"),
             ttl=merged.get("ttl"),
             gpu=merged.get("gpu"),
+            repack=merged.get("repack"),
         )
 
 

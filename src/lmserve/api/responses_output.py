@@ -144,7 +144,7 @@ class ResponseTurn(ChatTurn):
             "user": body.user,
         }
 
-    def usage(self, generation: Generation, output: list[dict[str, Any]]) -> dict[str, Any]:
+    async def usage(self, generation: Generation, output: list[dict[str, Any]]) -> dict[str, Any]:
         usage = generation.usage
         thought = "".join(
             part["text"]
@@ -157,25 +157,25 @@ class ResponseTurn(ChatTurn):
             "input_tokens_details": {"cached_tokens": usage.prompt_tokens_details.cached_tokens},
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {
-                "reasoning_tokens": self.reasoning_tokens(thought, usage.completion_tokens)
+                "reasoning_tokens": await self.reasoning_tokens(thought, usage.completion_tokens)
             },
             "total_tokens": usage.total_tokens,
         }
 
-    def complete(
+    async def complete(
         self, status: str, output: list[dict[str, Any]], generation: Generation
     ) -> dict[str, Any]:
         """The final response; stored for ``previous_response_id`` unless ``store`` is false."""
-        response = self.response(status, output, self.usage(generation, output))
+        response = self.response(status, output, await self.usage(generation, output))
         if self._save is not None:
             self._save(self.id, response, output)
         return response
 
-    def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
+    async def prepare(self, chat_body: ChatCompletionRequest, model: LoadedModel) -> Prepared:
         """The chat request, made to fit by dropping the oldest turns when truncation is auto."""
         while True:
             try:
-                return super().prepare(chat_body, model)
+                return await super().prepare(chat_body, model)
             except ContextLengthExceededError:
                 shorter = (
                     None
@@ -193,7 +193,7 @@ class ResponseTurn(ChatTurn):
         output = output_items(choice.message, status)
         if choice.logprobs is not None:
             _attach_logprobs(output, choice.logprobs["content"])
-        return self.complete(status, output, generation)
+        return await self.complete(status, output, generation)
 
     def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
         return ResponseEvents(self, generation).run()
@@ -266,7 +266,7 @@ class ResponseEvents:
             )
             return
         status = "incomplete" if self.finish_reason == "length" else "completed"
-        response = self.turn.complete(status, self.output, self.generation)
+        response = await self.turn.complete(status, self.output, self.generation)
         yield self.lifecycle(f"response.{status}", response)
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ Body = TypeVar("Body", bound=GenerationRequestFields)
 async def serve_generation(
     request: Request,
     body: Body,
-    prepare: Callable[[Body, LoadedModel], Prepared],
+    prepare: Callable[[Body, LoadedModel], Awaitable[Prepared]],
     respond: Callable[[Generation], Awaitable[BaseModel | dict[str, Any]]],
     chunks: Callable[[Generation], AsyncIterator[dict[str, Any]]],
     encode: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]] | None = None,
@@ -53,7 +53,7 @@ async def serve_generation(
             models.release(model)
 
     try:
-        prepared = prepare(body, model)
+        prepared = await prepare(body, model)
         check_choices(len(prepared.prompt_tokens) * prepared.n)
         generation = Generation(prepared, request.app.state.logs)
     except BaseException:

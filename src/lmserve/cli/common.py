@@ -198,3 +198,19 @@ def gpu_option(value: str | None) -> str | None:
         return None if value is None else check_gpu_setting(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def crash_line(record: dict[str, Any], loaded: set[str]) -> str:
+    """One sentence on a model whose engine crashed (``ps`` and ``status``)."""
+    identifier = record["identifier"]
+    count = record["crashes_in_a_row"]
+    times = "once" if count == 1 else f"{count} times in a row"
+    if identifier in loaded:
+        state = "it is loaded again"
+    elif record.get("gave_up"):
+        state = "it is not loaded again by itself (lmserve load retries)"
+    elif record.get("retry_in"):
+        state = f"it can be loaded again in {record['retry_in']:.0f} s"
+    else:
+        state = "it is loaded again on demand"
+    return f"{identifier}: the engine crashed {times} ({record['last_crash']}); {state}."

@@ -10,13 +10,14 @@ import click
 from lmserve.cli.common import (
     ServerClient,
     connection_options,
+    crash_line,
     echo_json,
     gpu_option,
     human_size,
     interactive,
     table,
 )
-from lmserve.config import GPU_SETTINGS_HELP
+from lmserve.config import GPU_SETTINGS_HELP, REPACK_HELP, REPACK_SETTINGS
 from lmserve.models.catalog import Catalog, CatalogEntry
 from lmserve.paths import models_dir
 
@@ -79,17 +80,19 @@ def list_models(only: str | None, as_json: bool) -> None:
 def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json: bool) -> None:
     """List the models loaded in the running server, with their slots and TTL."""
     with ServerClient(host, port, api_key=api_key) as client:
-        models = client.get("/api/v1/models")["models"]
+        listing = client.get("/api/v1/models")
     instances = [
         {"identifier": instance["id"], "model": model["key"], **instance["config"]}
-        for model in models
+        for model in listing["models"]
         for instance in model["loaded_instances"]
     ]
+    crashed = listing.get("crashed") or []
     if as_json:
         echo_json(instances)
         return
     if not instances:
         click.echo("No models are loaded.")
+        _echo_crashes(crashed, set())
         return
     rows = []
     for item in instances:
@@ -104,11 +107,22 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
                 str(item.get("queue_depth", 0)),
                 f"{left:.0f}s of {ttl:.0f}s" if ttl is not None and left is not None else "-",
                 "jit" if item.get("jit") else "loaded",
+                {True: "on", False: "off"}.get(item.get("repack"), "-"),  # type: ignore[arg-type]
             ]
         )
-    click.echo(
-        table(rows, ["IDENTIFIER", "MODEL", "CONTEXT", "SLOTS BUSY", "QUEUE", "TTL LEFT", "HOW"])
-    )
+    header = ["IDENTIFIER", "MODEL", "CONTEXT", "SLOTS BUSY", "QUEUE", "TTL LEFT", "HOW", "REPACK"]
+    click.echo(table(rows, header))
+    for item in instances:
+        if item.get("repack_reason"):
+            state = "on" if item.get("repack") else "off"
+            click.echo(f"{item['identifier']}: weight repacking {state}: {item['repack_reason']}.")
+    _echo_crashes(crashed, {item["identifier"] for item in instances})
+
+
+def _echo_crashes(crashed: list[dict[str, Any]], loaded: set[str]) -> None:
+    for record in crashed:
+        if record.get("crashes_in_a_row"):
+            click.echo(crash_line(record, loaded))
 
 
 def pick_model(name: str, yes: bool) -> str:
@@ -162,6 +176,12 @@ def pick_model(name: str, yes: bool) -> str:
     default=None,
     help="Requests generated at once (slots).",
 )
+@click.option(
+    "--repack",
+    type=click.Choice(REPACK_SETTINGS),
+    default=None,
+    help=REPACK_HELP + " Default: the server's.",
+)
 @click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
 @connection_options
 def load_model(
@@ -171,6 +191,7 @@ def load_model(
     ttl: float | None,
     gpu: str | None,
     parallel: int | None,
+    repack: str | None,
     yes: bool,
     host: str | None,
     port: int | None,
@@ -185,6 +206,7 @@ def load_model(
         ("ttl", ttl),
         ("gpu", gpu),
         ("parallel", parallel),
+        ("repack", repack),
     ):
         if value is not None:
             body["config"][key] = value
@@ -195,6 +217,9 @@ def load_model(
         f"Model loaded: {loaded['model_instance_id']} (context {config['context_length']}, "
         f"{config['slots']} slots) in {loaded['load_time_seconds']:.2f} s."
     )
+    if "repack" in config:
+        state = "on" if config["repack"] else "off"
+        click.echo(f"Weight repacking {state}: {config.get('repack_reason')}.")
 
 
 @click.command("unload")

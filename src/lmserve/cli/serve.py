@@ -17,6 +17,8 @@ from lmserve.config import (
     DEFAULT_JIT_TTL,
     DEFAULT_PORT,
     GPU_SETTINGS_HELP,
+    REPACK_HELP,
+    REPACK_SETTINGS,
     ModelDefaults,
     Settings,
 )
@@ -97,6 +99,13 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             callback=lambda _ctx, _param, v: gpu_option(v),
             help=f"Layers to offload to a GPU: {GPU_SETTINGS_HELP}. auto offloads all "
             "when llama.cpp was built with a GPU backend.",
+        ),
+        click.option(
+            "--repack",
+            default="auto",
+            show_default=True,
+            type=click.Choice(REPACK_SETTINGS),
+            help=REPACK_HELP,
         ),
         click.option(
             "--no-jit",
@@ -197,6 +206,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             max_queue=int(options["max_queue"]),  # type: ignore[arg-type]
             threads=int(options["threads"]),  # type: ignore[arg-type]
             gpu=str(options.get("gpu") or "auto"),
+            repack=str(options.get("repack") or "auto"),
         ),
         jit=not options.get("no_jit"),
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]

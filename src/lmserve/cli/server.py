@@ -14,7 +14,13 @@ import click
 import httpx
 
 from lmserve.apikeys import ENV_VAR
-from lmserve.cli.common import ServerState, client_host, echo_json, server_address
+from lmserve.cli.common import (
+    ServerState,
+    client_host,
+    crash_line,
+    echo_json,
+    server_address,
+)
 from lmserve.cli.serve import server_options
 from lmserve.paths import home_dir, logs_dir
 
@@ -146,10 +152,15 @@ def stop(timeout: float) -> None:
 
 @server.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def status(as_json: bool) -> None:
-    """Say whether the server is running, where, and which models it has loaded."""
+@click.option("--host", default=None, help="The server's address (default: the running one).")
+@click.option(
+    "--port", type=int, default=None, help="The server's port (default: the running one)."
+)
+def status(as_json: bool, host: str | None, port: int | None) -> None:
+    """Say whether the server is running, where, which models it has loaded, how each
+    model's engine runs (weight repacking on or off, and why) and which crashed lately."""
     state = ServerState.read()
-    host, port = server_address(None, None)
+    host, port = server_address(host, port)
     health = _healthy(host, port)
     running = health is not None
     report = {
@@ -158,6 +169,9 @@ def status(as_json: bool) -> None:
         "port": port,
         "pid": state.pid if state is not None and state.alive else None,
         "models": health.get("models", []) if health else [],
+        "engines": health.get("engines", {}) if health else {},
+        "restarting": health.get("restarting", []) if health else [],
+        "crashed": health.get("crashed", []) if health else [],
         "home": str(home_dir()),
     }
     if as_json:
@@ -165,5 +179,15 @@ def status(as_json: bool) -> None:
     elif running:
         loaded = ", ".join(report["models"]) or "none"
         click.echo(f"The server is running on port {port}. Loaded models: {loaded}.")
+        for identifier, engine in report["engines"].items():
+            if "repack" in engine:
+                state = "on" if engine["repack"] else "off"
+                click.echo(
+                    f"{identifier}: engine process {engine['pid']}, weight repacking {state}: "
+                    f"{engine['repack_reason']}."
+                )
+        for record in report["crashed"]:
+            if record.get("crashes_in_a_row"):
+                click.echo(crash_line(record, set(report["models"])))
     else:
         click.echo("The server is not running. Start it with: lmserve server start")

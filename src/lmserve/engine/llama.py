@@ -78,13 +78,21 @@ class LlamaModel:
     """Weights and vocabulary of one GGUF model.  Thread-safe for tokenization."""
 
     def __init__(
-        self, path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False
+        self,
+        path: str | Path,
+        *,
+        n_gpu_layers: int = 0,
+        vocab_only: bool = False,
+        repack: bool = True,
     ) -> None:
+        """``repack``: let llama.cpp repack weights into its CPU-specific buffer types (AMX,
+        AVX-512 layouts); off is ``llama-server --no-repack``."""
         _ensure_backend()
         self.path = Path(path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
+        params.use_extra_bufts = repack
         model = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {self.path.name}")
@@ -92,6 +100,7 @@ class LlamaModel:
         self.vocab = C.llama_model_get_vocab(model)
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(model)
+        self.n_embd = C.llama_model_n_embd(model)
         self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = C.llama_vocab_bos(self.vocab)
         self.eos_id = C.llama_vocab_eos(self.vocab)

@@ -13,13 +13,9 @@ import llama_cpp as C
 import numpy as np
 
 from lmserve.engine.llama import LlamaContext, LlamaModel
-from lmserve.engine.types import SamplingParams, TokenLogprob
+from lmserve.engine.types import GrammarError, SamplingParams, TokenLogprob
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
-
-
-class GrammarError(ValueError):
-    """llama.cpp could not parse the grammar."""
 
 
 class _Candidates:

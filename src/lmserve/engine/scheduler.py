@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.sampling import token_logprob
@@ -38,6 +39,7 @@ from lmserve.engine.types import (
     GenerationStream,
     Outbox,
     QueueFullError,
+    RequestHandle,
     StopReason,
     TokenLogprob,
 )
@@ -108,8 +110,19 @@ def resolve_seed(seed: int | None) -> int:
     return seed - 1 if seed == _DEFAULT_SEED else seed
 
 
+class StepOutbox(Protocol):
+    """Where a step's events go: :meth:`flush` is called once at the end of every step."""
+
+    def flush(self) -> None: ...
+
+
 class BatchingEngine:
-    """The continuous-batching engine behind :class:`lmserve.engine.types.Engine`."""
+    """The continuous-batching engine: it runs in a model's worker process
+    (:mod:`lmserve.engine.worker`), or in process for the scheduler's own tests.
+
+    Requests come in as :class:`RequestHandle` objects through :meth:`enqueue`; their events
+    are published to the handles and ``outbox`` is flushed once per step.
+    """
 
     def __init__(
         self,
@@ -120,6 +133,7 @@ class BatchingEngine:
         max_queue: int = 64,
         prefill_chunk: int = 64,
         name: str = "model",
+        outbox: StepOutbox | None = None,
     ) -> None:
         self.model = model
         self.context = context
@@ -132,7 +146,8 @@ class BatchingEngine:
         self.prefill_chunk = prefill_chunk
         self._slots = [_Slot(seq) for seq in range(n_slots)]
         self._waiting: deque[Sequence] = deque()
-        self._outbox = Outbox()
+        self._streams = Outbox()  # events of in-process streams (submit)
+        self._outbox: StepOutbox = outbox or self._streams
         self.stats = EngineStats()
         self._wake = threading.Condition()
         self._running = True
@@ -140,10 +155,17 @@ class BatchingEngine:
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
-    # -- the asyncio side ---------------------------------------------------------------------
+    # -- the submitting side -------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationStream:
-        stream = GenerationStream(request, asyncio.get_running_loop(), self._outbox)
-        sequence = Sequence.create(self.model, stream, resolve_seed(request.sampling.seed))
+        """Queue ``request`` from an event loop in this process; iterate the stream it gives."""
+        stream = GenerationStream(request, asyncio.get_running_loop(), self._streams)
+        self.enqueue(stream)
+        return stream
+
+    def enqueue(self, handle: RequestHandle) -> None:
+        """Queue a request; raises :class:`QueueFullError` or :class:`EngineClosedError`
+        (and :class:`GrammarError` for a grammar llama.cpp cannot parse)."""
+        sequence = Sequence.create(self.model, handle, resolve_seed(handle.request.sampling.seed))
         with self._wake:
             if not self._running:
                 sequence.chain.close()
@@ -154,7 +176,6 @@ class BatchingEngine:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting")
             self._waiting.append(sequence)
             self._wake.notify()
-        return stream
 
     def slots(self) -> list[dict[str, object]]:
         """A snapshot of the slots, for stats; read without locking (values may be a step old)."""

@@ -12,7 +12,7 @@ from lmserve.engine.types import (
     Finished,
     FinishReason,
     GenerationRequest,
-    GenerationStream,
+    RequestHandle,
     StopReason,
     TextDelta,
     TokenLogprob,
@@ -32,7 +32,7 @@ _FINISH_REASONS: dict[StopReason, FinishReason] = {
 class Sequence:
     """A request being served: owned by the engine thread once submitted."""
 
-    stream: GenerationStream
+    stream: RequestHandle
     chain: SamplerChain
     prompt: list[int]
     submitted: float = field(default_factory=time.perf_counter)
@@ -50,7 +50,7 @@ class Sequence:
     stopped_by: str | None = None
 
     @classmethod
-    def create(cls, model: LlamaModel, stream: GenerationStream, seed: int) -> Sequence:
+    def create(cls, model: LlamaModel, stream: RequestHandle, seed: int) -> Sequence:
         request = stream.request
         chain = SamplerChain(model, request.sampling, seed)
         chain.remember(request.prompt_tokens)

@@ -1,8 +1,8 @@
 """The engine's boundary: what a request asks for and what comes back.
 
-The HTTP layer only ever sees these types and the :class:`Engine` protocol: submit a request,
-iterate over its events as tokens are produced, cancel it.  The scheduler behind the protocol
-can change without the routes noticing.
+The HTTP layer only sees these types: it submits a :class:`GenerationRequest`, iterates over
+its :class:`GenerationStream` as tokens are produced, and cancels it.  The engine behind it
+runs in a worker process (:mod:`lmserve.engine.client`); the same types cross the pipe.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -68,6 +68,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; n: each token's and its n likeliest rivals'
     number: int = field(default_factory=lambda: next(_request_numbers))
+    label: str | None = None  # the API's id of the request it serves, for the server log
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Finished:
     stopped_by: str | None = None  # the stop string that ended generation, if one did
     # Failed because the engine closed (unload, shutdown): worth trying again, unlike a bug.
     unavailable: bool = False
+    # Failed because the engine's worker process died (a crash in llama.cpp, a kill).
+    crashed: bool = False
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -118,23 +121,34 @@ Event = TextDelta | Finished
 class GenerationStream:
     """The asynchronous end of one request: iterate for events, ``cancel()`` to stop early.
 
-    The engine thread hands events over through an :class:`Outbox`, so the event loop is
-    never blocked by generation.
+    Events reach it through an :class:`Outbox`, from the engine thread or from the thread
+    that reads a worker process's pipe, so the event loop is never blocked by generation.
+    ``on_cancel`` tells an engine in another process that the request was cancelled.
     """
 
     def __init__(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, outbox: Outbox
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        outbox: Outbox,
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self.request = request
         self.loop = loop
         self._outbox = outbox
+        self._on_cancel = on_cancel
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False
         self.finished: Finished | None = None
+        self.completion_tokens = 0  # as of the last text event, for a crash's report
 
     def cancel(self) -> None:
         """Ask the engine to stop this request; it frees the slot within one decode step."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        if self._on_cancel is not None and self.finished is None:
+            self._on_cancel()
 
     def publish(self, event: Event) -> None:
         """Called from the engine thread; delivered when the engine flushes its outbox."""
@@ -184,25 +198,28 @@ class Outbox:
                 loop.call_soon_threadsafe(_deliver_all, batch)
 
 
-class Engine(Protocol):
-    """What the HTTP layer needs from a generation engine."""
+class RequestHandle(Protocol):
+    """The engine's view of a submitted request: what to generate, whether to stop, where
+    its events go.  A :class:`GenerationStream` in process; a stand-in in a worker process."""
 
-    n_ctx_per_slot: int
-    n_slots: int
+    @property
+    def request(self) -> GenerationRequest: ...
 
-    def submit(self, request: GenerationRequest) -> GenerationStream:
-        """Queue ``request``; raises :class:`QueueFullError` when the queue is full."""
-        ...
+    @property
+    def cancelled(self) -> bool: ...
 
-    def slots(self) -> list[dict[str, object]]:
-        """What each slot is doing, for the stats endpoint."""
-        ...
-
-    def close(self) -> None: ...
+    def publish(self, event: Event) -> None: ...
 
 
 class EngineError(RuntimeError):
-    """Base class of the engine's own errors."""
+    """Base class of the engine's own errors.
+
+    - :class:`QueueFullError`: every slot is busy and the queue is full (try again soon).
+    - :class:`EngineClosedError`: the engine is closing or closed (unload, shutdown).
+    - :class:`EngineCrashedError`: the engine's worker process died.
+    - :class:`GrammarError`: llama.cpp could not parse a grammar.
+    - :class:`WorkerStartError`: a worker process could not load its model.
+    """
 
 
 class QueueFullError(EngineError):
@@ -211,3 +228,26 @@ class QueueFullError(EngineError):
 
 class EngineClosedError(EngineError):
     """The engine is shutting down and takes no new requests."""
+
+
+class EngineCrashedError(EngineClosedError):
+    """The engine's worker process died (a signal, an abort, an out-of-memory kill)."""
+
+
+class GrammarError(EngineError, ValueError):
+    """llama.cpp could not parse the grammar."""
+
+
+class WorkerStartError(EngineError):
+    """A worker process could not load its model: ``crashed`` if it died doing so,
+    ``self_check`` if the model loaded but the hardware self-check failed."""
+
+    def __init__(self, message: str, *, crashed: bool = False, self_check: bool = False) -> None:
+        super().__init__(message)
+        self.crashed = crashed
+        self.self_check = self_check
+
+    @property
+    def retry_without_repack(self) -> bool:
+        """Whether weight repacking may be the cause (anything but a clean load error)."""
+        return self.crashed or self.self_check

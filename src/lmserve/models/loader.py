@@ -1,21 +1,22 @@
-"""Loading one model instance: weights, context, chat template and batching engine.
+"""Loading one model instance: a worker process with the engine, and the chat template.
 
-Blocking (seconds for big models): the manager calls it in a worker thread.
+Blocking (seconds for big models, twice that when the self-check retries without weight
+repacking): the manager calls it in a worker thread.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmserve.config import ModelDefaults
-from lmserve.engine.embeddings import Embedder
-from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel, gpu_offload_supported
-from lmserve.engine.scheduler import BatchingEngine
+from lmserve.engine.client import EngineWorker, WorkerExit
 from lmserve.engine.template import ChatTemplate
+from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.models.catalog import CatalogEntry
+from lmserve.models.repack import RepackChoice, VerdictCache, start_checked, verdict_facts
 
 logger = logging.getLogger("lmserve.models")
 
@@ -29,46 +30,29 @@ class LoadOptions:
     parallel: int | None = None
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
     gpu: str | None = None  # see lmserve.config.check_gpu_setting
-
-
-def gpu_layers(gpu: str, n_layers: int) -> int:
-    """llama.cpp's ``n_gpu_layers`` for a GPU setting.
-
-    ``auto`` offloads every layer when the build can (LM Studio's default on a GPU machine)
-    and none otherwise; a CPU build ignores any other value too.
-    """
-    if gpu == "auto":
-        gpu = "max" if gpu_offload_supported() else "off"
-    if gpu == "off":
-        return 0
-    if gpu == "max":
-        return -1
-    return round(float(gpu) * n_layers)
+    repack: str | None = None  # see lmserve.config.check_repack_setting
 
 
 @dataclass
 class LoadedModel:
     identifier: str
     entry: CatalogEntry
-    llama: LlamaModel
+    engine: EngineWorker
     template: ChatTemplate
-    engine: BatchingEngine
     config: dict[str, object]
     memory_bytes: int
+    options: LoadOptions = field(default_factory=LoadOptions)
+    repack: RepackChoice | None = None
     jit: bool = False
     ttl: float | None = None
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # requests between model lookup and their last event
-    _embedder: Embedder | None = None
-    _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def embedder(self) -> Embedder:
-        """The model's embedding context, made on first use (blocking: call off the loop)."""
-        with self._embedder_lock:
-            if self._embedder is None:
-                self._embedder = Embedder(self.llama, self.n_ctx)
-            return self._embedder
+    @property
+    def vocab(self) -> WorkerInfo:
+        """The model's vocabulary and shape, as its worker reported them when it loaded."""
+        return self.engine.info
 
     @property
     def n_ctx(self) -> int:
@@ -77,7 +61,7 @@ class LoadedModel:
 
     @property
     def busy(self) -> bool:
-        return self.in_flight > 0 or self.engine.busy_slots > 0 or self.engine.queue_depth > 0
+        return self.in_flight > 0 or self.engine.in_flight > 0
 
     def ttl_remaining(self, now: float | None = None) -> float | None:
         if self.ttl is None:
@@ -87,10 +71,6 @@ class LoadedModel:
 
     def close(self, reason: str) -> None:
         self.engine.close(reason)
-        with self._embedder_lock:
-            if self._embedder is not None:
-                self._embedder.close()
-        self.llama.close()
 
 
 def estimate_memory(entry: CatalogEntry, n_ctx_total: int) -> int:
@@ -124,62 +104,66 @@ def load_instance(
     *,
     jit: bool,
     ttl: float | None,
+    verdicts: VerdictCache,
+    on_exit: Callable[[WorkerExit], None] | None = None,
 ) -> LoadedModel:
+    """Start the model's worker (after the self-check) and wrap it; raises
+    :class:`lmserve.engine.types.WorkerStartError`."""
     started = time.perf_counter()
     parallel, n_ctx = plan_context(entry, options, defaults)
-    n_layers = int(entry.header.arch_value("block_count") or 0)
     gpu = options.gpu or defaults.gpu
-    offloaded = gpu_layers(gpu, n_layers)
-    llama = LlamaModel(entry.path, n_gpu_layers=offloaded)
-    try:
-        context = LlamaContext(
-            llama,
-            ContextConfig(
-                n_slots=parallel,
-                n_ctx_per_slot=n_ctx,
-                n_batch=defaults.batch_size,
-                n_threads=defaults.threads,
-            ),
+    setting = options.repack or defaults.repack
+
+    def start(repack: bool, self_check: bool) -> EngineWorker:
+        spec = WorkerSpec(
+            path=str(entry.path),
+            name=identifier,
+            n_layers=int(entry.header.arch_value("block_count") or 0),
+            n_slots=parallel,
+            n_ctx_per_slot=n_ctx,
+            n_batch=defaults.batch_size,
+            n_threads=defaults.threads,
+            max_queue=defaults.max_queue,
+            gpu=gpu,
+            repack=repack,
+            self_check=self_check,
+            log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
-    except Exception:
-        llama.close()
-        raise
-    template = ChatTemplate(
-        llama.chat_template,
-        bos_token=llama.token_text(llama.bos_id),
-        eos_token=llama.token_text(llama.eos_id),
-    )
+        return EngineWorker(spec, on_exit=on_exit)
+
+    engine, repack = start_checked(setting, verdicts, verdict_facts(entry.quantization, gpu), start)
+    info = engine.info
+    template = ChatTemplate(info.chat_template, bos_token=info.bos_text, eos_token=info.eos_text)
     if template.is_fallback:
         logger.warning(
             "%s has no usable chat template; using ChatML%s",
             identifier,
             f" ({template.compile_error})" if template.compile_error else "",
         )
-    engine = BatchingEngine(
-        llama, context, n_slots=parallel, max_queue=defaults.max_queue, name=identifier
-    )
     config: dict[str, object] = {
         "context_length": engine.n_ctx_per_slot,
         "eval_batch_size": defaults.batch_size,
         "parallel": parallel,
         "gpu": gpu,
         # Layers llama.cpp was asked to put on a GPU (-1: all); 0 on a CPU-only build.
-        "gpu_layers": offloaded,
+        "gpu_layers": info.gpu_layers,
+        **repack.describe(),
     }
     loaded = LoadedModel(
         identifier=identifier,
         entry=entry,
-        llama=llama,
-        template=template,
         engine=engine,
+        template=template,
         config=config,
         memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot),
+        options=options,
+        repack=repack,
         jit=jit,
         ttl=ttl,
     )
-    on_gpu = offloaded != 0 and gpu_offload_supported()
+    on_gpu = info.gpu_layers != 0 and info.gpu_offload
     logger.info(
-        "loaded %s (%s, %d slots x %d tokens%s%s) in %.2f s",
+        "loaded %s (%s, %d slots x %d tokens%s%s) in %.2f s, engine process %d",
         identifier,
         entry.path.name,
         parallel,
@@ -187,5 +171,12 @@ def load_instance(
         f", GPU offload {gpu}" if on_gpu else "",
         f", ttl {ttl:g} s" if ttl is not None else "",
         time.perf_counter() - started,
+        engine.pid,
+    )
+    logger.info(
+        "%s: llama.cpp's weight repacking is %s: %s",
+        identifier,
+        "on" if repack.enabled else "off",
+        repack.reason,
     )
     return loaded

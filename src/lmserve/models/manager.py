@@ -1,7 +1,12 @@
-"""Which models are loaded: explicit loads, just-in-time loads, idle TTL, eviction.
+"""Which models are loaded: explicit loads, just-in-time loads, idle TTL, eviction, crashes.
 
 Everything here runs on the event loop except the load itself, which runs in a worker thread;
 a model that several requests ask for at once is loaded exactly once (they share one task).
+
+Each loaded model's engine runs in its own process.  When one dies, the model leaves the
+loaded set at once (its requests have already failed); an explicitly loaded model is loaded
+again by itself, a just-in-time one by its next request, both after the back-off that
+:mod:`lmserve.models.crashes` sets.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from lmserve.config import ModelDefaults, Settings, default_memory_budget
+from lmserve.engine.client import WorkerExit
 from lmserve.models.catalog import Catalog, CatalogEntry
+from lmserve.models.crashes import CrashHistory, CrashRecord
 from lmserve.models.loader import (
     LoadedModel,
     LoadOptions,
@@ -22,7 +29,8 @@ from lmserve.models.loader import (
     load_instance,
     plan_context,
 )
-from lmserve.models.probe import ModelFileProbe
+from lmserve.models.repack import VerdictCache
+from lmserve.paths import selfcheck_file
 
 logger = logging.getLogger("lmserve.models")
 
@@ -46,10 +54,32 @@ class ModelLoadFailed(RuntimeError):
     """llama.cpp could not load the file (corrupt, unsupported, out of memory)."""
 
 
+class ModelCrashedError(RuntimeError):
+    """The model's engine crashed and is waiting out its back-off (or was given up on)."""
+
+    def __init__(self, record: CrashRecord) -> None:
+        retry = record.retry_in()
+        if record.gave_up:
+            then = "it is not loaded again by itself: load it with 'lmserve load' to retry"
+        else:
+            then = f"it will be loaded again in {retry:.0f} s"
+        super().__init__(
+            f"the model '{record.identifier}' crashed {record.streak} times in a row "
+            f"(last: {record.last_reason}); {then}"
+        )
+        self.record = record
+        self.retry_after = None if record.gave_up else max(1, round(retry))
+
+
 class ModelManager:
     """Owns the catalog of downloaded models and the set of loaded instances."""
 
-    def __init__(self, models_root: Path, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        models_root: Path,
+        settings: Settings | None = None,
+        verdicts: VerdictCache | None = None,
+    ) -> None:
         settings = settings or Settings()
         self.models_root = models_root
         self.defaults: ModelDefaults = settings.models
@@ -60,8 +90,13 @@ class ModelManager:
         self.catalog = Catalog.scan(models_root)
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._loading_paths: dict[str, Path] = {}
+        self._restarting: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
-        self.probe = ModelFileProbe()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.verdicts = verdicts or VerdictCache(selfcheck_file())
+        self.crashes = CrashHistory()
 
     # -- lookup ------------------------------------------------------------------------------
     def rescan(self) -> Catalog:
@@ -87,8 +122,34 @@ class ModelManager:
 
     @property
     def loading(self) -> list[str]:
-        """Identifiers of the models being loaded right now."""
-        return list(self._loading)
+        """Identifiers of the models being loaded right now (not counting restarts)."""
+        return [name for name in self._loading if name not in self._restarting]
+
+    @property
+    def restarting(self) -> list[str]:
+        """Identifiers of crashed models waiting to be loaded again, or being loaded again."""
+        return sorted(self._restarting)
+
+    def _pending_load(self, name: str) -> asyncio.Task[LoadedModel] | None:
+        """A load under way of the model ``name`` refers to (by identifier or file)."""
+        task = self._loading.get(name)
+        if task is not None:
+            return task
+        entry = self.catalog.resolve(name)
+        if entry is None:
+            return None
+        for identifier, path in self._loading_paths.items():
+            if path == entry.path and identifier in self._loading:
+                return self._loading[identifier]
+        return None
+
+    def _check_crashes(self, identifier: str) -> None:
+        """Refuse a model that crashed and is waiting out its back-off (or was given up)."""
+        record = self.crashes.get(identifier)
+        if record is None or not record.streak:
+            return
+        if record.retry_in() > 0 or identifier in self._restarting:
+            raise ModelCrashedError(record)
 
     def known_names(self) -> list[str]:
         names = list(self._loaded)
@@ -105,9 +166,15 @@ class ModelManager:
         """
         model = self.find_loaded(name)
         if model is None:
+            pending = self._pending_load(name)
+            if pending is not None:  # loading, maybe again after a crash: wait for it
+                model = await asyncio.shield(pending)
+        if model is None:
+            self._check_crashes(name)
             entry = self.resolve_entry(name) if self.jit else None
             if entry is None:
                 raise ModelNotFound(name, self.known_names())
+            self._check_crashes(self.catalog.public_id(entry))
             model = self.find_loaded(name) or await self._load_once(
                 entry,
                 LoadOptions(ttl=ttl),
@@ -144,6 +211,7 @@ class ModelManager:
             if options.ttl is not None:
                 existing.ttl = options.ttl
             return existing
+        self.crashes.forgive(identifier)
         return await self._load_once(entry, options, jit=False, ttl=options.ttl)
 
     async def unload(self, identifier: str, reason: str = "the model was unloaded") -> None:
@@ -160,7 +228,7 @@ class ModelManager:
         return identifiers
 
     def close(self) -> None:
-        self.probe.close()
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
         models, self._loaded = list(self._loaded.values()), {}
@@ -168,17 +236,29 @@ class ModelManager:
             model.close("the server is shutting down")
 
     # -- loading -------------------------------------------------------------------------------
-    async def _load_once(
+    def _start_load(
         self, entry: CatalogEntry, options: LoadOptions, *, jit: bool, ttl: float | None
-    ) -> LoadedModel:
+    ) -> asyncio.Task[LoadedModel]:
+        """The task loading ``entry``: a new one, or the one already under way."""
         identifier = options.identifier or self.catalog.public_id(entry)
         task = self._loading.get(identifier)
         if task is None:
             task = asyncio.ensure_future(self._load(entry, identifier, options, jit, ttl))
             self._loading[identifier] = task
-            task.add_done_callback(lambda _: self._loading.pop(identifier, None))
+            self._loading_paths[identifier] = entry.path
+
+            def done(_: object) -> None:
+                self._loading.pop(identifier, None)
+                self._loading_paths.pop(identifier, None)
+
+            task.add_done_callback(done)
+        return task
+
+    async def _load_once(
+        self, entry: CatalogEntry, options: LoadOptions, *, jit: bool, ttl: float | None
+    ) -> LoadedModel:
         # shield: one impatient client going away must not cancel a load others wait for.
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._start_load(entry, options, jit=jit, ttl=ttl))
 
     async def _load(
         self,
@@ -190,18 +270,83 @@ class ModelManager:
     ) -> LoadedModel:
         parallel, n_ctx = plan_context(entry, options, self.defaults)
         await self._make_room(estimate_memory(entry, parallel * n_ctx), entry)
+        loop = self._loop = asyncio.get_running_loop()
+
+        def on_exit(exit: WorkerExit) -> None:  # on the worker's pipe thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+                loop.call_soon_threadsafe(self._worker_died, exit)
+
         try:
-            # A file that would crash llama.cpp must crash a child process, not the server.
-            await asyncio.to_thread(self.probe.check, entry.path)
+            # The model loads in its own process: a file that crashes llama.cpp ends that one.
             model = await asyncio.to_thread(
-                load_instance, entry, identifier, options, self.defaults, jit=jit, ttl=ttl
+                load_instance,
+                entry,
+                identifier,
+                options,
+                self.defaults,
+                jit=jit,
+                ttl=ttl,
+                verdicts=self.verdicts,
+                on_exit=on_exit,
             )
         except Exception as exc:
             logger.error("could not load %s: %s", entry.relative_path, exc)
             raise ModelLoadFailed(f"could not load {entry.relative_path}: {exc}") from exc
+        if self._closed:  # the server stopped while the model loaded
+            await asyncio.to_thread(model.close, "the server is shutting down")
+            raise ModelLoadFailed(f"could not load {entry.relative_path}: the server stopped")
         self._loaded[identifier] = model
         self._start_reaper()
         return model
+
+    # -- crashes -------------------------------------------------------------------------------
+    def _worker_died(self, exit: WorkerExit) -> None:
+        """A loaded model's worker process died; its requests have already been failed."""
+        model = self._loaded.get(exit.name)
+        if model is None or model.engine.pid != exit.pid or self._closed:
+            return
+        del self._loaded[exit.name]
+        record = self.crashes.note(exit.name, exit.reason, exit.requests)
+        wait = record.retry_in()
+        if record.gave_up:
+            then = f"it crashed {record.streak} times in a row, so it is not loaded again"
+        elif model.jit:
+            then = "its next request loads it again" + (f" after {wait:.0f} s" if wait else "")
+        else:
+            then = f"loading it again in {wait:.0f} s" if wait else "loading it again now"
+            self._restart(model, wait)
+        logger.error("%s is unloaded: %s; %s", exit.name, exit.reason, then)
+
+    def _restart(self, crashed: LoadedModel, delay: float) -> None:
+        """Load an explicitly loaded model again after its crash, in ``delay`` seconds.
+
+        Until the load starts, requests for it get 503 ``model_crashed``; once it has started
+        they wait for it.  A failed load counts as one more crash and backs off again.
+        """
+        identifier = crashed.identifier
+        self._restarting.add(identifier)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._restart, crashed, 0.0)
+            return
+        if self._closed or identifier in self._loaded:
+            self._restarting.discard(identifier)
+            return
+        task = self._start_load(crashed.entry, crashed.options, jit=False, ttl=crashed.ttl)
+
+        def done(task: asyncio.Task[LoadedModel]) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is None:
+                self._restarting.discard(identifier)
+                logger.info("%s is loaded again after its crash", identifier)
+                return
+            record = self.crashes.note(identifier, str(error))
+            if isinstance(error, ModelLoadFailed) and not record.gave_up and not self._closed:
+                self._restart(crashed, record.retry_in())
+                return
+            self._restarting.discard(identifier)
+            logger.error("%s is not loaded again: %s", identifier, error)
+
+        task.add_done_callback(done)
 
     async def _make_room(self, needed: int, entry: CatalogEntry) -> None:
         """Unload least recently used idle JIT models until the new one fits the limits."""

@@ -1,0 +1,97 @@
+"""What the server and a model's worker process say to each other.
+
+Messages are tuples pickled over one socket pair (``multiprocessing.connection``), the first
+item naming the kind.  Server → worker: the spec first, then ``SUBMIT``, ``CANCEL``, ``CALL``
+and ``CLOSE``.  Worker → server: ``READY`` or ``FAILED`` once, then ``EVENTS`` (one message per
+engine step, with every event of that step) and ``REPLY`` (the answer to a ``CALL``).
+
+The worker's log records travel on its stderr as single lines that :func:`parse_log_line`
+turns back into records, so the server log reads as if the engine ran in process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# server → worker
+SUBMIT = "submit"  # (SUBMIT, request id, GenerationRequest)
+CANCEL = "cancel"  # (CANCEL, request id)
+CALL = "call"  # (CALL, call id, method name, args)
+CLOSE = "close"  # (CLOSE, reason)
+# worker → server
+READY = "ready"  # (READY, WorkerInfo)
+FAILED = "failed"  # (FAILED, message, "load" or "self-check"): the model is not served
+EVENTS = "events"  # (EVENTS, [(request id, Event)], slots busy, requests waiting)
+REPLY = "reply"  # (REPLY, call id, ok, result or error message)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What to load and how: everything a worker needs, sent as its first message."""
+
+    path: str
+    name: str
+    n_layers: int  # from the file's header, for a GPU setting given as a fraction
+    n_slots: int
+    n_ctx_per_slot: int
+    n_batch: int = 512
+    n_threads: int = 0
+    max_queue: int = 64
+    gpu: str = "auto"  # see lmserve.config.check_gpu_setting
+    repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU)
+    self_check: bool = True
+    log_level: int = logging.INFO
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the server needs to know of a loaded model, answered once it is ready."""
+
+    pid: int
+    n_vocab: int
+    n_ctx_train: int
+    n_ctx_per_slot: int
+    n_embd: int
+    add_bos: bool
+    bos_id: int
+    eos_id: int
+    bos_text: str
+    eos_text: str
+    chat_template: str | None
+    architecture: str
+    fim_tokens: tuple[int, int, int] | None
+    gpu_layers: int  # asked of llama.cpp (-1: all)
+    gpu_offload: bool  # whether this build can offload at all
+    self_check_seconds: float | None  # None: skipped
+    load_seconds: float
+
+
+Sender = Callable[[tuple[Any, ...]], None]
+
+_MARK = "\x1e"  # starts a log record line; anything else on stderr is raw output from C
+_FIELD = "\x1f"
+
+
+class LogLineFormatter(logging.Formatter):
+    """A record as one line: level, logger name, message (newlines escaped)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        escaped = message.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"{_MARK}{record.levelno}{_FIELD}{record.name}{_FIELD}{escaped}"
+
+
+def parse_log_line(line: str) -> tuple[int, str, str] | None:
+    """(level, logger name, message) of a line the worker logged; ``None`` for raw output."""
+    if not line.startswith(_MARK):
+        return None
+    parts = line[1:].split(_FIELD, 2)
+    if len(parts) != 3 or not parts[0].isdigit():
+        return None
+    message = parts[2].replace("\\n", "\n").replace("\\\\", "\\")
+    return int(parts[0]), parts[1], message

@@ -1,0 +1,311 @@
+"""A model's worker process: llama.cpp, the scheduler and the samplers, away from the server.
+
+``python -m lmserve.engine.worker FD`` is started by :class:`lmserve.engine.client.
+EngineWorker` with one end of a socket pair as ``FD``.  It reads a :class:`WorkerSpec`, loads
+the model, runs the hardware self-check (:mod:`lmserve.engine.selfcheck`), answers
+:class:`WorkerInfo`, and then serves until told to close or until the server goes away.
+
+What crosses the pipe (pickled tuples, see :mod:`lmserve.engine.wire`): requests in, and one
+message per engine step out, holding every event of that step for every request.  A crash in
+C code here ends this process only; the server sees the pipe close and fails what was in
+flight.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+from lmserve.engine import wire
+from lmserve.engine.embeddings import Embedder
+from lmserve.engine.llama import (
+    ContextConfig,
+    LlamaContext,
+    LlamaModel,
+    ModelLoadError,
+    gpu_offload_supported,
+)
+from lmserve.engine.scheduler import BatchingEngine
+from lmserve.engine.selfcheck import SelfCheckFailed, crash_if_injected, self_check
+from lmserve.engine.types import EngineError, Event, Finished, GenerationRequest
+from lmserve.engine.wire import WorkerInfo, WorkerSpec
+
+logger = logging.getLogger("lmserve.worker")
+
+
+def gpu_layers(gpu: str, n_layers: int) -> int:
+    """llama.cpp's ``n_gpu_layers`` for a GPU setting.
+
+    ``auto`` offloads every layer when the build can (LM Studio's default on a GPU machine)
+    and none otherwise; a CPU build ignores any other value too.
+    """
+    if gpu == "auto":
+        gpu = "max" if gpu_offload_supported() else "off"
+    if gpu == "off":
+        return 0
+    if gpu == "max":
+        return -1
+    return round(float(gpu) * n_layers)
+
+
+class _RemoteRequest:
+    """The worker's stand-in for a request whose stream lives in the server process."""
+
+    def __init__(
+        self,
+        request_id: int,
+        request: GenerationRequest,
+        outbox: _PipeOutbox,
+        registry: dict[int, _RemoteRequest],
+    ) -> None:
+        self.id = request_id
+        self.request = request
+        self.cancelled = False
+        self._outbox = outbox
+        self._registry = registry
+        registry[request_id] = self
+
+    def publish(self, event: Event) -> None:
+        self._outbox.put(self.id, event)
+        if isinstance(event, Finished):
+            self._registry.pop(self.id, None)  # atomic: the reading thread may look it up
+
+
+class _PipeOutbox:
+    """A step's events for every request, sent as one message when the step ends."""
+
+    def __init__(self, send: wire.Sender) -> None:
+        self._send = send
+        self._items: list[tuple[int, Event]] = []
+        self.engine: BatchingEngine | None = None
+
+    def put(self, request_id: int, event: Event) -> None:
+        self._items.append((request_id, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        engine = self.engine
+        busy, waiting = (engine.busy_slots, engine.queue_depth) if engine else (0, 0)
+        self._send((wire.EVENTS, items, busy, waiting))
+
+
+class Worker:
+    """The loaded model, its engine, and the handlers of the server's messages."""
+
+    def __init__(self, spec: WorkerSpec, send: wire.Sender) -> None:
+        started = time.perf_counter()
+        self.spec = spec
+        self._send = send
+        crash_if_injected("load")
+        offloaded = gpu_layers(spec.gpu, spec.n_layers)
+        self.model = LlamaModel(spec.path, n_gpu_layers=offloaded, repack=spec.repack)
+        try:
+            self.context = LlamaContext(
+                self.model,
+                ContextConfig(
+                    n_slots=spec.n_slots,
+                    n_ctx_per_slot=spec.n_ctx_per_slot,
+                    n_batch=spec.n_batch,
+                    n_threads=spec.n_threads,
+                ),
+            )
+        except Exception:
+            self.model.close()
+            raise
+        checked: float | None = None
+        if spec.self_check:
+            check_started = time.perf_counter()
+            self_check(self.model, self.context, spec.n_slots, repack=spec.repack)
+            checked = time.perf_counter() - check_started
+        self.outbox = _PipeOutbox(send)
+        self.engine = BatchingEngine(
+            self.model,
+            self.context,
+            n_slots=spec.n_slots,
+            max_queue=spec.max_queue,
+            name=spec.name,
+            outbox=self.outbox,
+        )
+        self.outbox.engine = self.engine
+        self._requests: dict[int, _RemoteRequest] = {}
+        self._calls = {
+            "tokenize": self._tokenize,
+            "tokenize_prompt": self._tokenize_prompt,
+            "detokenize": self._detokenize,
+            "snapshot": self._snapshot,
+        }
+        self._embedder: Embedder | None = None
+        # Embeddings run beside generation (their own context), never on the reading thread.
+        self._embedding_pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        model = self.model
+        self.info = WorkerInfo(
+            pid=os.getpid(),
+            n_vocab=model.n_vocab,
+            n_ctx_train=model.n_ctx_train,
+            n_ctx_per_slot=self.engine.n_ctx_per_slot,
+            n_embd=model.n_embd,
+            add_bos=model.add_bos,
+            bos_id=model.bos_id,
+            eos_id=model.eos_id,
+            bos_text=model.token_text(model.bos_id),
+            eos_text=model.token_text(model.eos_id),
+            chat_template=model.chat_template,
+            architecture=model.architecture,
+            fim_tokens=model.fim_tokens(),
+            gpu_layers=offloaded,
+            gpu_offload=gpu_offload_supported(),
+            self_check_seconds=checked,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    # -- messages ------------------------------------------------------------------------------
+    def serve(self, connection: Connection) -> None:
+        """Handle messages until the server says close or goes away."""
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                return  # the server is gone: nobody to serve
+            kind = message[0]
+            if kind == wire.SUBMIT:
+                self._submit(message[1], message[2])
+            elif kind == wire.CANCEL:
+                remote = self._requests.get(message[1])
+                if remote is not None:
+                    remote.cancelled = True
+            elif kind == wire.CALL:
+                self._call(message[1], message[2], message[3])
+            elif kind == wire.CLOSE:
+                self.engine.close(message[1])
+                return
+
+    def _submit(self, request_id: int, request: GenerationRequest) -> None:
+        remote = _RemoteRequest(request_id, request, self.outbox, self._requests)
+        try:
+            self.engine.enqueue(remote)
+        except EngineError as exc:
+            # The server checks the queue bound itself; this is a grammar llama.cpp refused.
+            self._requests.pop(request_id, None)
+            refused = Finished(
+                finish_reason="error",
+                stop_reason="failed",
+                prompt_tokens=len(request.prompt_tokens),
+                completion_tokens=0,
+                cached_tokens=0,
+                time_to_first_token=None,
+                generation_seconds=0.0,
+                error=str(exc),
+            )
+            engine = self.engine
+            self._send(
+                (wire.EVENTS, [(request_id, refused)], engine.busy_slots, engine.queue_depth)
+            )
+
+    def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        if method == "embed":
+            self._embedding_pool.submit(self._answer, call_id, self._embed, args)
+        else:
+            self._answer(call_id, self._calls[method], args)
+
+    def _answer(self, call_id: int, function: Any, args: tuple[Any, ...]) -> None:
+        try:
+            result = function(*args)
+        except Exception as exc:  # raised again in the server, as if the call ran there
+            try:
+                self._send((wire.REPLY, call_id, False, exc))
+            except Exception:  # an exception pickle cannot carry
+                self._send(
+                    (wire.REPLY, call_id, False, EngineError(f"{type(exc).__name__}: {exc}"))
+                )
+            return
+        self._send((wire.REPLY, call_id, True, result))
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def _tokenize_prompt(self, text: str) -> list[int]:
+        return self.model.tokenize_prompt(text)
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"slots": self.engine.slots(), "stats": asdict(self.engine.stats)}
+
+    def _embed(self, token_lists: list[list[int]]) -> list[bytes]:
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, self.engine.n_ctx_per_slot, self.spec.n_threads)
+        crash_if_injected("embed")
+        return [self._embedder.embed(tokens).astype("<f4").tobytes() for tokens in token_lists]
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the server dies, however it dies.
+
+    (Linux sends it when the server's thread that started us ends; the server starts
+    workers from its event loop's executor threads, which live as long as the server.)
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed pipe still ends the worker
+
+
+def _configure_logging(level: int) -> None:
+    """Log records go to stderr in a form the server re-logs under the same logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(wire.LogLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: list[str]) -> int:
+    faulthandler.enable()  # a crash prints the Python stack to stderr, which the server logs
+    _die_with_parent()
+    # Ctrl-C in a terminal, or a service manager's SIGTERM, reaches the whole process group;
+    # the server drains its requests first and then closes its engines itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    connection = Connection(int(argv[0]))
+    spec: WorkerSpec = connection.recv()
+    _configure_logging(spec.log_level)
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            connection.send(message)
+
+    try:
+        worker = Worker(spec, send)
+    except ModelLoadError as exc:
+        send((wire.FAILED, str(exc), "load"))
+        return 2
+    except SelfCheckFailed as exc:
+        send((wire.FAILED, str(exc), "self-check"))
+        return 2
+    send((wire.READY, worker.info))
+    worker.serve(connection)
+    return 0
+
+
+if __name__ == "__main__":
+    # os._exit: skip interpreter teardown, where llama.cpp's destructors have nothing to add.
+    code = main(sys.argv[1:])
+    sys.stderr.flush()
+    os._exit(code)
