@@ -111,24 +111,22 @@ class Worker:
         crash_if_injected("load")
         offloaded = gpu_layers(spec.gpu, spec.n_layers)
         self.model = LlamaModel(spec.path, n_gpu_layers=offloaded, repack=spec.repack)
+        config = ContextConfig(
+            n_slots=spec.n_slots,
+            n_ctx_per_slot=spec.n_ctx_per_slot,
+            n_batch=spec.n_batch,
+            n_threads=spec.n_threads,
+        )
+        checked: float | None = None
         try:
-            self.context = LlamaContext(
-                self.model,
-                ContextConfig(
-                    n_slots=spec.n_slots,
-                    n_ctx_per_slot=spec.n_ctx_per_slot,
-                    n_batch=spec.n_batch,
-                    n_threads=spec.n_threads,
-                ),
-            )
+            self.context = LlamaContext(self.model, config)
+            if spec.self_check:
+                check_started = time.perf_counter()
+                self_check(self.model, config, repack=spec.repack)
+                checked = time.perf_counter() - check_started
         except Exception:
             self.model.close()
             raise
-        checked: float | None = None
-        if spec.self_check:
-            check_started = time.perf_counter()
-            self_check(self.model, self.context, spec.n_slots, repack=spec.repack)
-            checked = time.perf_counter() - check_started
         self.outbox = _PipeOutbox(send)
         self.engine = BatchingEngine(
             self.model,

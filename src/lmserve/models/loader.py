@@ -6,6 +6,7 @@ repacking): the manager calls it in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ def load_instance(
     jit: bool,
     ttl: float | None,
     verdicts: VerdictCache,
+    loop: asyncio.AbstractEventLoop,
     on_exit: Callable[[WorkerExit], None] | None = None,
 ) -> LoadedModel:
     """Start the model's worker (after the self-check) and wrap it; raises
@@ -129,7 +131,7 @@ def load_instance(
             self_check=self_check,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
-        return EngineWorker(spec, on_exit=on_exit)
+        return EngineWorker(spec, loop, on_exit=on_exit)
 
     engine, repack = start_checked(setting, verdicts, verdict_facts(entry.quantization, gpu), start)
     info = engine.info

@@ -287,6 +287,7 @@ class ModelManager:
                 jit=jit,
                 ttl=ttl,
                 verdicts=self.verdicts,
+                loop=loop,
                 on_exit=on_exit,
             )
         except Exception as exc:
