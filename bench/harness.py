@@ -286,18 +286,33 @@ class BareLlamaLoop:
     that its runs can alternate with the server's (machine noise then hits both alike).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, repack: bool = True) -> None:
+        """``repack``: llama.cpp's weight repacking, as the server's self-check chose it (on
+        CPUs where repacked kernels crash, a bare loop with it on would crash too)."""
+        import llama_cpp
         from llama_cpp import Llama
 
         from lmserve.engine.template import ChatTemplate
 
-        self.llm = Llama(
-            model_path=str(model_path()),
-            n_ctx=4096,
-            n_threads=threads(),
-            n_threads_batch=threads(),
-            verbose=False,
-        )
+        default_params = llama_cpp.llama_model_default_params
+
+        def params_as_chosen() -> llama_cpp.llama_model_params:
+            params = default_params()
+            params.use_extra_bufts = repack
+            return params
+
+        # Llama() has no option for it: its model parameters start from these defaults.
+        llama_cpp.llama_model_default_params = params_as_chosen
+        try:
+            self.llm = Llama(
+                model_path=str(model_path()),
+                n_ctx=4096,
+                n_threads=threads(),
+                n_threads_batch=threads(),
+                verbose=False,
+            )
+        finally:
+            llama_cpp.llama_model_default_params = default_params
         self.template = ChatTemplate(self.llm.metadata.get("tokenizer.chat_template"))
 
     def tokens_per_second(self, topic: str, new_tokens: int = NEW_TOKENS) -> float:
@@ -332,7 +347,8 @@ async def alternate_with_bare(server: RunningServer, rounds: int) -> tuple[float
     """One stream through ``server`` and the bare loop, request by request, so that the
     machine's drifting speed weighs on both alike.  Medians of (bare tok/s, server tok/s,
     server time to first token)."""
-    bare = BareLlamaLoop()
+    engines = httpx.get(server.base_url + "/health", timeout=10).json().get("engines", {})
+    bare = BareLlamaLoop(repack=bool(engines.get(server.model, {}).get("repack", True)))
     bare_speeds, speeds, ttfts = [], [], []
     async with httpx.AsyncClient(timeout=600.0) as client:
         for index in range(rounds):
