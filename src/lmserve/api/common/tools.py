@@ -23,7 +23,8 @@ from typing import Any
 
 from lmserve.api.common.errors import InvalidRequestError
 from lmserve.api.common.protocol import NamedToolChoice, ToolChoice, ToolDefinition
-from lmserve.engine.grammar import GrammarBuilder, SchemaNotSupported, literal
+from lmserve.engine.gbnf import literal
+from lmserve.engine.grammar import GrammarBuilder, SchemaNotSupported
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _MARKERS = (OPEN, "[TOOL_CALLS]", "<|python_tag|>")
