@@ -14,14 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmserve.api.common.errors import InvalidRequestError, validation_error
-from lmserve.api.common.generation import (
-    SYSTEM_FINGERPRINT,
-    ChunkMaker,
-    Generation,
-    Prepared,
-    prepare,
-    public_finish_reason,
-)
+from lmserve.api.common.generation import ChunkMaker, Generation, Prepared, public_finish_reason
 from lmserve.api.common.logprobs import chat_logprobs
 from lmserve.api.common.protocol import (
     AssistantMessage,
@@ -174,7 +167,7 @@ async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepa
         if forced
         else response_format_grammar(body.response_format)
     )
-    prepared = prepare(
+    prepared = Prepared.of(
         body,
         model,
         [prompt],
@@ -297,13 +290,7 @@ async def chat_completion(generation: Generation) -> ChatCompletion:
                 finish_reason="tool_calls" if called else finish,
             )
         )
-    return ChatCompletion(
-        id=prepared.request_id,
-        model=prepared.model.identifier,
-        system_fingerprint=SYSTEM_FINGERPRINT,
-        choices=choices,
-        usage=generation.usage,
-    )
+    return generation.answer(ChatCompletion, choices)
 
 
 async def chat_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:

@@ -7,14 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lmserve.api.common.errors import InvalidRequestError
-from lmserve.api.common.generation import (
-    SYSTEM_FINGERPRINT,
-    ChunkMaker,
-    Generation,
-    Prepared,
-    prepare,
-    public_finish_reason,
-)
+from lmserve.api.common.generation import ChunkMaker, Generation, Prepared, public_finish_reason
 from lmserve.api.common.logprobs import completion_logprobs
 from lmserve.api.common.protocol import CompletionChoice, CompletionRequest, TextCompletion
 from lmserve.api.common.serving import CompletionTurn
@@ -88,7 +81,7 @@ async def _with_suffix(
 async def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Prepared:
     texts, tokens = await _prompts(body, model)
     tokens = await _with_suffix(body, model, texts, tokens)
-    return prepare(
+    return Prepared.of(
         body,
         model,
         texts,
@@ -108,28 +101,20 @@ def _echo(generation: Generation, index: int, body: CompletionRequest) -> str:
 
 async def text_completion(generation: Generation, body: CompletionRequest) -> TextCompletion:
     results = await generation.collect()
-    prepared = generation.prepared
-    return TextCompletion(
-        id=prepared.request_id,
-        model=prepared.model.identifier,
-        system_fingerprint=SYSTEM_FINGERPRINT,
-        choices=[
-            CompletionChoice(
-                index=index,
-                text=_echo(generation, index, body) + text,
-                logprobs=(
-                    completion_logprobs(
-                        generation.logprobs[index], len(_echo(generation, index, body))
-                    )
-                    if body.logprobs is not None
-                    else None
-                ),
-                finish_reason=public_finish_reason(done),
-            )
-            for index, (text, done) in enumerate(results)
-        ],
-        usage=generation.usage,
-    )
+    choices = [
+        CompletionChoice(
+            index=index,
+            text=_echo(generation, index, body) + text,
+            logprobs=(
+                completion_logprobs(generation.logprobs[index], len(_echo(generation, index, body)))
+                if body.logprobs is not None
+                else None
+            ),
+            finish_reason=public_finish_reason(done),
+        )
+        for index, (text, done) in enumerate(results)
+    ]
+    return generation.answer(TextCompletion, choices)
 
 
 async def completion_chunks(

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lmserve import __version__
 from lmserve.api.common.bounds import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES
@@ -24,6 +24,7 @@ from lmserve.api.common.errors import (
     ServiceUnavailableError,
 )
 from lmserve.api.common.protocol import (
+    Completion,
     GenerationRequestFields,
     PromptTokensDetails,
     ToolDefinition,
@@ -42,6 +43,7 @@ from lmserve.models.loader import LoadedModel
 
 SYSTEM_FINGERPRINT = f"lmserve-{__version__}"
 _DEFAULTS = SamplingParams()
+C = TypeVar("C", bound=Completion)
 
 
 @dataclass
@@ -62,6 +64,39 @@ class Prepared:
     parallel_tool_calls: bool = True
     # Chat only: the template opened a <think> block at the end of the prompt.
     starts_in_reasoning: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        body: GenerationRequestFields,
+        model: LoadedModel,
+        prompts: list[str],
+        tokens: list[list[int]],
+        *,
+        id_prefix: str,
+        param: str,
+        what: str,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+    ) -> Prepared:
+        """``body`` resolved against ``model``: every prompt checked to fit, sampling settled;
+        ``param`` and ``what`` name the prompt in a too-long error."""
+        for prompt_tokens in tokens:
+            check_fits(model, prompt_tokens, param, what)
+        sampling = sampling_params(body, model.vocab.n_vocab)
+        if grammar is not None:
+            sampling = replace(sampling, grammar=grammar)
+        return cls(
+            request_id=new_id(id_prefix),
+            model=model,
+            prompts=prompts,
+            prompt_tokens=tokens,
+            sampling=sampling,
+            max_tokens=body.completion_limit(),
+            stop=stop_sequences(body),
+            n=body.n,
+            logprobs=logprobs,
+        )
 
     def engine_requests(self) -> list[GenerationRequest]:
         """``n`` requests per prompt; choice ``p * n + j`` is the j-th of prompt p."""
@@ -146,36 +181,6 @@ def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> 
             f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}.",
             param=param,
         )
-
-
-def prepare(
-    body: GenerationRequestFields,
-    model: LoadedModel,
-    prompts: list[str],
-    tokens: list[list[int]],
-    *,
-    id_prefix: str,
-    param: str,
-    what: str,
-    grammar: str | None = None,
-    logprobs: int | None = None,
-) -> Prepared:
-    for prompt_tokens in tokens:
-        check_fits(model, prompt_tokens, param, what)
-    sampling = sampling_params(body, model.vocab.n_vocab)
-    if grammar is not None:
-        sampling = replace(sampling, grammar=grammar)
-    return Prepared(
-        request_id=new_id(id_prefix),
-        model=model,
-        prompts=prompts,
-        prompt_tokens=tokens,
-        sampling=sampling,
-        max_tokens=body.completion_limit(),
-        stop=stop_sequences(body),
-        n=body.n,
-        logprobs=logprobs,
-    )
 
 
 def stats_of(finished: Finished) -> dict[str, Any]:
@@ -269,6 +274,16 @@ class Generation:
         async for _ in self.events():
             pass
         return [(text, done) for text, done in zip(self.texts, self.finished, strict=True) if done]
+
+    def answer(self, kind: type[C], choices: list[Any]) -> C:
+        """The whole answer, a chat or a text completion: this request's id, model and usage."""
+        return kind(
+            id=self.prepared.request_id,
+            model=self.prepared.model.identifier,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            choices=choices,
+            usage=self.usage,
+        )
 
     @property
     def usage(self) -> Usage:

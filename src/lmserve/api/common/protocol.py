@@ -84,15 +84,23 @@ class JsonSchemaFormat(RequestModel):
     strict: bool | None = None
 
 
+def schema_required(field: str, name: str) -> Any:
+    """A model validator: a format of type ``json_schema`` needs its schema in ``field``
+    (``name``, as the client spells it)."""
+
+    def check(format_: Any) -> Any:
+        if format_.type == "json_schema" and getattr(format_, field) is None:
+            raise ValueError(f"a '{name}' object is required when type is 'json_schema'")
+        return format_
+
+    return model_validator(mode="after")(check)
+
+
 class ResponseFormat(RequestModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("a 'json_schema' object is required when type is 'json_schema'")
-        return self
+    _schema_given = schema_required("json_schema", "json_schema")
 
 
 class FunctionDefinition(RequestModel):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmserve.api.common import bounds
-from lmserve.api.common.protocol import FunctionDefinition, RequestModel
+from lmserve.api.common.protocol import FunctionDefinition, RequestModel, schema_required
 
 
 class TextPart(RequestModel):
@@ -101,11 +101,7 @@ class TextFormat(RequestModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> TextFormat:
-        if self.type == "json_schema" and self.schema_ is None:
-            raise ValueError("a 'schema' object is required when type is 'json_schema'")
-        return self
+    _schema_given = schema_required("schema_", "schema")
 
 
 class TextConfig(RequestModel):
