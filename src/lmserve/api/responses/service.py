@@ -17,10 +17,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import TypeAdapter
 
-from lmserve.api.common.chat import (
-    build_chat_request,
-    chat_completion,
-)
+from lmserve.api.common.chat import build_chat_request, chat_completion
 from lmserve.api.common.conversation import ConversationStore, ConversationTurn
 from lmserve.api.common.errors import ContextLengthExceededError, InvalidRequestError, NotFoundError
 from lmserve.api.common.generation import Generation, Prepared
