@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from lmserve.api.generation import Prepared
+from lmserve.api.common.generation import Prepared
 from lmserve.engine.llama import LlamaModel, gpu_offload_supported
 from lmserve.engine.types import Finished, SamplingParams, TextDelta
 from tests.conftest import MODEL_ID, Server

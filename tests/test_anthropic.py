@@ -15,7 +15,8 @@ import pytest
 from openai import OpenAI
 from starlette.testclient import TestClient
 
-from lmserve.api.anthropic_output import MessageEvents, MessageTurn
+from lmserve.api.anthropic.events import MessageEvents
+from lmserve.api.anthropic.service import MessageTurn
 from lmserve.api.app import create_app
 from lmserve.config import Settings
 from lmserve.models.manager import ModelManager

@@ -14,8 +14,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from lmserve.api.responses_output import ResponseEvents, ResponseTurn
-from lmserve.api.responses_protocol import ResponsesRequest
+from lmserve.api.responses.events import ResponseEvents
+from lmserve.api.responses.protocol import ResponsesRequest
+from lmserve.api.responses.service import ResponseTurn
 from tests.conftest import MODEL_ID, Server, running_server
 from tests.helpers import SCHEMAS, failing_generation, prompts, responses_tools
 
@@ -552,7 +553,7 @@ def test_reasoning_becomes_a_reasoning_item_before_the_message() -> None:
 
 async def test_a_failure_mid_stream_ends_with_error_and_response_failed() -> None:
     generation = failing_generation()
-    turn = ResponseTurn(ResponsesRequest(model=MODEL_ID, input="Hi"), save=None)
+    turn = ResponseTurn(ResponsesRequest(model=MODEL_ID, input="Hi"), store=None)
     turn._prepared = generation.prepared
     produced = [event async for event in turn.events(generation)]
     assert [event["type"] for event in produced] == [

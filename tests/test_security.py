@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from lmserve.api.app import create_app
-from lmserve.api.metrics import flat_routes
-from lmserve.api.security import PUBLIC_PATHS
+from lmserve.api.common.metrics import flat_routes
+from lmserve.api.common.security import PUBLIC_PATHS
 from lmserve.apikeys import APIKeys, KeyFileError, read_key_file
 from lmserve.cli.server import _serve_arguments, _serve_environment
 from lmserve.config import Settings

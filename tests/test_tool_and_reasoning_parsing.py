@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lmserve.api.protocol import ToolDefinition
-from lmserve.api.reasoning import ReasoningSplitter, split_reasoning
-from lmserve.api.tools import ToolCallStream, parse_tool_calls
+from lmserve.api.common.protocol import ToolDefinition
+from lmserve.api.common.reasoning import ReasoningSplitter, split_reasoning
+from lmserve.api.common.tools import ToolCallStream, parse_tool_calls
 
 TOOLS = [
     ToolDefinition.model_validate(

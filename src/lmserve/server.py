@@ -17,7 +17,7 @@ import uvicorn
 from starlette.datastructures import State
 
 from lmserve.api.app import create_app
-from lmserve.api.security import is_loopback_name
+from lmserve.api.common.security import is_loopback_name
 from lmserve.config import Settings
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.default import DEFAULT_MODEL, ModelFetchError, ensure_default_model

@@ -9,22 +9,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from lmserve import __version__
-from lmserve.api import (
-    anthropic,
-    embeddings,
-    lmserve_routes,
-    lmstudio_chat,
-    lmstudio_routes,
-    metrics,
-    openai_routes,
-    responses,
-)
-from lmserve.api.errors import install_error_handlers
-from lmserve.api.lifecycle import DrainGuard, Lifecycle
-from lmserve.api.limits import BodySizeLimit
-from lmserve.api.protocol import ChatMessage
-from lmserve.api.responses_store import LRUStore, ResponseStore
-from lmserve.api.security import APIKeyGuard, APIKeys, HostGuard, is_loopback_name
+from lmserve.api.anthropic.errors import AnthropicErrorShape
+from lmserve.api.anthropic.router import router as anthropic_router
+from lmserve.api.common.errors import install_error_handlers
+from lmserve.api.common.lifecycle import DrainGuard, Lifecycle
+from lmserve.api.common.limits import BodySizeLimit
+from lmserve.api.common.metrics import Metrics, MetricsMiddleware
+from lmserve.api.common.security import APIKeyGuard, APIKeys, HostGuard, is_loopback_name
+from lmserve.api.lmserve.router import router as lmserve_router
+from lmserve.api.lmstudio.router import router as lmstudio_router
+from lmserve.api.lmstudio.service import ChatThreads
+from lmserve.api.openai.router import router as openai_router
+from lmserve.api.responses.router import router as responses_router
+from lmserve.api.responses.service import ResponseStore
 from lmserve.config import Settings
 from lmserve.logbus import LogBus
 from lmserve.models.download_jobs import DownloadJobs
@@ -64,21 +61,21 @@ def create_app(
     app.state.downloads = DownloadJobs(downloads_dir(), on_complete=models.rescan)
     app.state.lifecycle = Lifecycle()
     app.state.responses = ResponseStore()
-    app.state.chat_threads = LRUStore[list[ChatMessage]]()
-    app.state.metrics = metrics.Metrics()
+    app.state.chat_threads = ChatThreads()
+    app.state.metrics = Metrics()
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
     _install_guards(app, settings)
     # Outside every guard, so their refusals on Anthropic's routes come in Anthropic's shape.
-    app.add_middleware(anthropic.AnthropicErrorShape)
-    app.include_router(openai_routes.router)
-    app.include_router(embeddings.router)
-    app.include_router(responses.router)
-    app.include_router(anthropic.router)
-    app.include_router(lmstudio_routes.router)
-    app.include_router(lmstudio_chat.router)
-    app.include_router(lmserve_routes.router)
-    app.include_router(metrics.router)
+    app.add_middleware(AnthropicErrorShape)
+    for router in (
+        openai_router,
+        responses_router,
+        anthropic_router,
+        lmstudio_router,
+        lmserve_router,
+    ):
+        app.include_router(router)
     return app
 
 
@@ -104,4 +101,4 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
         )
     if is_loopback_name(settings.host):
         app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics, router=app.router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router=app.router)

@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any
 
+from lmserve.engine.gbnf import MAX_DIGITS, integer_range, literal
+
 # Keywords that describe but do not constrain.
 _ANNOTATIONS = {
     "title",
@@ -56,15 +58,14 @@ _FORMATS = {
     "uuid": '[0-9a-f]{8} "-" [0-9a-f]{4} "-" [0-9a-f]{4} "-" [0-9a-f]{4} "-" [0-9a-f]{12}',
 }
 _FORMATS["date-time"] = f'{_FORMATS["date"]} "T" {_FORMATS["time"]}'
-_MAX_DIGITS = 15  # integers and fractions stay within what JSON parsers read exactly
 
 _PRIMITIVES = {
     "space": '" "?',
     "char": r'[^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
     "string": r'"\"" char* "\"" space',
-    "integer": f'"-"? ( "0" | [1-9] [0-9]{{0,{_MAX_DIGITS - 1}}} ) space',
-    "number": f'"-"? ( "0" | [1-9] [0-9]{{0,{_MAX_DIGITS - 1}}} ) '
-    f'( "." [0-9]{{1,{_MAX_DIGITS}}} )? ( [eE] [-+]? [0-9]{{1,3}} )? space',
+    "integer": f'"-"? ( "0" | [1-9] [0-9]{{0,{MAX_DIGITS - 1}}} ) space',
+    "number": f'"-"? ( "0" | [1-9] [0-9]{{0,{MAX_DIGITS - 1}}} ) '
+    f'( "." [0-9]{{1,{MAX_DIGITS}}} )? ( [eE] [-+]? [0-9]{{1,3}} )? space',
     "boolean": '( "true" | "false" ) space',
     "null": '"null" space',
     "value": "object | array | string | number | boolean | null",
@@ -80,13 +81,6 @@ class SchemaNotSupported(ValueError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(f"{message} (at {path or '/'})")
         self.path = path
-
-
-def literal(text: str) -> str:
-    """A GBNF string literal for ``text``."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    escaped = escaped.replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
 
 
 def _json_literal(value: Any) -> str:
@@ -374,62 +368,6 @@ def _bound(schema: dict[str, Any], lower: bool, path: str) -> int | None:
     if not bounds:
         return None
     return max(bounds) if lower else min(bounds)
-
-
-def integer_range(low: int | None, high: int | None) -> list[str]:
-    """GBNF alternatives matching the decimal integers in [low, high] (None: unbounded)."""
-    limit = 10**_MAX_DIGITS - 1
-    alternatives = []
-    if low is None or low < 0:
-        # Negative part: "-" and the magnitudes |high'|..|low|.
-        top = limit if low is None else -low
-        bottom = 1 if high is None or high >= 0 else -high
-        if bottom <= top:
-            alternatives += [f'"-" {p}' for p in _magnitudes(bottom, top)]
-    if high is None or high >= 0:
-        bottom = 0 if low is None or low < 0 else low
-        top = limit if high is None else high
-        if bottom <= top:
-            alternatives += _magnitudes(bottom, top)
-    return alternatives
-
-
-def _magnitudes(low: int, high: int) -> list[str]:
-    """Alternatives for the non-negative integers low..high, without leading zeros."""
-    patterns = []
-    for digits in range(len(str(low)), len(str(high)) + 1):
-        a = max(low, 10 ** (digits - 1) if digits > 1 else 0)
-        b = min(high, 10**digits - 1)
-        if a <= b:
-            patterns += _same_length(str(a), str(b))
-    return patterns
-
-
-def _same_length(a: str, b: str) -> list[str]:
-    """Alternatives for numbers from a to b, both of the same number of digits."""
-    if a == b:
-        return [literal(a)]
-    if len(a) == 1:
-        return [f"[{a}-{b}]"]
-    common = 0
-    while a[common] == b[common]:
-        common += 1
-    if common:
-        return [f"{literal(a[:common])} {p}" for p in _same_length(a[common:], b[common:])]
-    rest = len(a) - 1
-    tail = f"[0-9]{{{rest}}}"
-    low_full = a[1:] == "0" * rest
-    high_full = b[1:] == "9" * rest
-    first = int(a[0]) + (0 if low_full else 1)
-    last = int(b[0]) - (0 if high_full else 1)
-    patterns = []
-    if not low_full:
-        patterns += [f"{literal(a[0])} {p}" for p in _same_length(a[1:], "9" * rest)]
-    if first <= last:
-        patterns.append(f"[{first}-{last}] {tail}")
-    if not high_full:
-        patterns += [f"{literal(b[0])} {p}" for p in _same_length("0" * rest, b[1:])]
-    return patterns
 
 
 def schema_grammar(schema: Any) -> str:

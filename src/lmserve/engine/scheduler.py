@@ -6,7 +6,8 @@ One thread owns the context.  Each step it
 2. lets each new request reuse the longest prefix of its prompt already in the cache, its own
    slot's or, copied over, another slot's;
 3. packs one batch: the last sampled token of every generating sequence, then chunks of the
-   prompts still being read, each token tagged with its sequence id;
+   prompts still being read, each token tagged with its sequence id
+   (:func:`lmserve.engine.slots.plan_batch`);
 4. calls ``llama_decode`` once;
 5. samples every sequence from its own row of logits with its own C sampler chain.
 
@@ -27,12 +28,13 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.sampling import token_logprob
 from lmserve.engine.sequence import Sequence
+from lmserve.engine.slots import Slot, common_prefix_length, plan_batch, undo_batch
 from lmserve.engine.types import (
     EngineClosedError,
     GenerationRequest,
@@ -56,14 +58,6 @@ _MIN_WAIT_GAIN = 8
 
 
 @dataclass
-class _Slot:
-    seq: int
-    tokens: list[int] = field(default_factory=list)  # exactly what the KV stream holds
-    sequence: Sequence | None = None
-    last_used: float = 0.0
-
-
-@dataclass
 class EngineStats:
     """Running totals of the engine's work, for the stats endpoint and benchmarks."""
 
@@ -75,31 +69,6 @@ class EngineStats:
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0
     step_seconds: float = 0.0  # whole steps: planning, decode, sampling, bookkeeping
-
-
-@dataclass
-class _Planned:
-    """What one step added to the batch for one slot, to undo it if the decode fails."""
-
-    slot: _Slot
-    tokens_before: int
-    prompt_index_before: int
-    pending_before: int | None
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by bisection over C-speed slice comparisons."""
-    limit = min(len(a), len(b))
-    if a[:limit] == b[:limit]:
-        return limit
-    low, high = 0, limit  # a[:low] == b[:low] and a[:high] != b[:high]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle
-    return low
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -144,7 +113,7 @@ class BatchingEngine:
         # so that running streams stall at most one chunk's time (about 0.2 s for 64 tokens of
         # the default model on 2 cores) and new requests get their first token in turn.
         self.prefill_chunk = prefill_chunk
-        self._slots = [_Slot(seq) for seq in range(n_slots)]
+        self._slots = [Slot(seq) for seq in range(n_slots)]
         self._waiting: deque[Sequence] = deque()
         self._streams = Outbox()  # events of in-process streams (submit)
         self._outbox: StepOutbox = outbox or self._streams
@@ -232,7 +201,7 @@ class BatchingEngine:
             # Closed (unload, shutdown): the requests may be tried again, unlike after a bug.
             self._fail_everything(self._closing_reason, unavailable=not crashed)
 
-    def _busy(self) -> list[_Slot]:
+    def _busy(self) -> list[Slot]:
         return [slot for slot in self._slots if slot.sequence is not None]
 
     def _admit(self) -> None:
@@ -255,7 +224,7 @@ class BatchingEngine:
             slot.sequence = sequence
             self._reuse(slot, slot, common_prefix_length(slot.tokens, sequence.prompt))
 
-    def _reuse(self, slot: _Slot, source: _Slot, length: int) -> None:
+    def _reuse(self, slot: Slot, source: Slot, length: int) -> None:
         """Make ``slot`` hold the first ``length`` prompt tokens, from ``source``'s cache."""
         sequence = slot.sequence
         assert sequence is not None
@@ -274,7 +243,7 @@ class BatchingEngine:
         self.stats.reused_prompt_tokens += length - sequence.cached_tokens
         sequence.cached_tokens = length
 
-    def _share_prefixes(self, busy: list[_Slot]) -> set[int]:
+    def _share_prefixes(self, busy: list[Slot]) -> set[int]:
         """Let new requests copy prefixes other slots hold; say which should wait a step.
 
         A request that has not computed any of its prompt yet may find a longer prefix in
@@ -322,7 +291,9 @@ class BatchingEngine:
         if not busy:
             return
         waiting = self._share_prefixes(busy)
-        planned = self._plan_batch(busy, waiting, with_prompts=True)
+        planned = plan_batch(
+            self.context, busy, waiting, with_prompts=True, prefill_chunk=self.prefill_chunk
+        )
         if not planned:
             return
         stats = self.stats
@@ -331,11 +302,13 @@ class BatchingEngine:
         if status == 1:
             # No room in the KV cache for this batch: retry with generation tokens only, so
             # prompts wait and running requests continue.
-            self._undo(planned)
-            planned = self._plan_batch(busy, waiting, with_prompts=False)
+            undo_batch(self.context, planned)
+            planned = plan_batch(
+                self.context, busy, waiting, with_prompts=False, prefill_chunk=self.prefill_chunk
+            )
             status = self.context.decode() if planned else 1
         if status != 0:
-            self._undo(planned)
+            undo_batch(self.context, planned)
             self._decode_failed([entry.slot for entry in planned] or busy, status)
             return
         sample_started = time.perf_counter()
@@ -347,7 +320,7 @@ class BatchingEngine:
             for entry in planned
             if entry.slot.sequence is not None and entry.slot.sequence.row is not None
         ]
-        picks: list[tuple[_Slot, int, TokenLogprob | None]] = []
+        picks: list[tuple[Slot, int, TokenLogprob | None]] = []
         for slot in ready:
             sequence = slot.sequence
             assert sequence is not None and sequence.row is not None
@@ -371,70 +344,9 @@ class BatchingEngine:
             if reason is not None:
                 self._release(slot, reason)
 
-    def _plan_batch(
-        self, busy: list[_Slot], waiting: set[int], *, with_prompts: bool
-    ) -> list[_Planned]:
-        ctx = self.context
-        ctx.clear_batch()
-        planned: dict[int, _Planned] = {}
-
-        def plan(slot: _Slot) -> None:
-            sequence = slot.sequence
-            assert sequence is not None
-            if slot.seq not in planned:
-                planned[slot.seq] = _Planned(
-                    slot, len(slot.tokens), sequence.next_prompt_index, sequence.pending_token
-                )
-
-        # Generating sequences first: each adds its one pending token.
-        for slot in busy:
-            sequence = slot.sequence
-            assert sequence is not None
-            sequence.row = None
-            if sequence.pending_token is not None:
-                plan(slot)
-                sequence.row = ctx.add(sequence.pending_token, len(slot.tokens), slot.seq, True)
-                slot.tokens.append(sequence.pending_token)
-                sequence.pending_token = None
-        if not with_prompts:
-            return list(planned.values())
-        # Then prompt chunks in arrival order, within the step's prompt budget.
-        budget = ctx.n_batch - ctx.batch_size
-        if len(busy) > 1:
-            budget = min(budget, self.prefill_chunk)
-        for slot in sorted(busy, key=lambda s: s.sequence.submitted if s.sequence else 0.0):
-            sequence = slot.sequence
-            assert sequence is not None
-            if not sequence.prefilling or budget <= 0 or slot.seq in waiting:
-                continue
-            plan(slot)
-            start = sequence.next_prompt_index
-            end = min(len(sequence.prompt), start + budget)
-            budget -= end - start
-            last = len(sequence.prompt) - 1
-            for index in range(start, end):
-                row = ctx.add(sequence.prompt[index], index, slot.seq, index == last)
-                if index == last:
-                    sequence.row = row
-            slot.tokens.extend(sequence.prompt[start:end])
-            sequence.next_prompt_index = end
-            sequence.started = True
-        return list(planned.values())
-
-    def _undo(self, planned: list[_Planned]) -> None:
-        """Take a failed batch back out of the slots and the KV cache."""
-        for entry in planned:
-            slot, sequence = entry.slot, entry.slot.sequence
-            self.context.forget(slot.seq, entry.tokens_before)
-            del slot.tokens[entry.tokens_before :]
-            if sequence is not None:
-                sequence.next_prompt_index = entry.prompt_index_before
-                sequence.pending_token = entry.pending_before
-                sequence.row = None
-
     def _release(
         self,
-        slot: _Slot,
+        slot: Slot,
         reason: StopReason,
         error: str | None = None,
         *,
@@ -446,7 +358,7 @@ class BatchingEngine:
         slot.sequence = None
         slot.last_used = time.perf_counter()
 
-    def _decode_failed(self, slots: list[_Slot], status: int) -> None:
+    def _decode_failed(self, slots: list[Slot], status: int) -> None:
         """A decode error ends requests of this batch, not the server."""
         logger.error("llama_decode failed with status %d for %d sequences", status, len(slots))
         if status == 1:

@@ -1,0 +1,1 @@
+"""Anthropic's Messages API, served as chat completions, its errors in Anthropic's shape."""

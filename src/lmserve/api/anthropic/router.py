@@ -1,0 +1,41 @@
+"""Anthropic's Messages API routes: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
+
+Every error on these routes leaves in Anthropic's shape (:mod:`lmserve.api.anthropic.errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from lmserve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from lmserve.api.anthropic.service import MessageTurn, chat_request
+from lmserve.api.common.chat import prepare_chat
+from lmserve.api.common.errors import api_error_for
+from lmserve.api.common.serving import serve_generation
+from lmserve.models.manager import ModelManager
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/messages", response_model=None)
+async def create_message(body: MessagesRequest, request: Request) -> Response | Any:
+    try:
+        return await serve_generation(request, chat_request(body), MessageTurn())
+    except Exception as exc:
+        # Unmapped exceptions would reach Starlette's outermost handler, past the reshaping.
+        raise api_error_for(exc) from exc
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, int]:
+    models: ModelManager = request.app.state.models
+    try:
+        chat_body = chat_request(body)
+        async with models.using(body.model) as model:
+            prepared = await prepare_chat(chat_body, model)
+    except Exception as exc:
+        raise api_error_for(exc) from exc
+    return {"input_tokens": len(prepared.prompt_tokens[0])}

@@ -1,0 +1,239 @@
+"""Anthropic's Messages API, served as a chat completion.
+
+Anthropic's clients take the server's root as base URL (``http://localhost:1234``) and send
+their key as ``x-api-key`` (which the API key guard accepts).  A request is mapped onto a chat
+completion: ``system`` becomes the system message, ``tool_use`` and ``tool_result`` blocks
+become chat's assistant tool calls and tool messages, ``tool_choice`` ``any``/``tool`` force a
+call through chat's call grammar.  The message comes from :func:`chat_completion`, the events
+(:mod:`lmserve.api.anthropic.events`) from its chunks, so reasoning, tool calls and streaming
+hold-back behave exactly as on the OpenAI routes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lmserve.api.anthropic.events import MessageEvents, stop_of, tool_input, tool_use_id
+from lmserve.api.anthropic.protocol import (
+    CountTokensRequest,
+    MediaBlock,
+    MessagesRequest,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from lmserve.api.common.chat import (
+    ChatTurn,
+    build_chat_request,
+    chat_completion,
+    text_of,
+    unsupported_content,
+)
+from lmserve.api.common.errors import InvalidRequestError
+from lmserve.api.common.generation import Generation
+from lmserve.api.common.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionDefinition,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolDefinition,
+)
+
+# -- request → chat ---------------------------------------------------------------------------
+
+
+def _unsupported(param: str) -> InvalidRequestError:
+    return unsupported_content(
+        "This model reads text only; image and document content is not supported.", param
+    )
+
+
+def _texts(blocks: str | list[Any] | None, param: str) -> str:
+    return text_of(blocks, TextBlock, lambda index: _unsupported(f"{param}[{index}]"))
+
+
+def _tool_result(block: ToolResultBlock, param: str) -> ChatMessage:
+    content = _texts(block.content, f"{param}.content")
+    if block.is_error:
+        # Chat templates have no place for the flag; the model is told in words instead.
+        content = f"Error: {content}"
+    return ChatMessage(role="tool", tool_call_id=block.tool_use_id, content=content)
+
+
+def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
+    system = _texts(body.system, "system")
+    messages = [ChatMessage(role="system", content=system)] if system else []
+    for index, message in enumerate(body.messages):
+        param = f"messages[{index}].content"
+        if isinstance(message.content, str):
+            messages.append(ChatMessage(role=message.role, content=message.content))
+            continue
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        results: list[ChatMessage] = []
+        for position, block in enumerate(message.content):
+            where = f"{param}[{position}]"
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, MediaBlock):
+                raise _unsupported(where)
+            elif isinstance(block, ToolUseBlock):
+                if message.role != "assistant":
+                    raise InvalidRequestError(
+                        "'tool_use' blocks belong in assistant messages.", param=where
+                    )
+                arguments = json.dumps(block.input, ensure_ascii=False)
+                calls.append(ToolCall.of(block.id, block.name, arguments))
+            elif isinstance(block, ToolResultBlock):
+                if message.role != "user":
+                    raise InvalidRequestError(
+                        "'tool_result' blocks belong in user messages.", param=where
+                    )
+                results.append(_tool_result(block, where))
+            # Thinking blocks of earlier answers are left out, as reasoning models expect.
+        # Anthropic puts a turn's tool results before its text; chat has them as tool messages.
+        messages.extend(results)
+        if texts or calls or not results:
+            content = "\n".join(texts) if texts or not calls else None
+            messages.append(
+                ChatMessage(role=message.role, content=content, tool_calls=calls or None)
+            )
+    return messages
+
+
+def _prefilled(messages: list[ChatMessage], body: CountTokensRequest) -> bool:
+    """Whether the conversation ends with an assistant's text, which the answer continues."""
+    final = messages[-1] if messages else None
+    if final is None or final.role != "assistant" or final.tool_calls:
+        return False
+    if isinstance(final.content, str) and final.content != final.content.rstrip():
+        # Anthropic refuses it too: the model would continue after a space it cannot take back.
+        raise InvalidRequestError(
+            "final assistant content cannot end with trailing whitespace",
+            param=f"messages[{len(body.messages) - 1}].content",
+        )
+    return True
+
+
+# Anthropic's tool choices in chat's words ("tool" names one: see _tool_choice).
+_CHOICES: dict[str, ToolChoice] = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def _tool_choice(body: CountTokensRequest) -> ToolChoice | None:
+    choice = body.tool_choice
+    if choice is None:
+        return None
+    if choice.type == "tool":
+        assert choice.name is not None  # the protocol model checks it
+        return NamedToolChoice.of(choice.name)
+    return _CHOICES[choice.type]
+
+
+def _response_format(body: MessagesRequest) -> ResponseFormat | None:
+    output_format = body.output_config.format if body.output_config else None
+    if output_format is None:
+        return None
+    json_schema = {"name": "output", "schema": output_format.schema_}
+    return ResponseFormat.model_validate({"type": "json_schema", "json_schema": json_schema})
+
+
+def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
+    tools = [
+        ToolDefinition(
+            function=FunctionDefinition(
+                name=tool.name, description=tool.description, parameters=tool.input_schema
+            )
+        )
+        for tool in body.tools or []
+    ]
+    sampling: dict[str, Any] = {}
+    if isinstance(body, MessagesRequest):
+        sampling = {
+            "max_tokens": body.max_tokens,
+            "stop": body.stop_sequences,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "top_k": body.top_k,
+            "seed": body.seed,
+            "response_format": _response_format(body),
+            "stream": body.stream,
+            "ttl": body.ttl,
+        }
+    messages = chat_messages(body)
+    return build_chat_request(
+        model=body.model,
+        messages=messages,
+        continue_final_message=_prefilled(messages, body),
+        tools=tools or None,
+        tool_choice=_tool_choice(body),
+        parallel_tool_calls=not (body.tool_choice and body.tool_choice.disable_parallel_tool_use),
+        **sampling,
+    )
+
+
+class MessageTurn(ChatTurn):
+    """One Messages request: its id, and the message it makes."""
+
+    def __init__(self) -> None:
+        super().__init__(f"msg_{secrets.token_hex(12)}")
+
+    def message(
+        self,
+        content: list[dict[str, Any]],
+        stop: tuple[str | None, str | None],
+        usage: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.prepared.model.identifier,
+            "content": content,
+            "stop_reason": stop[0],
+            "stop_sequence": stop[1],
+            "usage": usage,
+        }
+
+    @staticmethod
+    def usage(generation: Generation) -> dict[str, Any]:
+        # Anthropic counts cached prompt tokens apart: input + cache reads = the whole prompt.
+        usage = generation.usage
+        cached = usage.prompt_tokens_details.cached_tokens
+        return {
+            "input_tokens": usage.prompt_tokens - cached,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached,
+            "output_tokens": usage.completion_tokens,
+        }
+
+    async def respond(self, generation: Generation) -> dict[str, Any]:
+        completion = await chat_completion(generation)
+        choice = completion.choices[0]
+        answer = choice.message
+        content: list[dict[str, Any]] = []
+        if answer.reasoning_content:
+            content.append(
+                {"type": "thinking", "thinking": answer.reasoning_content, "signature": ""}
+            )
+        if answer.content or not answer.tool_calls:
+            content.append({"type": "text", "text": answer.content or ""})
+        for call in answer.tool_calls or []:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": tool_use_id(call.id),
+                    "name": call.function.name,
+                    "input": tool_input(call.function.arguments),
+                }
+            )
+        stop = stop_of(choice.finish_reason, generation.finished[0])
+        return self.message(content, stop, self.usage(generation))
+
+    def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+        return MessageEvents(self, generation).run()

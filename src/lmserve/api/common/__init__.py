@@ -1,0 +1,1 @@
+"""What every API surface uses: errors, guards, streaming, the chat and completion core."""

@@ -1,0 +1,92 @@
+"""Serving one generation over HTTP: model lookup, streaming or not, disconnects, cleanup.
+
+Shared by every route that generates: the route hands over the request's body and a
+:class:`Turn`, which says how the prompt is made and what the answer looks like.  The model is
+acquired, and the request submitted, before the response starts, so a missing model, a bad
+request or a full queue get their own HTTP status; the model is released and the engine told
+to stop however the response ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from lmserve.api.common.generation import Generation, Prepared
+from lmserve.api.common.limits import check_choices
+from lmserve.api.common.protocol import GenerationRequestFields
+from lmserve.api.common.streaming import (
+    ClientGone,
+    EventStreamResponse,
+    gone_response,
+    server_sent_events,
+    unless_disconnected,
+)
+from lmserve.models.loader import LoadedModel
+from lmserve.models.manager import ModelManager
+
+Body = TypeVar("Body", bound=GenerationRequestFields, contravariant=True)
+
+
+class Turn(Protocol[Body]):
+    """One request's part in :func:`serve_generation`: the prompt, the answer, the stream."""
+
+    async def prepare(self, body: Body, model: LoadedModel) -> Prepared: ...
+
+    async def respond(self, generation: Generation) -> BaseModel | dict[str, Any]: ...
+
+    def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]: ...
+
+    def encode(self, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class CompletionTurn:
+    """A turn of OpenAI's chat or text completions: the completion object, or its chunks as
+    OpenAI's ``data:`` lines."""
+
+    prepare: Callable[[Any, LoadedModel], Awaitable[Prepared]]
+    respond: Callable[[Generation], Awaitable[BaseModel]]
+    events: Callable[[Generation], AsyncIterator[dict[str, Any]]]
+
+    def encode(self, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+        return server_sent_events(events)
+
+
+async def serve_generation(
+    request: Request, body: GenerationRequestFields, turn: Turn[Any]
+) -> Response | BaseModel | dict[str, Any]:
+    """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it."""
+    models: ModelManager = request.app.state.models
+    model = await models.acquire(body.model, body.ttl)
+    released = False
+
+    def finish(generation: Generation | None = None) -> None:
+        nonlocal released
+        if generation is not None:
+            generation.cancel()  # a no-op for finished requests
+        if not released:
+            released = True
+            models.release(model)
+
+    try:
+        prepared = await turn.prepare(body, model)
+        check_choices(len(prepared.prompt_tokens) * prepared.n)
+        generation = Generation(prepared, request.app.state.logs)
+    except BaseException:
+        finish()
+        raise
+    if body.stream:
+        events = turn.encode(turn.events(generation))
+        return EventStreamResponse(events, on_close=lambda: finish(generation))
+    try:
+        return await unless_disconnected(request, turn.respond(generation))
+    except ClientGone:
+        return gone_response()
+    finally:
+        finish(generation)

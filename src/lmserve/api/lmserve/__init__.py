@@ -1,0 +1,1 @@
+"""lmserve's own routes: health, slots, the prediction log, metrics."""

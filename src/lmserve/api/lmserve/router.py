@@ -1,0 +1,58 @@
+"""lmserve's own routes: health, slot stats, the live prediction log and Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from lmserve.api.common.metrics import CONTENT_TYPE
+from lmserve.api.common.streaming import EventStreamResponse
+from lmserve.api.lmserve import service
+from lmserve.logbus import LogBus
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 when ready; 503 while a model is loading or the server is shutting down.
+
+    A model loaded again after its engine crashed is ``restarting``, not loading: the server
+    itself is healthy meanwhile.
+    """
+    state = request.app.state
+    body, ready = service.health(state.models, state.lifecycle.draining)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/lmserve/slots")
+async def slots(request: Request) -> dict[str, Any]:
+    """Each loaded model's slots: busy or idle, tokens cached, queue depth."""
+    return {"models": await service.slots(request.app.state.models)}
+
+
+@router.get("/lmserve/log/stream")
+async def log_stream(request: Request) -> EventStreamResponse:
+    """Server-sent events, one per prediction record (prompt in, output and stats out)."""
+    logs: LogBus = request.app.state.logs
+
+    async def events() -> AsyncIterator[bytes]:
+        # A comment line first, so the client knows it is subscribed before any request runs.
+        yield b": subscribed\n\n"
+        async for record in logs.subscribe():
+            yield f"data: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
+
+    return EventStreamResponse(events())
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (needs the API key when keys are configured)."""
+    state = request.app.state
+    text = state.metrics.render(state.models, getattr(state, "lifecycle", None))
+    return Response(text, media_type=CONTENT_TYPE)

@@ -1,0 +1,128 @@
+"""Pydantic models of LM Studio's native REST API: loading and downloading models, the v0
+completions, and the stateful chat of ``/api/v1/chat``; fields in LM Studio's order."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from lmserve.api.common import bounds
+from lmserve.api.common.protocol import ChatCompletionRequest, CompletionRequest, RequestModel
+from lmserve.config import check_gpu_setting, check_repack_setting
+from lmserve.models.loader import LoadOptions
+
+# -- v1: models ---------------------------------------------------------------------------------
+
+
+class LoadConfig(RequestModel):
+    context_length: bounds.ContextLength | None = None
+    eval_batch_size: int | None = Field(default=None, ge=1, le=1 << 16)
+    flash_attention: bool | None = None
+    # lmserve's additions, also accepted at the top level of the request.
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    ttl: bounds.TTL | None = None
+    identifier: str | None = Field(default=None, min_length=1, max_length=200)
+    gpu: str | None = None
+    repack: str | None = None
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: str | None) -> str | None:
+        return value if value is None else check_gpu_setting(value)
+
+    @field_validator("repack")
+    @classmethod
+    def _repack(cls, value: str | None) -> str | None:
+        return value if value is None else check_repack_setting(value)
+
+
+class LoadRequest(LoadConfig):
+    model: str = Field(min_length=1)
+    config: LoadConfig | None = None
+
+    def options(self) -> LoadOptions:
+        merged = {**self.model_dump(exclude={"model", "config"}, exclude_none=True)}
+        if self.config is not None:
+            merged.update(self.config.model_dump(exclude_none=True))
+        return LoadOptions(
+            identifier=merged.get("identifier"),
+            context_length=merged.get("context_length"),
+            parallel=merged.get("parallel"),
+            ttl=merged.get("ttl"),
+            gpu=merged.get("gpu"),
+            repack=merged.get("repack"),
+        )
+
+
+class UnloadRequest(RequestModel):
+    instance_id: str = Field(min_length=1)
+
+
+class DownloadRequest(RequestModel):
+    model: str = Field(min_length=1, max_length=500)
+    quantization: str | None = Field(default=None, max_length=40)
+
+
+# -- v1: chat -----------------------------------------------------------------------------------
+
+
+class NativeChatRequest(RequestModel):
+    """The request fields in the order of LM Studio's reference."""
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    system_prompt: str | None = None
+    integrations: list[Any] | None = Field(default=None, max_length=64)
+    stream: bool = False
+    temperature: bounds.Temperature | None = None
+    top_p: bounds.TopP | None = None
+    top_k: bounds.TopK | None = None
+    min_p: bounds.MinP | None = None
+    repeat_penalty: bounds.RepeatPenalty | None = None
+    max_output_tokens: bounds.TokenLimit | None = None
+    # The model decides how it reasons; accepted for clients that send it.
+    reasoning: Literal["off", "low", "medium", "high", "on"] | None = None
+    # Accepted; the context is the loaded model's (set it with `lmserve load --context-length`).
+    context_length: bounds.ContextLength | None = None
+    store: bool = True
+    previous_response_id: bounds.ResponseId | None = None
+    # lmserve's extensions, as on the other routes.
+    seed: bounds.Seed | None = None
+    ttl: bounds.TTL | None = None
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        # An empty id continues nothing: the thread starts afresh.
+        return value or None
+
+
+# -- v0 -----------------------------------------------------------------------------------------
+
+
+def _v0_max_tokens(value: int | None) -> int | None:
+    # LM Studio's own examples send -1 for "no limit".
+    if value is not None and value < 0:
+        if value != -1:
+            raise ValueError("max_tokens must be -1 (no limit) or at least 1")
+        return None
+    return value
+
+
+class V0ChatRequest(ChatCompletionRequest):
+    max_tokens: int | None = Field(default=None, ge=-1, le=bounds.MAX_TOKENS_CAP)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _no_limit(cls, value: int | None) -> int | None:
+        return _v0_max_tokens(value)
+
+
+class V0CompletionRequest(CompletionRequest):
+    max_tokens: int | None = Field(default=16, ge=-1, le=bounds.MAX_TOKENS_CAP)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _no_limit(cls, value: int | None) -> int | None:
+        return _v0_max_tokens(value)

@@ -1,0 +1,286 @@
+"""LM Studio's native REST API: what its routes answer, in LM Studio's shapes.
+
+Response shapes follow LM Studio's documentation; where lmserve knows more (slots, TTL, JIT,
+crashes) it adds fields rather than changing the documented ones.  The v0 completions are
+OpenAI's with LM Studio's ``stats``, ``model_info`` and ``runtime`` added
+(:class:`WithStats`); ``/api/v1/chat`` is a stateful conversation (:class:`NativeChatTurn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lmserve.api.common.chat import build_chat_request, chat_completion
+from lmserve.api.common.conversation import ConversationStore, ConversationTurn
+from lmserve.api.common.errors import InvalidRequestError, NotFoundError
+from lmserve.api.common.generation import Generation, Prepared, stats_of
+from lmserve.api.common.protocol import ChatCompletionRequest, ChatMessage
+from lmserve.api.common.serving import Turn
+from lmserve.api.lmstudio.events import chat_events
+from lmserve.api.lmstudio.protocol import DownloadRequest, NativeChatRequest
+from lmserve.models.catalog import CatalogEntry
+from lmserve.models.download_jobs import DownloadJobs
+from lmserve.models.hub import resolve_plan
+from lmserve.models.loader import LoadedModel
+from lmserve.models.manager import ModelManager
+
+RUNTIME = {
+    "name": "llama.cpp-cpu",
+    "version": f"llama-cpp-python {importlib.metadata.version('llama_cpp_python')}",
+    "supported_formats": ["gguf"],
+}
+
+# -- v1: models ---------------------------------------------------------------------------------
+
+
+def _params_string(entry: CatalogEntry) -> str | None:
+    label = entry.header.metadata.get("general.size_label")
+    if isinstance(label, str) and label:
+        return label
+    count = entry.header.parameter_count
+    if not count:
+        return None
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g}{unit}"
+    return str(count)
+
+
+def instance(model: LoadedModel) -> dict[str, Any]:
+    """A loaded instance: its identifier and configuration, slots and engine included."""
+    return {
+        "id": model.identifier,
+        "config": {
+            **model.config,
+            "ttl": model.ttl,
+            "ttl_remaining": model.ttl_remaining(),
+            "jit": model.jit,
+            "slots": model.engine.n_slots,
+            "slots_busy": model.engine.busy_slots,
+            "queue_depth": model.engine.queue_depth,
+            "engine_pid": model.engine.pid,
+        },
+    }
+
+
+def _v1_model(entry: CatalogEntry, key: str, instances: list[LoadedModel]) -> dict[str, Any]:
+    header = entry.header
+    params = header.parameter_count
+    template = header.chat_template or ""
+    item: dict[str, Any] = {
+        "type": "embedding" if entry.model_type == "embeddings" else "llm",
+        "publisher": entry.publisher,
+        "key": key,
+        "display_name": header.metadata.get("general.name") or key,
+        "architecture": header.architecture,
+        "quantization": {
+            "name": entry.quantization,
+            "bits_per_weight": round(entry.size_bytes * 8 / params, 2) if params else None,
+        },
+        "size_bytes": entry.size_bytes,
+        "params_string": _params_string(entry),
+        "loaded_instances": [instance(model) for model in instances],
+        "max_context_length": header.context_length,
+        "format": "gguf",
+        "path": entry.relative_path,
+    }
+    if item["type"] == "llm":
+        item["capabilities"] = {"vision": False, "trained_for_tool_use": "tools" in template}
+        item["description"] = None
+    return item
+
+
+def v1_models(models: ModelManager) -> dict[str, Any]:
+    """Downloaded models (LLMs and embedding models), each with its loaded instances."""
+    catalog = models.rescan()
+    loaded = models.loaded()
+    items = [
+        _v1_model(
+            entry,
+            catalog.public_id(entry),
+            [model for model in loaded if model.entry.path == entry.path],
+        )
+        for entry in catalog.entries
+    ]
+    known = {entry.path for entry in catalog.entries}
+    items += [
+        _v1_model(model.entry, model.identifier, [model])
+        for model in loaded
+        if model.entry.path not in known  # loaded, then deleted from disk
+    ]
+    # lmserve's addition: models whose engine crashed lately, loaded again or not.
+    return {"models": items, "crashed": models.crashes.report()}
+
+
+async def start_download(
+    body: DownloadRequest, models: ModelManager, downloads: DownloadJobs
+) -> dict[str, Any]:
+    """A download job for a Hugging Face model, unless its files are here already."""
+    plan = await asyncio.to_thread(
+        resolve_plan, body.model, models_root=models.models_root, quantization=body.quantization
+    )
+    if await asyncio.to_thread(plan.already_present):
+        return {"status": "already_downloaded", "files": [str(p) for p in plan.targets]}
+    return downloads.start(plan).describe()
+
+
+# -- v0 -----------------------------------------------------------------------------------------
+
+
+def _v0_model(entry: CatalogEntry, key: str, loaded: LoadedModel | None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": key,
+        "object": "model",
+        "type": entry.model_type,
+        "publisher": entry.publisher,
+        "arch": entry.header.architecture,
+        "compatibility_type": "gguf",
+        "quantization": entry.quantization,
+        "state": "loaded" if loaded is not None else "not-loaded",
+        "max_context_length": entry.header.context_length,
+    }
+    if loaded is not None:
+        item["loaded_context_length"] = loaded.n_ctx
+    return item
+
+
+def v0_models(models: ModelManager) -> list[dict[str, Any]]:
+    """All loaded and downloaded models, the loaded ones first."""
+    catalog = models.rescan()
+    loaded = models.loaded()
+    items = []
+    for model in loaded:
+        items.append(_v0_model(model.entry, model.identifier, model))
+    loaded_paths = {model.entry.path for model in loaded}
+    for entry in catalog.entries:
+        if entry.path not in loaded_paths:
+            items.append(_v0_model(entry, catalog.public_id(entry), None))
+    return items
+
+
+def v0_model(models: ModelManager, name: str) -> dict[str, Any]:
+    loaded = models.find_loaded(name)
+    if loaded is not None:
+        return _v0_model(loaded.entry, loaded.identifier, loaded)
+    entry = models.resolve_entry(name)
+    if entry is None:
+        raise NotFoundError(f"No model named '{name}'.", param="model", code="model_not_found")
+    return _v0_model(entry, models.catalog.public_id(entry), None)
+
+
+def _extras(generation: Generation) -> dict[str, Any]:
+    model = generation.prepared.model
+    first = generation.finished[0]
+    return {
+        "stats": stats_of(first) if first is not None else {},
+        "model_info": {
+            "arch": model.entry.header.architecture,
+            "quant": model.entry.quantization,
+            "format": "gguf",
+            "context_length": model.n_ctx,
+        },
+        "runtime": RUNTIME,
+    }
+
+
+class WithStats:
+    """A chat or text completion with LM Studio's ``stats``, ``model_info`` and ``runtime``:
+    beside the answer's fields, or in a last chunk of the stream."""
+
+    def __init__(self, turn: Turn[Any]) -> None:
+        self.turn = turn
+        self.encode = turn.encode
+
+    async def prepare(self, body: Any, model: LoadedModel) -> Prepared:
+        return await self.turn.prepare(body, model)
+
+    async def respond(self, generation: Generation) -> dict[str, Any]:
+        completion = await self.turn.respond(generation)
+        assert not isinstance(completion, dict)  # chat and text completions are models
+        return {**completion.model_dump(), **_extras(generation)}
+
+    async def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self.turn.events(generation):
+            yield chunk
+        yield {
+            "id": generation.prepared.request_id,
+            "object": "stats",
+            "choices": [],
+            **_extras(generation),
+        }
+
+
+# -- v1: chat -----------------------------------------------------------------------------------
+
+ChatThreads = ConversationStore[list[ChatMessage]]
+
+
+class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
+    """One native chat request: its result, and the thread (chat messages) it extends.
+
+    MCP ``integrations`` (tools run by the server) are refused with a 400: lmserve runs no
+    tools.
+    """
+
+    def __init__(self, body: NativeChatRequest, threads: ChatThreads | None) -> None:
+        super().__init__(body, threads)
+        self.body = body
+        self.messages: list[ChatMessage] = []
+
+    def chat_request(self) -> ChatCompletionRequest:
+        """The thread so far and this input, as one chat request."""
+        body = self.body
+        if body.integrations:
+            raise InvalidRequestError(
+                "'integrations' (MCP servers and plugins) are not supported: lmserve runs no "
+                "tools.",
+                param="integrations",
+                code="not_implemented",
+            )
+        system = (
+            [ChatMessage(role="system", content=body.system_prompt)] if body.system_prompt else []
+        )
+        # A thread's own system prompt stays unless this request brings another.
+        earlier = [m for m in self.previous or [] if not (system and m.role == "system")]
+        chat_body = build_chat_request(
+            messages=[*system, *earlier, ChatMessage(role="user", content=body.input)],
+            **self.chat_fields(),
+        )
+        self.messages = chat_body.messages
+        return chat_body
+
+    async def result(
+        self, generation: Generation, reasoning: str | None, text: str
+    ) -> dict[str, Any]:
+        output = [{"type": "reasoning", "content": reasoning}] if reasoning else []
+        output.append({"type": "message", "content": text})
+        finished = generation.finished[0]
+        usage = generation.usage
+        result: dict[str, Any] = {
+            "model_instance_id": self.prepared.model.identifier,
+            "output": output,
+            "stats": {
+                "input_tokens": usage.prompt_tokens,
+                "total_output_tokens": usage.completion_tokens,
+                "reasoning_output_tokens": await self.reasoning_tokens(
+                    reasoning or "", usage.completion_tokens
+                ),
+                "tokens_per_second": finished.tokens_per_second if finished else None,
+                "time_to_first_token_seconds": finished.time_to_first_token if finished else None,
+            },
+        }
+        if self.stores:
+            self.save([*self.messages, ChatMessage(role="assistant", content=text)])
+            result["response_id"] = self.id
+        return result
+
+    async def respond(self, generation: Generation) -> dict[str, Any]:
+        completion = await chat_completion(generation)
+        message = completion.choices[0].message
+        return await self.result(generation, message.reasoning_content, message.content or "")
+
+    def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+        return chat_events(self, generation)

@@ -1,0 +1,176 @@
+"""The items of the Responses API: input items as chat messages, a chat answer as output
+items, and stored items listed back (``GET /v1/responses/{id}/input_items``)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from lmserve.api.common.chat import text_of, unsupported_content
+from lmserve.api.common.protocol import AssistantMessage, ChatMessage, ToolCall
+from lmserve.api.responses.protocol import InputItem, TextPart
+
+
+def new_item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def reasoning_text(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [output_text(text)],
+    }
+
+
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": [reasoning_text(text)],
+        "status": status,
+    }
+
+
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def output_items(message: AssistantMessage, status: str) -> list[dict[str, Any]]:
+    """A chat answer as output items: reasoning, then the message, then the calls.
+
+    The message is left out only when the model called tools and wrote nothing else, so a
+    plain answer always has one (``response.output_text`` works even for an empty reply).
+    """
+    items = []
+    if message.reasoning_content:
+        items.append(reasoning_item(new_item_id("rs"), message.reasoning_content))
+    if message.content or not message.tool_calls:
+        items.append(message_item(new_item_id("msg"), message.content or "", status))
+    for call in message.tool_calls or []:
+        items.append(
+            function_call_item(
+                new_item_id("fc"), call.id, call.function.name, call.function.arguments
+            )
+        )
+    return items
+
+
+def _text(content: str | list[Any], param: str) -> str:
+    refusal = "This model reads text only; image, file and audio inputs are not supported."
+    return text_of(
+        content, TextPart, lambda index: unsupported_content(refusal, f"{param}[{index}]")
+    )
+
+
+def chat_messages(
+    items: list[InputItem], instructions: str | None, first_new: int = 0
+) -> list[ChatMessage]:
+    """Input items as chat messages; items before ``first_new`` come from stored history.
+
+    Consecutive function calls (and the assistant text before them) are one assistant turn,
+    as chat templates expect; reasoning items are left out.
+    """
+    messages = [ChatMessage(role="system", content=instructions)] if instructions else []
+    for index, item in enumerate(items):
+        param = f"input[{index - first_new}]"
+        if item.type == "message":
+            assert item.role is not None and item.content is not None  # the model checks them
+            content = _text(item.content, f"{param}.content")
+            messages.append(ChatMessage(role=item.role, content=content))
+        elif item.type == "function_call":
+            assert item.call_id is not None and item.name is not None
+            call = ToolCall.of(item.call_id, item.name, item.arguments)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls = [*(last.tool_calls or []), call]
+            else:
+                messages.append(ChatMessage(role="assistant", tool_calls=[call]))
+        elif item.type == "function_call_output":
+            assert item.output is not None
+            content = _text(item.output, f"{param}.output")
+            messages.append(ChatMessage(role="tool", tool_call_id=item.call_id, content=content))
+    return messages
+
+
+def public_item(item: InputItem) -> dict[str, Any]:
+    """An input item as the API lists it back: with an id, text in typed content parts."""
+    if item.type == "message":
+        kind = "output_text" if item.role == "assistant" else "input_text"
+        content = item.content or ""
+        if isinstance(content, str):
+            parts = [output_text(content) if kind == "output_text" else _input_text(content)]
+        else:
+            parts = [part.model_dump() for part in content]
+        return {
+            "type": "message",
+            "id": new_item_id("msg"),
+            "status": "completed",
+            "role": item.role,
+            "content": parts,
+        }
+    if item.type == "function_call":
+        assert item.call_id is not None and item.name is not None  # the model checks them
+        return function_call_item(new_item_id("fc"), item.call_id, item.name, item.arguments)
+    if item.type == "function_call_output":
+        output = (
+            item.output
+            if isinstance(item.output, str)
+            else [part.model_dump() for part in item.output or []]
+        )
+        return {
+            "type": "function_call_output",
+            "id": new_item_id("fco"),
+            "call_id": item.call_id,
+            "output": output,
+            "status": "completed",
+        }
+    return {"type": "reasoning", "id": new_item_id("rs"), "summary": []}
+
+
+def _input_text(text: str) -> dict[str, Any]:
+    return {"type": "input_text", "text": text}
+
+
+def item_page(
+    items: list[dict[str, Any]],
+    *,
+    limit: int,
+    order: Literal["asc", "desc"],
+    after: str | None,
+    before: str | None,
+) -> dict[str, Any]:
+    """One page of ``items`` (oldest first) in OpenAI's list shape, cursors by item id."""
+    ordered = items if order == "asc" else items[::-1]
+    ids = [item["id"] for item in ordered]
+    start = ids.index(after) + 1 if after in ids else 0
+    end = ids.index(before) if before in ids else len(ordered)
+    window = ordered[start:end]
+    data = window[:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(window) > limit,
+    }

@@ -1,0 +1,166 @@
+"""Pydantic models of OpenAI's Responses API requests (``POST /v1/responses``).
+
+Only what lmserve can honour is modelled; unknown fields are ignored, as OpenAI's clients
+expect.  Input items without a ``type`` are messages, as in OpenAI's API, so both
+``{"role": "user", "content": "Hi"}`` and the items of an earlier response's ``output``
+(which clients often append to the next request's ``input``) validate.  A string ``input``
+is one user message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lmserve.api.common import bounds
+from lmserve.api.common.protocol import FunctionDefinition, RequestModel, schema_required
+
+
+class TextPart(RequestModel):
+    # Earlier assistant turns come back as output_text; both are plain text to the model.
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class MediaPart(RequestModel):
+    """Inputs the local text models cannot read: validated, then refused with a clear 400."""
+
+    type: Literal["input_image", "input_file", "input_audio", "refusal"]
+
+
+ContentPart = Annotated[TextPart | MediaPart, Field(discriminator="type")]
+
+
+# What each kind of input item must have besides its type.
+_REQUIRED = {
+    "message": ("role", "content"),
+    "function_call": ("call_id", "name"),
+    "function_call_output": ("call_id", "output"),
+    "reasoning": (),
+}
+
+
+class InputItem(RequestModel):
+    """One input item: a message (the default type), a function call or its output, or an
+    earlier response's reasoning (accepted so outputs can be sent back, then left out).
+
+    One flat model rather than a union of models, so that a bad field is named plainly in
+    the error (``input[0].role``) instead of under a union member's name.
+    """
+
+    type: Literal["message", "function_call", "function_call_output", "reasoning"] = "message"
+    role: Literal["user", "system", "developer", "assistant"] | None = None
+    content: str | list[ContentPart] | None = None
+    call_id: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    arguments: str = ""
+    output: str | list[ContentPart] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_reasoning(cls, value: Any) -> Any:
+        # A reasoning item's content is reasoning text, which is never shown to the model.
+        if isinstance(value, dict) and value.get("type") == "reasoning":
+            return {"type": "reasoning"}
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> InputItem:
+        missing = [name for name in _REQUIRED[self.type] if getattr(self, name) is None]
+        if missing:
+            names = " and ".join(f"'{name}'" for name in missing)
+            raise ValueError(f"a '{self.type}' item needs {names}")
+        return self
+
+
+class FunctionTool(FunctionDefinition):
+    """A Responses tool is flat: ``{"type": "function", "name", "parameters", ...}``."""
+
+    type: Literal["function"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _functions_only(cls, value: Any) -> Any:
+        # Checked first, so a hosted tool (web_search...) is refused for what it is.
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind is not None and kind != "function":
+            raise ValueError(f"only function tools are supported, not {kind!r}")
+        return value
+
+
+class FunctionToolChoice(RequestModel):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64)
+
+
+class TextFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    _schema_given = schema_required("schema_", "schema")
+
+
+class TextConfig(RequestModel):
+    format: TextFormat | None = None
+
+
+LOGPROBS = "message.output_text.logprobs"
+Includable = Literal[
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "file_search_call.results",
+    "message.input_image.image_url",
+    "message.output_text.logprobs",
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+]
+
+
+class ResponsesRequest(RequestModel):
+    """Fields in the order of OpenAI's reference, then lmserve's extensions."""
+
+    model: str = Field(min_length=1)
+    input: list[InputItem] = Field(default_factory=list, max_length=bounds.MAX_MESSAGES)
+    # What else the response should carry. Only the output's log-probabilities exist here;
+    # the rest are accepted (clients such as Codex send them) and have nothing to add.
+    include: list[Includable] | None = Field(default=None, max_length=16)
+    instructions: str | None = None
+    max_output_tokens: bounds.TokenLimit | None = None
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(default=None, max_length=16)
+    parallel_tool_calls: bool = True
+    previous_response_id: bounds.ResponseId | None = None
+    store: bool = True
+    stream: bool = False
+    temperature: bounds.Temperature | None = None
+    text: TextConfig | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
+    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    top_logprobs: bounds.TopLogprobs | None = None
+    top_p: bounds.TopP | None = None
+    # "auto": a conversation too long for the context loses its oldest turns instead of
+    # failing with context_length_exceeded.
+    truncation: Literal["auto", "disabled"] | None = "disabled"
+    user: str | None = None
+    # Extensions of LM Studio and llama.cpp beyond OpenAI's spec, as on chat completions.
+    top_k: bounds.TopK | None = None
+    min_p: bounds.MinP | None = None
+    repeat_penalty: bounds.RepeatPenalty | None = None
+    seed: bounds.Seed | None = None
+    ttl: bounds.TTL | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return LOGPROBS in (self.include or [])
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _string_input(cls, value: Any) -> Any:
+        # A string is one user message; as a list, a bad item is named by its index.
+        return [{"role": "user", "content": value}] if isinstance(value, str) else value

@@ -1,0 +1,121 @@
+"""A context's slots, and the batch of one engine step: what each slot adds, and undoing it.
+
+A slot is a sequence id with its own KV stream; :class:`Slot` mirrors what that stream holds.
+Each step the scheduler fills llama.cpp's batch with :func:`plan_batch` and, if the decode
+fails, takes it back out with :func:`undo_batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmserve.engine.llama import LlamaContext
+from lmserve.engine.sequence import Sequence
+
+
+@dataclass
+class Slot:
+    """One sequence id of the context, and the tokens its KV stream holds."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # exactly what the KV stream holds
+    sequence: Sequence | None = None
+    last_used: float = 0.0
+
+
+@dataclass
+class Planned:
+    """What one step added to the batch for one slot, to undo it if the decode fails."""
+
+    slot: Slot
+    tokens_before: int
+    prompt_index_before: int
+    pending_before: int | None
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix, by bisection over C-speed slice comparisons."""
+    limit = min(len(a), len(b))
+    if a[:limit] == b[:limit]:
+        return limit
+    low, high = 0, limit  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def plan_batch(
+    ctx: LlamaContext,
+    busy: list[Slot],
+    waiting: set[int],
+    *,
+    with_prompts: bool,
+    prefill_chunk: int,
+) -> list[Planned]:
+    """Fill the context's batch for one step; what each slot added, to undo it on failure.
+
+    Generating sequences first, each with its one pending token; then (``with_prompts``)
+    chunks of the prompts still being read, in arrival order, within the step's prompt budget
+    (``prefill_chunk`` while other requests run), except for the slots in ``waiting``.
+    """
+    ctx.clear_batch()
+    planned: dict[int, Planned] = {}
+
+    def plan(slot: Slot) -> None:
+        sequence = slot.sequence
+        assert sequence is not None
+        if slot.seq not in planned:
+            planned[slot.seq] = Planned(
+                slot, len(slot.tokens), sequence.next_prompt_index, sequence.pending_token
+            )
+
+    # Generating sequences first: each adds its one pending token.
+    for slot in busy:
+        sequence = slot.sequence
+        assert sequence is not None
+        sequence.row = None
+        if sequence.pending_token is not None:
+            plan(slot)
+            sequence.row = ctx.add(sequence.pending_token, len(slot.tokens), slot.seq, True)
+            slot.tokens.append(sequence.pending_token)
+            sequence.pending_token = None
+    if not with_prompts:
+        return list(planned.values())
+    # Then prompt chunks in arrival order, within the step's prompt budget.
+    budget = ctx.n_batch - ctx.batch_size
+    if len(busy) > 1:
+        budget = min(budget, prefill_chunk)
+    for slot in sorted(busy, key=lambda s: s.sequence.submitted if s.sequence else 0.0):
+        sequence = slot.sequence
+        assert sequence is not None
+        if not sequence.prefilling or budget <= 0 or slot.seq in waiting:
+            continue
+        plan(slot)
+        start = sequence.next_prompt_index
+        end = min(len(sequence.prompt), start + budget)
+        budget -= end - start
+        last = len(sequence.prompt) - 1
+        for index in range(start, end):
+            row = ctx.add(sequence.prompt[index], index, slot.seq, index == last)
+            if index == last:
+                sequence.row = row
+        slot.tokens.extend(sequence.prompt[start:end])
+        sequence.next_prompt_index = end
+        sequence.started = True
+    return list(planned.values())
+
+
+def undo_batch(ctx: LlamaContext, planned: list[Planned]) -> None:
+    """Take a failed batch back out of the slots and the KV cache."""
+    for entry in planned:
+        slot, sequence = entry.slot, entry.slot.sequence
+        ctx.forget(slot.seq, entry.tokens_before)
+        del slot.tokens[entry.tokens_before :]
+        if sequence is not None:
+            sequence.next_prompt_index = entry.prompt_index_before
+            sequence.pending_token = entry.pending_before
+            sequence.row = None
