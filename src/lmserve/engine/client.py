@@ -20,14 +20,11 @@ import itertools
 import logging
 import multiprocessing
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ import numpy as np
 
 import lmserve
 from lmserve.engine import wire
+from lmserve.engine.exits import WorkerExit, crash_reason, exit_description, load_failure
 from lmserve.engine.types import (
     EngineClosedError,
     EngineCrashedError,
@@ -54,41 +52,7 @@ logger = logging.getLogger("lmserve.engine")
 
 START_TIMEOUT = 300.0  # seconds: large models on slow disks take a while even memory-mapped
 CLOSE_TIMEOUT = 30.0
-_ASSERTION = re.compile(r"GGML_ASSERT\((.{1,300}?)\) failed")
 _STDERR_LINES = 80  # kept for the reason of a crash
-
-
-@dataclass(frozen=True)
-class WorkerExit:
-    """How a worker ended that the server did not close."""
-
-    name: str
-    pid: int
-    returncode: int
-    reason: str  # e.g. "killed by signal SIGSEGV"
-    requests: tuple[str, ...]  # the requests in flight, by their API ids
-
-
-def exit_description(returncode: int) -> str:
-    """``killed by signal SIGSEGV`` or ``exited with status 1``."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return f"killed by signal {name}"
-    return f"exited with status {returncode}"
-
-
-def crash_reason(returncode: int, stderr: str) -> str:
-    """Why a worker died, in a user's words, without server paths."""
-    assertion = _ASSERTION.search(stderr)
-    if assertion:
-        return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"
-    if "out of memory" in stderr.lower() or returncode == -signal.SIGKILL:
-        hint = " (out of memory, or killed by hand)" if returncode == -signal.SIGKILL else ""
-        return f"the engine process was {exit_description(returncode)}{hint}"
-    return f"the engine process was {exit_description(returncode)}"
 
 
 class EngineWorker:
@@ -166,7 +130,7 @@ class EngineWorker:
         self._connection.close()
         if message[2] == "self-check":
             raise WorkerStartError(f"the self-check failed: {message[1]}", self_check=True)
-        raise WorkerStartError(_load_failure(str(message[1])))
+        raise WorkerStartError(load_failure(str(message[1])))
 
     # -- requests --------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationStream:
@@ -395,12 +359,6 @@ def _resolve_soon(future: asyncio.Future[Any], result: Any, error: BaseException
 
     with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits any more
         future.get_loop().call_soon_threadsafe(settle)
-
-
-def _load_failure(message: str) -> str:
-    if "could not load" in message:
-        return "llama.cpp cannot read it (corrupt, truncated or unsupported)"
-    return message
 
 
 def _worker_environment() -> dict[str, str]:

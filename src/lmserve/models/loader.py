@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmserve.config import ModelDefaults
-from lmserve.engine.client import EngineWorker, WorkerExit
+from lmserve.engine.client import EngineWorker
+from lmserve.engine.exits import WorkerExit
 from lmserve.engine.template import ChatTemplate
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.models.catalog import CatalogEntry

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from lmserve.config import ModelDefaults, Settings, default_memory_budget
-from lmserve.engine.client import WorkerExit
+from lmserve.engine.exits import WorkerExit
 from lmserve.models.catalog import Catalog, CatalogEntry
 from lmserve.models.crashes import CrashHistory, CrashRecord
 from lmserve.models.loader import (

@@ -1,0 +1,51 @@
+"""How a worker process ended, in a user's words: the signal, an assertion, a clean failure.
+
+The messages name no server paths: they reach API clients.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+_ASSERTION = re.compile(r"GGML_ASSERT\((.{1,300}?)\) failed")
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker ended that the server did not close."""
+
+    name: str
+    pid: int
+    returncode: int
+    reason: str  # e.g. "killed by signal SIGSEGV"
+    requests: tuple[str, ...]  # the requests in flight, by their API ids
+
+
+def exit_description(returncode: int) -> str:
+    """``killed by signal SIGSEGV`` or ``exited with status 1``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    return f"exited with status {returncode}"
+
+
+def crash_reason(returncode: int, stderr: str) -> str:
+    """Why a worker died, in a user's words, without server paths."""
+    assertion = _ASSERTION.search(stderr)
+    if assertion:
+        return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"
+    # The kernel's out-of-memory killer sends SIGKILL, as does kill -9.
+    hint = " (out of memory, or killed by hand)" if returncode == -signal.SIGKILL else ""
+    return f"the engine process was {exit_description(returncode)}{hint}"
+
+
+def load_failure(message: str) -> str:
+    """A clean load failure (llama.cpp returned no model) as the user reads it."""
+    if "could not load" in message:
+        return "llama.cpp cannot read it (corrupt, truncated or unsupported)"
+    return message
