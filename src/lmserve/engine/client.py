@@ -107,7 +107,7 @@ class EngineWorker:
         self.max_queue = spec.max_queue
         self.n_ctx_per_slot = self.info.n_ctx_per_slot
         # Runs before the loop sees this worker: the caller's result comes through it too.
-        loop.call_soon_threadsafe(loop.add_reader, self._connection.fileno(), self._readable)
+        loop.call_soon_threadsafe(self._attach)
 
     # -- start-up --------------------------------------------------------------------------------
     def _handshake(self) -> WorkerInfo:
@@ -207,6 +207,13 @@ class EngineWorker:
             pass  # the worker is gone; the reading thread fails what was in flight
 
     # -- reading ---------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        fd = self._connection.fileno()
+        self._loop.add_reader(fd, self._readable)
+        # uvloop makes the socket non-blocking; a message is read (and written) whole, so a
+        # large one, half arrived, must wait for its rest instead of failing half read.
+        os.set_blocking(fd, True)
+
     def _readable(self) -> None:
         """On the event loop: every message that has arrived (usually one engine step's)."""
         try:
@@ -275,7 +282,7 @@ class EngineWorker:
         labels = tuple(s.request.label or f"#{s.request.number}" for s in streams)
         if not expected:
             logger.error(
-                "the engine process of %s (pid %d) was %s; %d requests in flight%s",
+                "the engine process of %s (pid %d) %s; %d requests in flight%s",
                 self.name,
                 self.pid,
                 exit_description(returncode),

@@ -24,13 +24,13 @@ class WorkerExit:
 
 
 def exit_description(returncode: int) -> str:
-    """``killed by signal SIGSEGV`` or ``exited with status 1``."""
+    """``was killed by signal SIGSEGV`` or ``exited with status 1``."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = str(-returncode)
-        return f"killed by signal {name}"
+        return f"was killed by signal {name}"
     return f"exited with status {returncode}"
 
 
@@ -41,7 +41,7 @@ def crash_reason(returncode: int, stderr: str) -> str:
         return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"
     # The kernel's out-of-memory killer sends SIGKILL, as does kill -9.
     hint = " (out of memory, or killed by hand)" if returncode == -signal.SIGKILL else ""
-    return f"the engine process was {exit_description(returncode)}{hint}"
+    return f"the engine process {exit_description(returncode)}{hint}"
 
 
 def load_failure(message: str) -> str:

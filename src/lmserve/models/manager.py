@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from lmserve.config import ModelDefaults, Settings, default_memory_budget
@@ -332,7 +333,9 @@ class ModelManager:
         if self._closed or identifier in self._loaded:
             self._restarting.discard(identifier)
             return
-        task = self._start_load(crashed.entry, crashed.options, jit=False, ttl=crashed.ttl)
+        # Under the same identifier, whatever the catalog would call the file now.
+        options = replace(crashed.options, identifier=identifier)
+        task = self._start_load(crashed.entry, options, jit=False, ttl=crashed.ttl)
 
         def done(task: asyncio.Task[LoadedModel]) -> None:
             error = None if task.cancelled() else task.exception()

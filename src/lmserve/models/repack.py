@@ -159,34 +159,40 @@ def start_checked(
     cached = cache.get(key)
     if cached is not None:
         enabled, why = cached
-        try:
-            worker = start(enabled, False)
-        except WorkerStartError as exc:
-            if not exc.retry_without_repack:
-                raise
-            logger.warning("a load that followed the cached self-check verdict failed: %s", exc)
-        else:
+        worker, failed = _attempt(start, enabled, self_check=False)
+        if failed is None:
             return worker, RepackChoice("auto", enabled, f"{why} (verdict cached)")
+        logger.warning("a load that followed the cached self-check verdict failed: %s", failed)
+    worker, first = _attempt(start, True, self_check=True)
+    if first is None:
+        reason = "the self-check passed with weight repacking on"
+        cache.put(key, True, reason, facts)
+        return worker, RepackChoice("auto", True, reason)
+    logger.warning("with weight repacking on, the load failed (%s); trying it off", first)
     try:
-        worker = start(True, True)
-    except WorkerStartError as first:
-        if not first.retry_without_repack:
+        worker = start(False, True)
+    except WorkerStartError as second:
+        if str(second) == str(first):
+            message = f"{first} (tried with weight repacking on and off)"
+        else:
+            message = f"{first} with weight repacking on; {second} with it off"
+        raise WorkerStartError(message, crashed=second.crashed) from second
+    reason = (
+        f"with weight repacking on, the self-check failed ({first}); llama.cpp's "
+        "repacked CPU kernels do not work on this machine"
+    )
+    cache.put(key, False, reason, facts)
+    return worker, RepackChoice("auto", False, reason)
+
+
+def _attempt(
+    start: Callable[[bool, bool], T], repack: bool, *, self_check: bool
+) -> tuple[T, None] | tuple[None, WorkerStartError]:
+    """``start(repack, self_check)``, or the failure that repacking may have caused (any
+    other failure is raised: trying again without repacking would not help)."""
+    try:
+        return start(repack, self_check), None
+    except WorkerStartError as exc:
+        if not exc.retry_without_repack:
             raise
-        logger.warning("with weight repacking on, the load failed (%s); trying it off", first)
-        try:
-            worker = start(False, True)
-        except WorkerStartError as second:
-            if str(second) == str(first):
-                message = f"{first} (tried with weight repacking on and off)"
-            else:
-                message = f"{first} with weight repacking on; {second} with it off"
-            raise WorkerStartError(message, crashed=second.crashed) from second
-        reason = (
-            f"with weight repacking on, the self-check failed ({first}); llama.cpp's "
-            "repacked CPU kernels do not work on this machine"
-        )
-        cache.put(key, False, reason, facts)
-        return worker, RepackChoice("auto", False, reason)
-    reason = "the self-check passed with weight repacking on"
-    cache.put(key, True, reason, facts)
-    return worker, RepackChoice("auto", True, reason)
+        return None, exc
