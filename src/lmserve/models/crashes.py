@@ -1,7 +1,7 @@
 """Crash history per model: how many in a row, how long to wait before loading it again.
 
-A model whose worker dies is loaded again: at once after a first crash, then after 1, 2, 4
-and 8 seconds, and after the fifth crash in a row not at all until a user loads it.  Crashes
+A model whose worker dies is loaded again: at once after a first crash, 1, 2 and 4 seconds
+after the next ones, and after the fifth crash in a row not at all until a user loads it.  Crashes
 more than :data:`STREAK_WINDOW` apart are not "in a row": a model that served for ten minutes
 starts afresh.
 """
