@@ -85,7 +85,6 @@ class EngineWorker:
         self._stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES)
         self.busy_slots = 0
         self.queue_depth = 0
-        self.exit: WorkerExit | None = None
         here, theirs = multiprocessing.Pipe(duplex=True)
         self._connection = here
         self._process = subprocess.Popen(
@@ -293,15 +292,20 @@ class EngineWorker:
             if output:
                 logger.error("the last output of that engine process:\n%s", output)
         for stream in streams:
-            self._outbox.put(stream, _failure(stream, message, crashed=not expected))
+            failed = Finished.failure(
+                stream.request,
+                message,
+                completion_tokens=stream.completion_tokens,
+                unavailable=expected,
+                crashed=not expected,
+            )
+            self._outbox.put(stream, failed)
         self._outbox.flush()
         for future in calls:
             error = EngineCrashedError(message) if not expected else EngineClosedError(message)
             _resolve_soon(future, None, error)
-        if not expected:
-            self.exit = WorkerExit(self.name, self.pid, returncode, message, labels)
-            if self._on_exit is not None:
-                self._on_exit(self.exit)
+        if not expected and self._on_exit is not None:
+            self._on_exit(WorkerExit(self.name, self.pid, returncode, message, labels))
 
     def _read_stderr(self) -> None:
         stderr = self._process.stderr
@@ -334,25 +338,6 @@ class EngineWorker:
             self._process.kill()
             self._process.wait()
         # The event loop sees the pipe close, and fails whatever had not finished.
-
-    @property
-    def alive(self) -> bool:
-        return self._crash is None and not self._closing
-
-
-def _failure(stream: GenerationStream, message: str, *, crashed: bool) -> Finished:
-    return Finished(
-        finish_reason="error",
-        stop_reason="failed",
-        prompt_tokens=len(stream.request.prompt_tokens),
-        completion_tokens=stream.completion_tokens,
-        cached_tokens=0,
-        time_to_first_token=None,
-        generation_seconds=0.0,
-        error=message,
-        unavailable=not crashed,
-        crashed=crashed,
-    )
 
 
 def _resolve_soon(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -108,6 +108,31 @@ class Finished:
     # Failed because the engine's worker process died (a crash in llama.cpp, a kill).
     crashed: bool = False
 
+    @classmethod
+    def failure(
+        cls,
+        request: GenerationRequest,
+        error: str,
+        *,
+        completion_tokens: int = 0,
+        unavailable: bool = False,
+        crashed: bool = False,
+    ) -> Finished:
+        """The last event of a request that failed outside a decode step (refused, or its
+        engine closed or died)."""
+        return cls(
+            finish_reason="error",
+            stop_reason="failed",
+            prompt_tokens=len(request.prompt_tokens),
+            completion_tokens=completion_tokens,
+            cached_tokens=0,
+            time_to_first_token=None,
+            generation_seconds=0.0,
+            error=error,
+            unavailable=unavailable,
+            crashed=crashed,
+        )
+
     @property
     def tokens_per_second(self) -> float | None:
         if self.completion_tokens <= 1 or self.generation_seconds <= 0:

@@ -65,8 +65,6 @@ class WorkerInfo:
     fim_tokens: tuple[int, int, int] | None
     gpu_layers: int  # asked of llama.cpp (-1: all)
     gpu_offload: bool  # whether this build can offload at all
-    self_check_seconds: float | None  # None: skipped
-    load_seconds: float
 
 
 Sender = Callable[[tuple[Any, ...]], None]

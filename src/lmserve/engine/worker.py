@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -105,7 +104,6 @@ class Worker:
     """The loaded model, its engine, and the handlers of the server's messages."""
 
     def __init__(self, spec: WorkerSpec, send: wire.Sender) -> None:
-        started = time.perf_counter()
         self.spec = spec
         self._send = send
         crash_if_injected("load")
@@ -117,13 +115,10 @@ class Worker:
             n_batch=spec.n_batch,
             n_threads=spec.n_threads,
         )
-        checked: float | None = None
         try:
             self.context = LlamaContext(self.model, config)
             if spec.self_check:
-                check_started = time.perf_counter()
                 self_check(self.model, config, repack=spec.repack)
-                checked = time.perf_counter() - check_started
         except Exception:
             self.model.close()
             raise
@@ -164,8 +159,6 @@ class Worker:
             fim_tokens=model.fim_tokens(),
             gpu_layers=offloaded,
             gpu_offload=gpu_offload_supported(),
-            self_check_seconds=checked,
-            load_seconds=time.perf_counter() - started,
         )
 
     # -- messages ------------------------------------------------------------------------------
@@ -196,16 +189,7 @@ class Worker:
         except EngineError as exc:
             # The server checks the queue bound itself; this is a grammar llama.cpp refused.
             self._requests.pop(request_id, None)
-            refused = Finished(
-                finish_reason="error",
-                stop_reason="failed",
-                prompt_tokens=len(request.prompt_tokens),
-                completion_tokens=0,
-                cached_tokens=0,
-                time_to_first_token=None,
-                generation_seconds=0.0,
-                error=str(exc),
-            )
+            refused = Finished.failure(request, str(exc))
             engine = self.engine
             self._send(
                 (wire.EVENTS, [(request_id, refused)], engine.busy_slots, engine.queue_depth)

@@ -139,8 +139,9 @@ class ModelManager:
         entry = self.catalog.resolve(name)
         if entry is None:
             return None
+        # _loading_paths has exactly _loading's keys: both are kept by _start_load.
         for identifier, path in self._loading_paths.items():
-            if path == entry.path and identifier in self._loading:
+            if path == entry.path:
                 return self._loading[identifier]
         return None
 
