@@ -376,3 +376,40 @@ def test_off_is_obeyed_and_the_engine_runs_elsewhere_than_the_server(
     assert "libllama" not in maps and "libggml" not in maps
     assert "libllama" in Path(f"/proc/{engine['pid']}/maps").read_text()
     assert chat(server).status_code == 200
+
+
+def _voluntary_switches(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < (os.cpu_count() or 1),
+    reason="fewer usable CPUs than the thread count: OpenMP sleeps at its barriers anyway",
+)
+def test_decodes_do_not_sleep_at_every_barrier_after_the_self_check_and_embeddings(
+    server: Server,
+) -> None:
+    """The worker's generation keeps OpenMP's threads spinning, not sleeping in the kernel at
+    each of a decode's barriers, after the self-check and an embedding have run decodes of
+    their own (on threads that must end: see lmserve.engine.llama.in_passing_thread).
+
+    Counted, not timed: about 1 voluntary context switch a token when right, some 300 when a
+    long-lived second OpenMP team throttles libgomp (default model, 2 cores)."""
+    embedded = httpx.post(
+        f"{server.api_url}/embeddings", json={"model": MODEL_ID, "input": "a short text"}
+    )
+    assert embedded.status_code == 200
+    pid = engine_pid(server, MODEL_ID)
+    assert chat(server, max_tokens=4).status_code == 200  # warm
+    before = _voluntary_switches(pid)
+    response = chat(server, max_tokens=64, temperature=0, logit_bias=NO_END)
+    switches = _voluntary_switches(pid) - before
+    assert response.status_code == 200
+    tokens = response.json()["usage"]["completion_tokens"]
+    assert tokens == 64
+    assert switches / tokens < 30, f"{switches} voluntary context switches for {tokens} tokens"

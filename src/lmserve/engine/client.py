@@ -3,9 +3,9 @@
 An :class:`EngineWorker` starts the process, waits for it to load, then forwards requests to
 it and hands the events that come back to each request's :class:`GenerationStream`.  The
 event loop itself reads the pipe (``add_reader``): one wake-up per engine step, as an engine
-in process cost, where a reading thread that then woke the loop cost two, and each wake-up
-takes a core from llama.cpp's threads mid-decode (measured: 19-20 ms a token instead of
-16-17 ms on 2 cores).  A thread reads the worker's stderr into the server log.
+in process cost, where a reading thread that then woke the loop would cost two, each taking
+a core from llama.cpp's threads mid-decode.  A thread reads the worker's stderr into the
+server log.
 
 If the worker dies, every request in flight ends at once with a ``crashed`` event, pending
 calls raise :class:`EngineCrashedError`, and ``on_exit`` is told why, so the model manager can

@@ -13,12 +13,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import llama_cpp as C
 import numpy as np
 
 logger = logging.getLogger("lmserve.llama")
+
+T = TypeVar("T")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -58,6 +61,35 @@ def drop_doubled_bos(tokens: list[int], bos_id: int) -> list[int]:
     if len(tokens) >= 2 and tokens[0] == tokens[1] == bos_id:
         return tokens[1:]
     return tokens
+
+
+def in_passing_thread(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` in a new thread that ends when it returns; its exception is raised.
+
+    Why: llama.cpp computes with OpenMP, and OpenMP keeps a team of spinning-then-sleeping
+    threads for every thread that ever ran a decode, for as long as that thread lives.  When
+    the teams hold more threads than there are cores, libgomp stops spinning at its barriers
+    and sleeps in the kernel at each of the graph's hundreds of barriers: a worker whose
+    main thread had run the self-check decoded 20-23 ms a token instead of 16-17 (300 context
+    switches a token instead of 1, default model, 2 cores).  So any decode other than the
+    engine thread's runs in a thread that goes away, and its team with it.
+    """
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(*args)))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"passing-{function.__name__}", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]
 
 
 class TokenSampler(Protocol):

@@ -47,12 +47,12 @@ def crash_if_injected(fault: str) -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def self_check(model: LlamaModel, serving: ContextConfig, *, repack: bool) -> None:
+def self_check(model: LlamaModel, serving: ContextConfig, repack: bool) -> None:
     """Decode a multi-token, multi-sequence batch, then a one-token-per-sequence step, in a
     small context of its own with the serving context's threads and batch size.
 
-    Its own context because a serving context that ran the check stays slower afterwards
-    (measured: 20-23 ms a token instead of 15-17 ms for the default model on 2 cores).
+    Its own context, so that the serving context's cache starts empty.  Run it in a thread
+    that ends (:func:`lmserve.engine.llama.in_passing_thread`), or every later decode is slower.
     Raises :class:`SelfCheckFailed`; a kernel that crashes takes the process down, which is
     the point.
     """

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
@@ -33,6 +32,7 @@ from lmserve.engine.llama import (
     LlamaModel,
     ModelLoadError,
     gpu_offload_supported,
+    in_passing_thread,
 )
 from lmserve.engine.scheduler import BatchingEngine
 from lmserve.engine.selfcheck import SelfCheckFailed, crash_if_injected, self_check
@@ -118,7 +118,8 @@ class Worker:
         try:
             self.context = LlamaContext(self.model, config)
             if spec.self_check:
-                self_check(self.model, config, repack=spec.repack)
+                # Not on this thread, which lives on: see in_passing_thread.
+                in_passing_thread(self_check, self.model, config, spec.repack)
         except Exception:
             self.model.close()
             raise
@@ -140,8 +141,7 @@ class Worker:
             "snapshot": self._snapshot,
         }
         self._embedder: Embedder | None = None
-        # Embeddings run beside generation (their own context), never on the reading thread.
-        self._embedding_pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self._embedding_lock = threading.Lock()  # one context: one input at a time
         model = self.model
         self.info = WorkerInfo(
             pid=os.getpid(),
@@ -197,7 +197,12 @@ class Worker:
 
     def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
         if method == "embed":
-            self._embedding_pool.submit(self._answer, call_id, self._embed, args)
+            # Beside generation (a context of its own), never on the reading thread, and in a
+            # thread that ends afterwards (see in_passing_thread: a long-lived one would slow
+            # every later decode).
+            threading.Thread(
+                target=self._answer, args=(call_id, self._embed, args), name="embed", daemon=True
+            ).start()
         else:
             self._answer(call_id, self._calls[method], args)
 
@@ -228,10 +233,14 @@ class Worker:
         return {"slots": self.engine.slots(), "stats": asdict(self.engine.stats)}
 
     def _embed(self, token_lists: list[list[int]]) -> list[bytes]:
-        if self._embedder is None:
-            self._embedder = Embedder(self.model, self.engine.n_ctx_per_slot, self.spec.n_threads)
-        crash_if_injected("embed")
-        return [self._embedder.embed(tokens).astype("<f4").tobytes() for tokens in token_lists]
+        with self._embedding_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(
+                    self.model, self.engine.n_ctx_per_slot, self.spec.n_threads
+                )
+            crash_if_injected("embed")
+            embedder = self._embedder
+            return [embedder.embed(tokens).astype("<f4").tobytes() for tokens in token_lists]
 
 
 def _die_with_parent() -> None:
