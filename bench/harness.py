@@ -73,7 +73,7 @@ class RunningServer:
     process: subprocess.Popen[bytes]
 
 
-def _wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> None:
+def wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -127,10 +127,10 @@ def lmserve(
         )
         server = RunningServer(name, f"http://127.0.0.1:{port}", "smollm2-135m-instruct", process)
         try:
-            _wait_ready(server, "/health")
+            wait_ready(server, "/health")
             yield server
         finally:
-            _stop(process)
+            stop(process)
 
 
 @contextlib.contextmanager
@@ -170,13 +170,13 @@ def llama_cpp_python_server(context_length: int = 4096) -> Iterator[RunningServe
     )
     server = RunningServer("llama-cpp-python", f"http://127.0.0.1:{port}", "smollm2", process)
     try:
-        _wait_ready(server, "/v1/models")
+        wait_ready(server, "/v1/models")
         yield server
     finally:
-        _stop(process)
+        stop(process)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
