@@ -11,9 +11,9 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import llama_cpp as C
@@ -79,7 +79,7 @@ def in_passing_thread(function: Callable[..., T], *args: object) -> T:
     def run() -> None:
         try:
             outcome.append((True, function(*args)))
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+        except BaseException as exc:
             outcome.append((False, exc))
 
     thread = threading.Thread(target=run, name=f"passing-{function.__name__}", daemon=True)
