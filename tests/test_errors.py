@@ -101,6 +101,9 @@ def test_prompt_longer_than_the_context(http: httpx.Client) -> None:
     assert "4096" in error["message"]
     prompt_tokens = int(error["message"].split("resulted in ")[1].split(" ")[0])
     assert prompt_tokens > 4096
+    # How to make it fit, where the model was trained on more (SmolLM2: 8,192).
+    suggested = int(error["message"].split("--context-length ")[1].split(" ")[0])
+    assert prompt_tokens < suggested <= 8192 and "trained on 8192 tokens" in error["message"]
     assert_still_serving(http)
 
 

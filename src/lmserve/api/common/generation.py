@@ -175,12 +175,28 @@ def stop_sequences(body: GenerationRequestFields) -> tuple[str, ...]:
 
 
 def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> None:
+    """OpenAI's words for a prompt too long, and how to load the model so that it fits."""
     if len(tokens) >= model.n_ctx:
+        trained = model.engine.info.n_ctx_train
+        advice = (
+            f" Or load the model with a longer context: --context-length {_fitting(len(tokens))}"
+            f" (on 'lmserve load' or 'lmserve serve'; it was trained on {trained} tokens)."
+            if len(tokens) < trained
+            else ""
+        )
         raise ContextLengthExceededError(
             f"This model's maximum context length is {model.n_ctx} tokens. However, your "
-            f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}.",
+            f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}."
+            + advice,
             param=param,
         )
+
+
+def _fitting(tokens: int) -> int:
+    """A context length for ``tokens`` of prompt and some answer: the next multiple of 1024
+    with at least a quarter of it (and 1,024 tokens) left for the answer."""
+    needed = tokens + max(1024, tokens // 4)
+    return -(-needed // 1024) * 1024
 
 
 def stats_of(finished: Finished) -> dict[str, Any]:
