@@ -151,7 +151,8 @@ def test_a_claude_code_request_is_answered(server: Server, http: httpx.Client) -
 def test_max_tokens_far_beyond_the_context_is_accepted(claude: anthropic.Anthropic) -> None:
     """Claude Code asks for 32,000 tokens of a model with a 4,096-token context: the answer is
     what fits (the engine stops at the context's end), not a 400."""
-    message = claude.messages.create(model=MODEL_ID, max_tokens=1_000_000, messages=HELLO)
+    with claude.messages.stream(model=MODEL_ID, max_tokens=1_000_000, messages=HELLO) as stream:
+        message = stream.get_final_message()
     assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
 
 

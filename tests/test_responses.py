@@ -287,16 +287,18 @@ def test_a_namespaced_function_is_offered_qualified_and_called_with_its_namespac
     assert response.status_code == 200, response.text
     assert response.headers["x-lmserve-tools-left-out"] == "web_search, file_search"
     body = response.json()
-    (call,) = [item for item in body["output"] if item["type"] == "function_call"]
-    assert call["name"] == "read_file" and call["namespace"] == "mcp__files__"
-    jsonschema.validate(json.loads(call["arguments"]), READ_FILE["parameters"])
+    calls = [item for item in body["output"] if item["type"] == "function_call"]
+    assert calls  # one or more: Codex allows parallel calls
+    for call in calls:
+        assert call["name"] == "read_file" and call["namespace"] == "mcp__files__"
+        jsonschema.validate(json.loads(call["arguments"]), READ_FILE["parameters"])
     assert [tool["type"] for tool in body["tools"]][-3:] == [
         "namespace",
         "web_search",
         "file_search",
     ]
     prompt = seen[-1]
-    assert '"name": "mcp__files__read_file"' in prompt and "get_weather" in prompt
+    assert '"name": "mcp__files__read_file"' in prompt  # the named one only, as forced
     assert "The project's files" in prompt
     assert "web_search" not in prompt and "file_search" not in prompt
     assert "left out hosted tools this server cannot run: web_search, file_search" in server.log()
@@ -317,9 +319,10 @@ def test_a_streamed_namespaced_call_carries_its_namespace(client: OpenAI) -> Non
     added = next(e for e in events if e.type == "response.output_item.added").item.to_dict()
     assert added["type"] == "function_call" and added["namespace"] == "mcp__files__"
     done = [e for e in events if e.type == "response.function_call_arguments.done"]
-    assert [e.name for e in done] == ["read_file"]
-    (call,) = [item.to_dict() for item in final.output if item.type == "function_call"]
-    assert call["name"] == "read_file" and call["namespace"] == "mcp__files__"
+    assert done and all(e.name == "read_file" for e in done)
+    calls = [item.to_dict() for item in final.output if item.type == "function_call"]
+    assert len(calls) == len(done)
+    assert all(c["name"] == "read_file" and c["namespace"] == "mcp__files__" for c in calls)
     assert events[-1].type == "response.completed" and final.usage is not None
     assert final.usage.output_tokens > 0
 

@@ -59,6 +59,7 @@ class Prepared:
     stop: tuple[str, ...]
     n: int
     logprobs: int | None = None
+    turn_end: tuple[str, ...] = ()  # see GenerationRequest.turn_end
     # Chat only: the tools the model may call, to find calls in what it writes.
     tools: list[ToolDefinition] = field(default_factory=list)
     parallel_tool_calls: bool = True
@@ -113,6 +114,7 @@ class Prepared:
                         sampling=sampling,
                         max_tokens=self.max_tokens,
                         stop=self.stop,
+                        turn_end=self.turn_end,
                         logprobs=self.logprobs,
                         label=self.request_id,
                     )
@@ -178,12 +180,14 @@ def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> 
     """OpenAI's words for a prompt too long, and how to load the model so that it fits."""
     if len(tokens) >= model.n_ctx:
         trained = model.engine.info.n_ctx_train
-        advice = (
-            f" Or load the model with a longer context: --context-length {_fitting(len(tokens))}"
-            f" (on 'lmserve load' or 'lmserve serve'; it was trained on {trained} tokens)."
-            if len(tokens) < trained
-            else ""
-        )
+        if len(tokens) < trained:
+            fitting = min(_fitting(len(tokens)), trained)
+            advice = (
+                f" Or load the model with a longer context: --context-length {fitting} (on "
+                f"'lmserve load' or 'lmserve serve'; it was trained on {trained} tokens)."
+            )
+        else:
+            advice = f" The model was trained on {trained} tokens: no context would hold it."
         raise ContextLengthExceededError(
             f"This model's maximum context length is {model.n_ctx} tokens. However, your "
             f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}."

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import FunctionDefinition, RequestModel, schema_required
@@ -134,9 +141,18 @@ def _known_tool_type(value: Any) -> Any:
     return value
 
 
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if kind == "function" else "namespace" if kind == "namespace" else "hosted"
+
+
+# Tagged by kind; the tags are union members to the error mapper (api/common/errors.py), so a
+# bad field is named ``tools[0].tools``, not ``tools[0].namespace.tools``.
 Tool = Annotated[
-    FunctionTool | NamespaceTool | HostedTool,
-    Field(discriminator="type"),
+    Annotated[FunctionTool, Tag("union:function")]
+    | Annotated[NamespaceTool, Tag("union:namespace")]
+    | Annotated[HostedTool, Tag("union:hosted")],
+    Discriminator(lambda value: f"union:{_tool_kind(value)}"),
     BeforeValidator(_known_tool_type),
 ]
 
