@@ -88,6 +88,94 @@ def test_system_and_text_blocks_reach_the_prompt(
     assert "<|im_start|>system\nBe terse." in string
 
 
+# -- as Claude Code sends it ------------------------------------------------------------------
+
+# The fields of a Claude Code request beyond a plain message (captured from 2.1's requests).
+CLAUDE_CODE_FIELDS: dict[str, Any] = {
+    "thinking": {"type": "adaptive"},
+    "output_config": {"effort": "medium"},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "metadata": {"user_id": "user_abc_account__session_123"},
+}
+SERVER_TOOLS = [
+    {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+    {"type": "code_execution_20250825", "name": "code_execution"},
+]
+
+
+def test_a_claude_code_request_is_answered(server: Server, http: httpx.Client) -> None:
+    """System messages inside ``messages``, cache_control on blocks and tools, thinking,
+    output_config, context_management, server tools, ``?beta=true``, beta headers and a
+    ``max_tokens`` far above the context: all accepted, the answer capped by the context."""
+    cached = {"type": "ephemeral"}
+    tools = [{**tool, "cache_control": cached} for tool in TOOLS]
+    with prompts(server) as seen:
+        response = http.post(
+            "/v1/messages?beta=true",
+            headers={
+                "anthropic-version": "2023-06-01",
+                "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+                "x-api-key": "any",
+            },
+            json={
+                "model": MODEL_ID,
+                "max_tokens": 32000,
+                "system": [
+                    {"type": "text", "text": "You are a coding agent.", "cache_control": cached}
+                ],
+                "messages": [
+                    {"role": "system", "content": "The project is in Python."},
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "Say hi.", "cache_control": cached}],
+                    },
+                ],
+                "tools": [*tools, *SERVER_TOOLS],
+                "temperature": 1,
+                **CLAUDE_CODE_FIELDS,
+            },
+        )
+    assert response.status_code == 200, response.text
+    message = response.json()
+    assert message["type"] == "message" and message["stop_reason"] in {"end_turn", "max_tokens"}
+    assert response.headers["x-lmserve-tools-left-out"] == (
+        "web_search_20250305, code_execution_20250825"
+    )
+    prompt = seen[-1]
+    system = prompt[: prompt.index("<|im_start|>user")]
+    assert "You are a coding agent.\n\nThe project is in Python." in system
+    assert "get_weather" in prompt and "code_execution" not in prompt
+    assert prompt.count("<|im_start|>system") == 1
+
+
+def test_max_tokens_far_beyond_the_context_is_accepted(claude: anthropic.Anthropic) -> None:
+    """Claude Code asks for 32,000 tokens of a model with a 4,096-token context: the answer is
+    what fits (the engine stops at the context's end), not a 400."""
+    with claude.messages.stream(model=MODEL_ID, max_tokens=1_000_000, messages=HELLO) as stream:
+        message = stream.get_final_message()
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+
+
+def test_the_root_answers_head_and_get(http: httpx.Client) -> None:
+    assert http.head("/").status_code == 200
+    root = http.get("/")
+    assert root.status_code == 200 and root.json()["name"] == "lmserve"
+
+
+def test_the_sdk_beta_client_streams_with_thinking_on(claude: anthropic.Anthropic) -> None:
+    with claude.beta.messages.stream(
+        model=MODEL_ID,
+        max_tokens=20,
+        messages=HELLO,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        betas=["interleaved-thinking-2025-05-14"],
+    ) as stream:
+        text = stream.get_final_text()
+        final = stream.get_final_message()
+    assert final.stop_reason in {"end_turn", "max_tokens"} and final.usage.output_tokens > 0
+    assert text == "".join(block.text for block in final.content if block.type == "text")
+
+
 # This SDK has no sampling arguments (newer Claude models take none); the API still does.
 GREEDY = {"temperature": 0, "top_k": 1}
 
@@ -317,7 +405,11 @@ GOOD = {"model": MODEL_ID, "max_tokens": 5, "messages": HELLO}
         ({"model": MODEL_ID, "messages": HELLO}, "max_tokens"),
         ({**GOOD, "temperature": 1.5}, "temperature"),
         ({**GOOD, "messages": []}, "messages"),
-        ({**GOOD, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({**GOOD, "messages": [{"role": "system", "content": "x"}]}, "user or assistant"),
+        ({**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({**GOOD, "thinking": {"type": "sometimes"}}, "thinking.type"),
+        ({**GOOD, "output_config": {"effort": "extreme"}}, "output_config.effort"),
+        ({**GOOD, "tools": [{"name": "f"}]}, "input_schema"),
         (
             {
                 **GOOD,

@@ -83,6 +83,19 @@ def test_bad_request_is_400(http: httpx.Client, name: str) -> None:
     assert_still_serving(http)
 
 
+def test_a_prompt_that_would_fit_a_longer_context_says_which(http: httpx.Client) -> None:
+    long_text = "lorem ipsum dolor sit amet " * 700  # ~7,000 tokens: > 4,096, < 8,192 trained
+    response = http.post(
+        "/v1/chat/completions", json={**GOOD, "messages": [{"role": "user", "content": long_text}]}
+    )
+    error = assert_error(response, 400, "invalid_request_error")
+    assert error["code"] == "context_length_exceeded"
+    prompt_tokens = int(error["message"].split("resulted in ")[1].split(" ")[0])
+    suggested = int(error["message"].split("--context-length ")[1].split(" ")[0])
+    assert 4096 < prompt_tokens < suggested <= 8192
+    assert "trained on 8192 tokens" in error["message"]
+
+
 def test_unknown_model_is_404_never_a_fallback(http: httpx.Client) -> None:
     response = http.post("/v1/chat/completions", json={**GOOD, "model": "gpt-4o"})
     error = assert_error(response, 404, "invalid_request_error")
@@ -101,6 +114,7 @@ def test_prompt_longer_than_the_context(http: httpx.Client) -> None:
     assert "4096" in error["message"]
     prompt_tokens = int(error["message"].split("resulted in ")[1].split(" ")[0])
     assert prompt_tokens > 4096
+    assert "trained on 8192 tokens: no context would hold it" in error["message"]
     assert_still_serving(http)
 
 

@@ -17,6 +17,7 @@ from openai import OpenAI
 from lmserve.api.responses.events import ResponseEvents
 from lmserve.api.responses.protocol import ResponsesRequest
 from lmserve.api.responses.service import ResponseTurn
+from lmserve.api.responses.tools import ToolNames, call_name
 from tests.conftest import MODEL_ID, Server, running_server
 from tests.helpers import SCHEMAS, failing_generation, prompts, responses_tools
 
@@ -233,6 +234,133 @@ def test_function_calls_and_their_outputs_in_the_input_render(
     prompt = seen[-1]
     assert '"name": "get_weather", "arguments": {"city": "Paris"}' in prompt
     assert '<tool_response>\n{"temp_c": 21}\n</tool_response>' in prompt
+
+
+# -- tools as Codex sends them: namespaces, hosted tools, history resent with store off --------
+
+READ_FILE = {
+    "type": "function",
+    "name": "read_file",
+    "description": "Read a file of the project",
+    "parameters": {
+        "type": "object",
+        "properties": {"path": {"type": "string", "maxLength": 40}},
+        "required": ["path"],
+        "additionalProperties": False,
+    },
+}
+FILES = {
+    "type": "namespace",
+    "name": "mcp__files__",
+    "description": "The project's files",
+    "tools": [READ_FILE],
+}
+CODEX_TOOLS = [*TOOLS, FILES, {"type": "web_search"}, {"type": "file_search"}]
+# Fields Codex's requests carry that change nothing here; each must be accepted.
+CODEX_FIELDS = {
+    "store": False,
+    "include": ["reasoning.encrypted_content"],
+    "reasoning": {"effort": "medium", "summary": "auto"},
+    "prompt_cache_key": "0a1b2c",
+    "client_metadata": {"session": "s1"},
+    "service_tier": "auto",
+    "text": {"verbosity": "low"},
+}
+READ_NOTES = {"type": "function", "name": "read_file", "namespace": "mcp__files__"}
+
+
+def test_a_namespaced_function_is_offered_qualified_and_called_with_its_namespace(
+    http: httpx.Client, server: Server
+) -> None:
+    with prompts(server) as seen:
+        response = http.post(
+            "/v1/responses",
+            json={
+                "model": MODEL_ID,
+                "input": "Read the file notes.txt.",
+                "tools": CODEX_TOOLS,
+                "tool_choice": READ_NOTES,
+                "max_output_tokens": 100,
+                **CODEX_FIELDS,
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-lmserve-tools-left-out"] == "web_search, file_search"
+    body = response.json()
+    calls = [item for item in body["output"] if item["type"] == "function_call"]
+    assert calls  # one or more: Codex allows parallel calls
+    for call in calls:
+        assert call["name"] == "read_file" and call["namespace"] == "mcp__files__"
+        jsonschema.validate(json.loads(call["arguments"]), READ_FILE["parameters"])
+    assert [tool["type"] for tool in body["tools"]][-3:] == [
+        "namespace",
+        "web_search",
+        "file_search",
+    ]
+    prompt = seen[-1]
+    assert '"name": "mcp__files__read_file"' in prompt  # the named one only, as forced
+    assert "The project's files" in prompt
+    assert "web_search" not in prompt and "file_search" not in prompt
+    assert "left out hosted tools this server cannot run: web_search, file_search" in server.log()
+    assert http.get(f"/v1/responses/{body['id']}").status_code == 404  # store: false
+
+
+def test_a_streamed_namespaced_call_carries_its_namespace(client: OpenAI) -> None:
+    with client.responses.stream(
+        model=MODEL_ID,
+        input="Read the file notes.txt.",
+        tools=CODEX_TOOLS,  # type: ignore[arg-type]
+        tool_choice=READ_NOTES,  # type: ignore[arg-type]
+        max_output_tokens=100,
+        store=False,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    added = next(e for e in events if e.type == "response.output_item.added").item.to_dict()
+    assert added["type"] == "function_call" and added["namespace"] == "mcp__files__"
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done and all(e.name == "read_file" for e in done)
+    calls = [item.to_dict() for item in final.output if item.type == "function_call"]
+    assert len(calls) == len(done)
+    assert all(c["name"] == "read_file" and c["namespace"] == "mcp__files__" for c in calls)
+    assert events[-1].type == "response.completed" and final.usage is not None
+    assert final.usage.output_tokens > 0
+
+
+def test_a_resent_history_with_a_namespaced_call_and_its_output_renders(
+    http: httpx.Client, server: Server
+) -> None:
+    """With ``store: false`` the client sends the whole conversation again each turn."""
+    history = [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Read notes.txt"}],
+        },
+        {
+            "type": "function_call",
+            "call_id": "call_7",
+            "name": "read_file",
+            "namespace": "mcp__files__",
+            "arguments": '{"path": "notes.txt"}',
+        },
+        {"type": "function_call_output", "call_id": "call_7", "output": "buy milk"},
+    ]
+    with prompts(server) as seen:
+        response = http.post(
+            "/v1/responses",
+            json={
+                "model": MODEL_ID,
+                "input": history,
+                "tools": CODEX_TOOLS,
+                "max_output_tokens": 16,
+                **CODEX_FIELDS,
+            },
+        )
+    assert response.status_code == 200, response.text
+    prompt = seen[-1]
+    assert '"name": "mcp__files__read_file", "arguments": {"path": "notes.txt"}' in prompt
+    assert "<tool_response>\nbuy milk\n</tool_response>" in prompt
 
 
 # -- structured output ------------------------------------------------------------------------
@@ -480,7 +608,11 @@ def test_an_unknown_model_is_404(client: OpenAI) -> None:
         ({"model": MODEL_ID, "input": "Hi", "temperature": 3}, "temperature"),
         ({"model": MODEL_ID, "input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": MODEL_ID, "input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
-        ({"model": MODEL_ID, "input": "Hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"model": MODEL_ID, "input": "Hi", "tools": [{"type": "telepathy"}]}, "tools[0]"),
+        (
+            {"model": MODEL_ID, "input": "Hi", "tools": [{"type": "namespace", "name": "x"}]},
+            "tools[0].tools",
+        ),
         (
             {"model": MODEL_ID, "input": "Hi", "text": {"format": {"type": "json_schema"}}},
             "text.format",
@@ -569,3 +701,32 @@ async def test_a_failure_mid_stream_ends_with_error_and_response_failed() -> Non
     failed = produced[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert [event["sequence_number"] for event in produced] == list(range(len(produced)))
+
+
+# -- tool names (no model needed) ---------------------------------------------------------------
+
+
+def test_namespace_functions_are_qualified_and_split_back() -> None:
+    body = ResponsesRequest.model_validate(
+        {
+            "model": "m",
+            "input": "Hi",
+            "tools": [
+                TOOLS[0],
+                FILES,
+                {"type": "namespace", "name": "crm", "tools": [{**READ_FILE, "name": "find"}]},
+                {"type": "web_search_preview"},
+            ],
+        }
+    )
+    names = ToolNames(body)
+    offered = [tool.function.name for tool in names.offered]
+    assert offered == ["get_weather", "mcp__files__read_file", "crm.find"]
+    assert names.split("crm.find") == ("crm", "find")
+    assert names.split("mcp__files__read_file") == ("mcp__files__", "read_file")
+    assert names.split("get_weather") == (None, "get_weather")
+    assert (
+        names.offered[1].function.description == "The project's files\n\nRead a file of the project"
+    )
+    assert body.hosted_tools == ["web_search_preview"]
+    assert call_name("find", "crm") == "crm.find" and call_name("find", None) == "find"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 from openai import OpenAI
@@ -72,3 +73,43 @@ def test_usage_chunk_only_when_asked(client: OpenAI) -> None:
         )
     )
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens == 4
+
+
+# -- keep-alive while the prompt is read (no model needed) ---------------------------------------
+
+
+async def test_a_slow_first_chunk_is_preceded_by_keepalive_comments() -> None:
+    import asyncio
+
+    from lmserve.api.common.streaming import KEEPALIVE, with_keepalive
+
+    async def slow() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.35)
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"
+
+    seen = [chunk async for chunk in with_keepalive(slow(), interval=0.1)]
+    assert seen[-2:] == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert seen[:-2] == [KEEPALIVE] * len(seen[:-2]) and len(seen) - 2 >= 2
+    assert KEEPALIVE.startswith(b":")  # an SSE comment: every parser skips it
+
+
+async def test_closing_the_stream_early_runs_the_producers_clean_up() -> None:
+    import asyncio
+
+    from lmserve.api.common.streaming import with_keepalive
+
+    cleaned = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                await asyncio.sleep(10)
+                yield b"never"
+        finally:
+            cleaned.set()
+
+    stream = with_keepalive(endless(), interval=0.05)
+    assert await stream.__anext__() == b": keep-alive\n\n"
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert cleaned.is_set()

@@ -69,3 +69,45 @@ def test_bos_is_not_doubled_for_a_model_that_adds_it(gemma_model_file: Path) -> 
     tokens = gemma.tokenize_prompt(bos + "hi")
     assert tokens[0] == gemma.bos_id and tokens[1] != gemma.bos_id
     assert gemma.tokenize_prompt("hi")[0] == gemma.bos_id  # and added when it did not
+
+
+class _Handle:
+    """A request's stand-in: it collects what the sequence publishes."""
+
+    def __init__(self, request: object) -> None:
+        self.request = request
+        self.cancelled = False
+        self.events: list[object] = []
+
+    def publish(self, event: object) -> None:
+        self.events.append(event)
+
+
+def _run(model: object, text: str, **request: object) -> tuple[str | None, object, str]:
+    from lmserve.engine.sequence import Sequence
+    from lmserve.engine.types import Finished, GenerationRequest, TextDelta
+
+    handle = _Handle(GenerationRequest(prompt_tokens=[1], **request))  # type: ignore[arg-type]
+    sequence = Sequence.create(model, handle, seed=1)  # type: ignore[arg-type]
+    reason = None
+    for token in model.tokenize(text, add_special=False, parse_special=False):  # type: ignore[attr-defined]
+        reason = sequence.accept(model, token, 0.0)  # type: ignore[arg-type]
+        if reason is not None:
+            break
+    sequence.finish(reason or "eosFound")
+    finished = next(e for e in handle.events if isinstance(e, Finished))
+    shown = "".join(e.text for e in handle.events if isinstance(e, TextDelta))
+    return reason, finished, shown
+
+
+def test_turn_end_text_ends_the_turn_unlike_a_stop_string(default_model_file: Path) -> None:
+    """ChatML's markers written as text (by a model without a template) end its turn as the
+    end-of-generation token would: not a client's stop string, and never shown."""
+    model = vocabulary(default_model_file)
+    marker = dict(turn_end=("<|im_end|>",), stop=("STOP",))
+    reason, finished, shown = _run(model, "Hello there<|im_end|>more", **marker)
+    assert reason == "eosFound" and finished.stopped_by is None  # type: ignore[attr-defined]
+    assert finished.finish_reason == "stop" and shown == "Hello there"  # type: ignore[attr-defined]
+    reason, finished, shown = _run(model, "Hello STOP more", **marker)
+    assert reason == "stopStringFound" and finished.stopped_by == "STOP"  # type: ignore[attr-defined]
+    assert shown == "Hello "

@@ -55,8 +55,8 @@ class Sequence:
         chain = SamplerChain(model, request.sampling, seed)
         chain.remember(request.prompt_tokens)
         sequence = cls(stream=stream, chain=chain, prompt=list(request.prompt_tokens))
-        if request.stop:
-            sequence.stops = StopMatcher(request.stop)
+        if request.stop or request.turn_end:
+            sequence.stops = StopMatcher((*request.stop, *request.turn_end))
         return sequence
 
     @property
@@ -84,9 +84,9 @@ class Sequence:
             text, stopped = self.stops.feed(text)
             if stopped:
                 self._publish_text(text)
-                self.stopped_by = self.stops.stopped_by
+                reason = self._stopped(self.stops.stopped_by)
                 self.stops = None  # nothing held back remains to flush
-                return "stopStringFound"
+                return reason
         self._publish_text(text)
         limit = self.request.max_tokens
         if limit is not None and self.generated >= limit:
@@ -104,8 +104,7 @@ class Sequence:
                 text, stopped = self.stops.feed(tail)
                 tail = text if stopped else text + self.stops.flush()
                 if stopped:
-                    reason = "stopStringFound"
-                    self.stopped_by = self.stops.stopped_by
+                    reason = self._stopped(self.stops.stopped_by)
             self._publish_text(tail)
         first, last = self.first_token_at, self.last_token_at
         self.stream.publish(
@@ -123,6 +122,14 @@ class Sequence:
             )
         )
         self.chain.close()
+
+    def _stopped(self, found: str | None) -> StopReason:
+        """Why a matched string ended the request: one of the client's stop strings, or the
+        end of the model's turn written as text (as the end-of-generation token would)."""
+        if found in self.request.turn_end:
+            return "eosFound"
+        self.stopped_by = found
+        return "stopStringFound"
 
     def _publish_text(self, text: str) -> None:
         # Log-probabilities travel with the text their tokens became; a token whose text is

@@ -28,6 +28,11 @@ CHATML_TEMPLATE = (
 )
 
 
+# Where a ChatML turn ends.  A model without a template of its own may not have these as
+# special tokens; it ends its turn by writing them as text, which must then stop it.
+CHATML_TURN_MARKERS = ("<|im_end|>", "<|im_start|>")
+
+
 class TemplateRenderError(ValueError):
     """The template rejected the conversation or failed to render it."""
 

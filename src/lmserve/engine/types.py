@@ -66,6 +66,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    # Text that ends the model's turn as its end-of-generation token would, not reported as a
+    # stop string (ChatML's markers, for a model that has them as text only).
+    turn_end: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; n: each token's and its n likeliest rivals'
     number: int = field(default_factory=lambda: next(_request_numbers))
     label: str | None = None  # the API's id of the request it serves, for the server log

@@ -52,16 +52,38 @@ ContentBlock = Annotated[
 
 
 class Message(RequestModel):
-    role: Literal["user", "assistant"]
+    # "system" inside messages is not in Anthropic's reference, but Claude Code sends it:
+    # its text joins the system prompt (see lmserve.api.anthropic.service.chat_messages).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
 class Tool(RequestModel):
-    # Client tools only: server tools (web search, code execution...) have other types.
-    type: Literal["custom"] | None = None
+    """A client tool (no type, or ``custom``); a server tool (``web_search_20250305``...) is
+    accepted and left out, since only Anthropic's servers run those."""
+
+    type: str | None = Field(default=None, max_length=64)
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
-    description: str | None = Field(default=None, max_length=10_000)
-    input_schema: dict[str, Any]
+    description: str | None = Field(default=None, max_length=bounds.MAX_DESCRIPTION)
+    input_schema: dict[str, Any] | None = None
+
+    @property
+    def is_server_tool(self) -> bool:
+        return self.type not in (None, "custom")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> Tool:
+        if not self.is_server_tool and self.input_schema is None:
+            raise ValueError("a client tool needs an 'input_schema'")
+        return self
+
+
+class ThinkingConfig(RequestModel):
+    """Extended thinking.  A reasoning model's thinking is always returned as ``thinking``
+    blocks; the budget is not enforced apart from ``max_tokens``."""
+
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: int | None = Field(default=None, ge=1)
 
 
 class ToolChoice(RequestModel):
@@ -82,8 +104,10 @@ class JsonOutputFormat(RequestModel):
 
 
 class OutputConfig(RequestModel):
-    """Structured outputs: the answer is JSON matching ``format.schema``."""
+    """Structured outputs: the answer is JSON matching ``format.schema``.  ``effort`` is
+    accepted and has no effect on a local model."""
 
+    effort: Literal["low", "medium", "high", "max"] | None = None
     format: JsonOutputFormat | None = None
 
 
@@ -95,10 +119,20 @@ class CountTokensRequest(RequestModel):
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+
+    @property
+    def server_tools(self) -> list[str]:
+        """The types of the server tools in ``tools``, which are left out."""
+        return [str(tool.type) for tool in self.tools or [] if tool.is_server_tool]
 
 
 class MessagesRequest(CountTokensRequest):
+    # Above the model's context it is not an error: the answer ends where the context does
+    # (stop_reason "max_tokens"), as Anthropic's API caps it at the model's output limit.
     max_tokens: bounds.TokenLimit
+    # Accepted and ignored: a local server keeps no context edits (Claude Code sends it).
+    context_management: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     output_config: OutputConfig | None = None
     stop_sequences: list[str] | None = Field(default=None, max_length=bounds.MAX_STOP_SEQUENCES)

@@ -15,18 +15,25 @@ from lmserve.api.anthropic.service import MessageTurn, chat_request
 from lmserve.api.common.chat import prepare_chat
 from lmserve.api.common.errors import api_error_for
 from lmserve.api.common.serving import serve_generation
+from lmserve.api.common.tools import mark_tools_left_out, note_tools_left_out
 from lmserve.models.manager import ModelManager
 
 router = APIRouter(prefix="/v1")
 
 
 @router.post("/messages", response_model=None)
-async def create_message(body: MessagesRequest, request: Request) -> Response | Any:
+async def create_message(
+    body: MessagesRequest, request: Request, response: Response
+) -> Response | Any:
+    turn = MessageTurn()
+    note_tools_left_out(turn.id, body.server_tools)
     try:
-        return await serve_generation(request, chat_request(body), MessageTurn())
+        answer = await serve_generation(request, chat_request(body), turn)
     except Exception as exc:
         # Unmapped exceptions would reach Starlette's outermost handler, past the reshaping.
         raise api_error_for(exc) from exc
+    mark_tools_left_out(answer, response, body.server_tools)
+    return answer
 
 
 @router.post("/messages/count_tokens")

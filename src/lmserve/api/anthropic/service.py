@@ -67,9 +67,24 @@ def _tool_result(block: ToolResultBlock, param: str) -> ChatMessage:
 
 
 def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
-    system = _texts(body.system, "system")
-    messages = [ChatMessage(role="system", content=system)] if system else []
+    """The conversation as chat messages.
+
+    System messages inside ``messages`` (Claude Code sends them) join the system prompt, in
+    order: many chat templates (Gemma's, Llama's) take one system message, first, only.
+    """
+    system = [_texts(body.system, "system")]
     for index, message in enumerate(body.messages):
+        if message.role == "system":
+            system.append(_texts(message.content, f"messages[{index}].content"))
+    if all(message.role == "system" for message in body.messages):
+        raise InvalidRequestError(
+            "messages: at least one user or assistant message is required", param="messages"
+        )
+    system_prompt = "\n\n".join(text for text in system if text)
+    messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    for index, message in enumerate(body.messages):
+        if message.role == "system":
+            continue
         param = f"messages[{index}].content"
         if isinstance(message.content, str):
             messages.append(ChatMessage(role=message.role, content=message.content))
@@ -151,6 +166,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             )
         )
         for tool in body.tools or []
+        if not tool.is_server_tool
     ]
     sampling: dict[str, Any] = {}
     if isinstance(body, MessagesRequest):

@@ -18,6 +18,8 @@ MAX_MESSAGES = 4096
 MAX_LOGIT_BIAS = 1024  # entries
 MAX_TOKEN_ID = 2**31 - 1  # llama.cpp's token ids are int32
 MAX_INPUTS = 2048  # embedding inputs per request, OpenAI's limit
+# A tool's description: agents write long ones (Claude Code's Workflow tool: over 10,000).
+MAX_DESCRIPTION = 200_000
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]

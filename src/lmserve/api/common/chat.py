@@ -45,6 +45,7 @@ from lmserve.api.common.tools import (
     tool_call_deltas,
     tools_for_template,
 )
+from lmserve.engine.template import CHATML_TURN_MARKERS
 from lmserve.engine.types import TextDelta
 from lmserve.models.loader import LoadedModel
 
@@ -178,6 +179,10 @@ async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepa
         grammar=grammar,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
+    if template.is_fallback:
+        # Special tokens end a turn of a model's own template; ChatML's markers are text to
+        # a model without one (Gemma 3's base model), and it would write on past them.
+        prepared.turn_end = CHATML_TURN_MARKERS
     prepared.tools = tools
     prepared.parallel_tool_calls = body.parallel_tool_calls
     prepared.starts_in_reasoning = prompt.rstrip().endswith(REASONING_OPEN)

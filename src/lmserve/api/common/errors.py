@@ -156,7 +156,10 @@ _UNION_MEMBER_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _is_union_member(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_NAMES)
+    # "union:..." is how our tagged unions name their members (e.g. Responses' tools).
+    return isinstance(part, str) and (
+        "[" in part or part in _UNION_MEMBER_NAMES or part.startswith("union:")
+    )
 
 
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
@@ -202,7 +205,8 @@ def validation_error(exc: RequestValidationError | ValidationError) -> InvalidRe
             param=param,
             code="missing_required_parameter",
         )
-    message = str(first.get("msg", "invalid value"))
+    # Our validators' own words, without pydantic's "Value error, " before them.
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     given = first.get("input")
     shown = ""
     if given is not None and not isinstance(given, dict | list):

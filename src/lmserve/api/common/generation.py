@@ -59,6 +59,7 @@ class Prepared:
     stop: tuple[str, ...]
     n: int
     logprobs: int | None = None
+    turn_end: tuple[str, ...] = ()  # see GenerationRequest.turn_end
     # Chat only: the tools the model may call, to find calls in what it writes.
     tools: list[ToolDefinition] = field(default_factory=list)
     parallel_tool_calls: bool = True
@@ -113,6 +114,7 @@ class Prepared:
                         sampling=sampling,
                         max_tokens=self.max_tokens,
                         stop=self.stop,
+                        turn_end=self.turn_end,
                         logprobs=self.logprobs,
                         label=self.request_id,
                     )
@@ -175,12 +177,30 @@ def stop_sequences(body: GenerationRequestFields) -> tuple[str, ...]:
 
 
 def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> None:
+    """OpenAI's words for a prompt too long, and how to load the model so that it fits."""
     if len(tokens) >= model.n_ctx:
+        trained = model.engine.info.n_ctx_train
+        if len(tokens) < trained:
+            fitting = min(_fitting(len(tokens)), trained)
+            advice = (
+                f" Or load the model with a longer context: --context-length {fitting} (on "
+                f"'lmserve load' or 'lmserve serve'; it was trained on {trained} tokens)."
+            )
+        else:
+            advice = f" The model was trained on {trained} tokens: no context would hold it."
         raise ContextLengthExceededError(
             f"This model's maximum context length is {model.n_ctx} tokens. However, your "
-            f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}.",
+            f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}."
+            + advice,
             param=param,
         )
+
+
+def _fitting(tokens: int) -> int:
+    """A context length for ``tokens`` of prompt and some answer: the next multiple of 1024
+    with at least a quarter of it (and 1,024 tokens) left for the answer."""
+    needed = tokens + max(1024, tokens // 4)
+    return -(-needed // 1024) * 1024
 
 
 def stats_of(finished: Finished) -> dict[str, Any]:

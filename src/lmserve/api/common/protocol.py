@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmserve.api.common.bounds import (
+    MAX_DESCRIPTION,
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     TTL,
@@ -105,7 +106,7 @@ class ResponseFormat(RequestModel):
 
 class FunctionDefinition(RequestModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 

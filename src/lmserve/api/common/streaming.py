@@ -19,6 +19,37 @@ from lmserve.api.common.errors import APIError
 T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# While a long prompt is read (a 20,000-token one takes a minute on 2 cores) nothing else is
+# sent; a comment line this often keeps clients and proxies from timing the stream out.
+# Every SSE parser skips comments (lines starting with ":").
+KEEPALIVE_SECONDS = 10.0
+KEEPALIVE = b": keep-alive\n\n"
+
+
+async def with_keepalive(
+    chunks: AsyncIterator[bytes], interval: float = KEEPALIVE_SECONDS
+) -> AsyncIterator[bytes]:
+    """``chunks``, with :data:`KEEPALIVE` sent whenever ``interval`` seconds pass without one."""
+    iterator = chunks.__aiter__()
+    pending: asyncio.Future[bytes] = asyncio.ensure_future(iterator.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+            pending = asyncio.ensure_future(iterator.__anext__())
+    finally:
+        if not pending.done():
+            pending.cancel()
+            # Let the producer's own clean-up run, even while this stream is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({pending})
 
 
 class EventStreamResponse(StreamingResponse):
@@ -36,7 +67,7 @@ class EventStreamResponse(StreamingResponse):
         status_code: int = 200,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(content, status_code=status_code, headers=SSE_HEADERS)
+        super().__init__(with_keepalive(content), status_code=status_code, headers=SSE_HEADERS)
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,18 +15,26 @@ form with arguments that match the function's schema, so the call always parses.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import Response
+
 from lmserve.api.common.errors import InvalidRequestError
 from lmserve.api.common.protocol import NamedToolChoice, ToolChoice, ToolDefinition
 from lmserve.engine.gbnf import literal
 from lmserve.engine.grammar import GrammarBuilder, SchemaNotSupported
 
+logger = logging.getLogger("lmserve.api")
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# Names the tools of a request that only the real API's servers run (web search, code
+# execution...), which were left out of the prompt instead of failing the request.
+TOOLS_LEFT_OUT_HEADER = "x-lmserve-tools-left-out"
 _MARKERS = (OPEN, "[TOOL_CALLS]", "<|python_tag|>")
 
 
@@ -42,6 +50,22 @@ class ToolCall:
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
+
+
+def note_tools_left_out(request_id: str, kinds: list[str]) -> None:
+    """Say in the log which server-run tools a request offered that were left out."""
+    if kinds:
+        logger.info(
+            "%s: left out hosted tools this server cannot run: %s", request_id, ", ".join(kinds)
+        )
+
+
+def mark_tools_left_out(answer: Any, injected: Response, kinds: list[str]) -> None:
+    """Name the tools left out in the answer's header: a streamed answer is a response of its
+    own; any other takes the headers of the route's injected ``Response``."""
+    if kinds:
+        target = answer if isinstance(answer, Response) else injected
+        target.headers[TOOLS_LEFT_OUT_HEADER] = ", ".join(kinds)
 
 
 def new_call_id() -> str:

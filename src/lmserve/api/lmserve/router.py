@@ -1,4 +1,4 @@
-"""lmserve's own routes: health, slot stats, the live prediction log and Prometheus metrics."""
+"""lmserve's own routes: the root, health, slot stats, the live prediction log, metrics."""
 
 from __future__ import annotations
 
@@ -10,12 +10,24 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+import lmserve
 from lmserve.api.common.metrics import CONTENT_TYPE
 from lmserve.api.common.streaming import EventStreamResponse
 from lmserve.api.lmserve import service
 from lmserve.logbus import LogBus
 
 router = APIRouter()
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> dict[str, Any]:
+    """What answers at the server's root, where clients probe whether it is up (Claude Code
+    sends ``HEAD /`` before its first request)."""
+    return {
+        "name": "lmserve",
+        "version": lmserve.__version__,
+        "apis": {"openai": "/v1", "anthropic": "/v1/messages", "lmstudio": "/api/v1"},
+    }
 
 
 @router.get("/health")

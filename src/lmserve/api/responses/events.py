@@ -82,9 +82,9 @@ class ResponseEvents:
         for call in delta.get("tool_calls") or []:
             if call.get("id"):  # a new call: its name first, then its arguments
                 events += self.close("completed")
-                function = call["function"]
+                namespace, name = self.turn.tool_names.split(call["function"]["name"])
                 item = function_call_item(
-                    new_item_id("fc"), call["id"], function["name"], "", "in_progress"
+                    new_item_id("fc"), call["id"], name, "", "in_progress", namespace
                 )
                 events += self.start(item)
             elif self.open is not None and self.open["type"] == "function_call":

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from lmserve.api.common.chat import text_of, unsupported_content
 from lmserve.api.common.protocol import AssistantMessage, ChatMessage, ToolCall
 from lmserve.api.responses.protocol import InputItem, TextPart
+from lmserve.api.responses.tools import ToolNames, call_name
 
 
 def new_item_id(prefix: str) -> str:
@@ -44,9 +45,14 @@ def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[s
 
 
 def function_call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str = "completed",
+    namespace: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    item = {
         "type": "function_call",
         "id": item_id,
         "call_id": call_id,
@@ -54,9 +60,12 @@ def function_call_item(
         "arguments": arguments,
         "status": status,
     }
+    if namespace is not None:  # a function of a namespace tool, as OpenAI marks it
+        item["namespace"] = namespace
+    return item
 
 
-def output_items(message: AssistantMessage, status: str) -> list[dict[str, Any]]:
+def output_items(message: AssistantMessage, status: str, names: ToolNames) -> list[dict[str, Any]]:
     """A chat answer as output items: reasoning, then the message, then the calls.
 
     The message is left out only when the model called tools and wrote nothing else, so a
@@ -68,9 +77,10 @@ def output_items(message: AssistantMessage, status: str) -> list[dict[str, Any]]
     if message.content or not message.tool_calls:
         items.append(message_item(new_item_id("msg"), message.content or "", status))
     for call in message.tool_calls or []:
+        namespace, name = names.split(call.function.name)
         items.append(
             function_call_item(
-                new_item_id("fc"), call.id, call.function.name, call.function.arguments
+                new_item_id("fc"), call.id, name, call.function.arguments, namespace=namespace
             )
         )
     return items
@@ -100,7 +110,7 @@ def chat_messages(
             messages.append(ChatMessage(role=item.role, content=content))
         elif item.type == "function_call":
             assert item.call_id is not None and item.name is not None
-            call = ToolCall.of(item.call_id, item.name, item.arguments)
+            call = ToolCall.of(item.call_id, call_name(item.name, item.namespace), item.arguments)
             last = messages[-1] if messages else None
             if last is not None and last.role == "assistant":
                 last.tool_calls = [*(last.tool_calls or []), call]
@@ -131,7 +141,9 @@ def public_item(item: InputItem) -> dict[str, Any]:
         }
     if item.type == "function_call":
         assert item.call_id is not None and item.name is not None  # the model checks them
-        return function_call_item(new_item_id("fc"), item.call_id, item.name, item.arguments)
+        return function_call_item(
+            new_item_id("fc"), item.call_id, item.name, item.arguments, namespace=item.namespace
+        )
     if item.type == "function_call_output":
         output = (
             item.output

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import FunctionDefinition, RequestModel, schema_required
@@ -54,6 +61,7 @@ class InputItem(RequestModel):
     content: str | list[ContentPart] | None = None
     call_id: str | None = Field(default=None, min_length=1, max_length=200)
     name: str | None = Field(default=None, min_length=1, max_length=64)
+    namespace: str | None = Field(default=None, min_length=1, max_length=64)
     arguments: str = ""
     output: str | list[ContentPart] | None = None
 
@@ -79,19 +87,86 @@ class FunctionTool(FunctionDefinition):
 
     type: Literal["function"]
 
-    @model_validator(mode="before")
-    @classmethod
-    def _functions_only(cls, value: Any) -> Any:
-        # Checked first, so a hosted tool (web_search...) is refused for what it is.
-        kind = value.get("type") if isinstance(value, dict) else None
-        if kind is not None and kind != "function":
-            raise ValueError(f"only function tools are supported, not {kind!r}")
-        return value
+
+class NamespaceTool(RequestModel):
+    """Functions grouped under a shared name (Codex puts each MCP server's tools in one).
+
+    The model is offered each function under its qualified name (:func:`qualified_name`);
+    its calls come back as ``function_call`` items with ``name`` and ``namespace`` apart.
+    """
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = Field(default=None, max_length=bounds.MAX_DESCRIPTION)
+    tools: list[FunctionTool] = Field(max_length=128)
+
+
+# Tools that OpenAI's servers run themselves.  A local server cannot search the web or run
+# code on a client's behalf, so these are left out of the prompt (and named in the log and
+# the ``x-lmserve-tools-left-out`` header) instead of failing a request that also carries
+# the client's own tools, as Codex's requests do.
+HOSTED_TOOL_TYPES = (
+    "web_search",
+    "web_search_preview",
+    "web_search_2025_08_26",
+    "web_search_preview_2025_03_11",
+    "file_search",
+    "code_interpreter",
+    "computer",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+    "local_shell",
+    "shell",
+    "apply_patch",
+    "tool_search",
+)
+
+
+class HostedTool(RequestModel):
+    type: Literal[HOSTED_TOOL_TYPES]  # type: ignore[valid-type]
+
+
+_TOOL_TYPES = ("function", "namespace", *HOSTED_TOOL_TYPES)
+
+
+def _known_tool_type(value: Any) -> Any:
+    # Named plainly, rather than as a failed match of the tagged union.
+    kind = value.get("type") if isinstance(value, dict) else None
+    if isinstance(kind, str) and kind not in _TOOL_TYPES:
+        raise ValueError(
+            f"tools of type {kind!r} are not supported; function and namespace tools are, "
+            "and OpenAI's hosted tools are accepted and left out"
+        )
+    return value
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if kind == "function" else "namespace" if kind == "namespace" else "hosted"
+
+
+# Tagged by kind; the tags are union members to the error mapper (api/common/errors.py), so a
+# bad field is named ``tools[0].tools``, not ``tools[0].namespace.tools``.
+Tool = Annotated[
+    Annotated[FunctionTool, Tag("union:function")]
+    | Annotated[NamespaceTool, Tag("union:namespace")]
+    | Annotated[HostedTool, Tag("union:hosted")],
+    Discriminator(lambda value: f"union:{_tool_kind(value)}"),
+    BeforeValidator(_known_tool_type),
+]
+
+
+def qualified_name(namespace: str, name: str) -> str:
+    """The name a namespace's function is offered to the model under: joined with a dot, or
+    appended when the namespace already ends in a separator (``mcp__github__`` + ``search``)."""
+    return f"{namespace}{name}" if namespace[-1] in "_.-" else f"{namespace}.{name}"
 
 
 class FunctionToolChoice(RequestModel):
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=64)
+    namespace: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class TextFormat(RequestModel):
@@ -141,7 +216,7 @@ class ResponsesRequest(RequestModel):
     temperature: bounds.Temperature | None = None
     text: TextConfig | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
-    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
     top_logprobs: bounds.TopLogprobs | None = None
     top_p: bounds.TopP | None = None
     # "auto": a conversation too long for the context loses its oldest turns instead of
@@ -158,6 +233,11 @@ class ResponsesRequest(RequestModel):
     @property
     def wants_logprobs(self) -> bool:
         return LOGPROBS in (self.include or [])
+
+    @property
+    def hosted_tools(self) -> list[str]:
+        """The types of the hosted tools in ``tools``, which are left out."""
+        return [tool.type for tool in self.tools or [] if isinstance(tool, HostedTool)]
 
     @field_validator("input", mode="before")
     @classmethod

@@ -24,15 +24,15 @@ from lmserve.api.common.generation import Generation, Prepared
 from lmserve.api.common.protocol import (
     ChatCompletionRequest,
     ChatMessage,
-    FunctionDefinition,
     NamedToolChoice,
     ResponseFormat,
     ToolChoice,
-    ToolDefinition,
 )
+from lmserve.api.common.tools import note_tools_left_out
 from lmserve.api.responses.events import ResponseEvents
 from lmserve.api.responses.items import chat_messages, output_items, public_item
 from lmserve.api.responses.protocol import FunctionToolChoice, InputItem, ResponsesRequest
+from lmserve.api.responses.tools import ToolNames, call_name
 from lmserve.models.loader import LoadedModel
 
 _items = TypeAdapter(list[InputItem])
@@ -87,18 +87,8 @@ def _response_format(body: ResponsesRequest) -> ResponseFormat | None:
 def _tool_choice(body: ResponsesRequest) -> ToolChoice | None:
     choice = body.tool_choice
     if isinstance(choice, FunctionToolChoice):
-        return NamedToolChoice.of(choice.name)
+        return NamedToolChoice.of(call_name(choice.name, choice.namespace))
     return choice
-
-
-def _tools(body: ResponsesRequest) -> list[ToolDefinition] | None:
-    tools = [
-        ToolDefinition(
-            function=FunctionDefinition.model_validate(tool.model_dump(exclude={"type"}))
-        )
-        for tool in body.tools or []
-    ]
-    return tools or None
 
 
 # -- the turn ---------------------------------------------------------------------------------
@@ -113,6 +103,8 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         self.body = body
         self.created_at = int(time.time())
         self.history: list[InputItem] = self.previous.conversation if self.previous else []
+        self.tool_names = ToolNames(body)
+        note_tools_left_out(self.id, body.hosted_tools)
 
     def chat_request(self) -> ChatCompletionRequest:
         """The conversation so far and this input, as one chat request."""
@@ -129,7 +121,7 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
             parallel_tool_calls=body.parallel_tool_calls,
             response_format=_response_format(body),
             tool_choice=_tool_choice(body),
-            tools=_tools(body),
+            tools=self.tool_names.offered or None,
             user=body.user,
             **self.chat_fields(),
         )
@@ -234,7 +226,7 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         completion = await chat_completion(generation)
         choice = completion.choices[0]
         status = "incomplete" if choice.finish_reason == "length" else "completed"
-        output = output_items(choice.message, status)
+        output = output_items(choice.message, status, self.tool_names)
         if choice.logprobs is not None:
             _attach_logprobs(output, choice.logprobs["content"])
         return await self.complete(status, output, generation)
