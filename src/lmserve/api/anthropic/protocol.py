@@ -83,7 +83,7 @@ class ThinkingConfig(RequestModel):
     blocks; the budget is not enforced apart from ``max_tokens``."""
 
     type: Literal["enabled", "adaptive", "disabled"]
-    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_tokens: int | None = Field(default=None, ge=1, le=bounds.MAX_TOKENS_CAP)
 
 
 class ToolChoice(RequestModel):
