@@ -19,7 +19,7 @@ from lmserve.logbus import LogBus
 router = APIRouter()
 
 
-@router.api_route("/", methods=["GET", "HEAD"])
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def root() -> dict[str, Any]:
     """What answers at the server's root, where clients probe whether it is up (Claude Code
     sends ``HEAD /`` before its first request)."""
