@@ -362,3 +362,10 @@ async def alternate_with_bare(server: RunningServer, rounds: int) -> tuple[float
             ttfts.append(result.ttft)
     bare.close()
     return statistics.median(bare_speeds), statistics.median(speeds), statistics.median(ttfts)
+
+
+def print_checks(checks: Sequence[tuple[str, float, str, float]]) -> None:
+    """One PASS or FAIL line per (label, value, ">=" or "<=", target): an issue's targets."""
+    for label, value, op, target in checks:
+        ok = value >= target if op == ">=" else value <= target
+        print(f"{'PASS' if ok else 'FAIL'}  {label}: {value:.3f} (target {op} {target})")

@@ -127,9 +127,7 @@ def main() -> None:
             0.0,
         ),
     ]
-    for label, value, op, target in checks:
-        ok = value >= target if op == ">=" else value <= target
-        print(f"{'PASS' if ok else 'FAIL'}  {label}: {value:.3f} (target {op} {target})")
+    harness.print_checks(checks)
 
 
 if __name__ == "__main__":
