@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from lmserve.api.common.serving import serve_generation
-from lmserve.api.common.tools import mark_tools_left_out
+from lmserve.api.common.tools import mark_tools_left_out, note_tools_left_out
 from lmserve.api.responses.items import item_page
 from lmserve.api.responses.protocol import ResponsesRequest
 from lmserve.api.responses.service import ResponseTurn, response_not_found, response_store
@@ -21,6 +21,7 @@ async def create_response(
     body: ResponsesRequest, request: Request, response: Response
 ) -> Response | Any:
     turn = ResponseTurn(body, response_store(request))
+    note_tools_left_out(turn.id, body.hosted_tools)
     answer = await serve_generation(request, turn.chat_request(), turn)
     mark_tools_left_out(answer, response, body.hosted_tools)
     return answer

@@ -28,7 +28,6 @@ from lmserve.api.common.protocol import (
     ResponseFormat,
     ToolChoice,
 )
-from lmserve.api.common.tools import note_tools_left_out
 from lmserve.api.responses.events import ResponseEvents
 from lmserve.api.responses.items import chat_messages, output_items, public_item
 from lmserve.api.responses.protocol import FunctionToolChoice, InputItem, ResponsesRequest
@@ -104,7 +103,6 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         self.created_at = int(time.time())
         self.history: list[InputItem] = self.previous.conversation if self.previous else []
         self.tool_names = ToolNames(body)
-        note_tools_left_out(self.id, body.hosted_tools)
 
     def chat_request(self) -> ChatCompletionRequest:
         """The conversation so far and this input, as one chat request."""
