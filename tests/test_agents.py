@@ -100,15 +100,40 @@ def agent_bin() -> Path:
     return root / "node_modules" / ".bin"
 
 
+def gemma(tmp_path_factory: pytest.TempPathFactory, model_file: Path, *flags: str) -> Server:
+    home = tmp_path_factory.mktemp("agents-home")
+    install_model(home, model_file, GEMMA3_270M)
+    return start_server(
+        home,
+        *("--model", GEMMA_ID, "--parallel", "1", "--context-length", "32768", *flags),
+        timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def gemma_server(
     tmp_path_factory: pytest.TempPathFactory, gemma_model_file: Path
 ) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("agents-home")
-    install_model(home, gemma_model_file, GEMMA3_270M)
-    server = start_server(
-        home, "--model", GEMMA_ID, "--parallel", "1", "--context-length", "32768", timeout=300
-    )
+    server = gemma(tmp_path_factory, gemma_model_file)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def agent_server(
+    tmp_path_factory: pytest.TempPathFactory, gemma_model_file: Path
+) -> Iterator[Server]:
+    """Gemma with prediction defaults that make a 270M base model end its turn.
+
+    Neither agent sends a temperature or a stop string, and Codex no token limit: sampled at
+    LM Studio's defaults, this model may write on to the end of its 32k context (10 minutes
+    here), or past Claude Code's output limit, which the agent reports as an error.  Greedy, it
+    starts its answer by repeating a line of the prompt; the stop string ends it there.
+    """
+    flags = ("--temperature", "0", "--stop", r"\n", "--max-tokens", "200")
+    server = gemma(tmp_path_factory, gemma_model_file, *flags)
     try:
         yield server
     finally:
@@ -127,7 +152,7 @@ def refused_requests(server: Server) -> dict[str, float]:
     return counts
 
 
-def test_codex_exec_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_path: Path) -> None:
+def test_codex_exec_answers_a_turn(agent_bin: Path, agent_server: Server, tmp_path: Path) -> None:
     home = tmp_path / "codex-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -135,7 +160,7 @@ def test_codex_exec_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_pa
         'model_provider = "lmserve"\n'
         "[model_providers.lmserve]\n"
         'name = "lmserve"\n'
-        f'base_url = "{gemma_server.api_url}"\n'
+        f'base_url = "{agent_server.api_url}"\n'
         'wire_api = "responses"\n'
         'env_key = "LMSERVE_KEY"\n'
         "request_max_retries = 0\n"
@@ -143,7 +168,7 @@ def test_codex_exec_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_pa
     )
     work = tmp_path / "work"
     work.mkdir()
-    before = refused_requests(gemma_server)
+    before = refused_requests(agent_server)
     run = subprocess.run(
         [str(agent_bin / "codex"), "exec", "--skip-git-repo-check", "Say hello."],
         cwd=work,
@@ -155,22 +180,22 @@ def test_codex_exec_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_pa
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip(), run.stderr  # the final message
-    assert refused_requests(gemma_server) == before, gemma_server.log()
+    assert refused_requests(agent_server) == before, agent_server.log()
 
 
-def test_claude_code_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_path: Path) -> None:
-    before = refused_requests(gemma_server)
+def test_claude_code_answers_a_turn(agent_bin: Path, agent_server: Server, tmp_path: Path) -> None:
+    before = refused_requests(agent_server)
     run = subprocess.run(
         [str(agent_bin / "claude"), "-p", "Say hello.", "--model", GEMMA_ID],
         cwd=tmp_path,
         env={
             **os.environ,
             "HOME": str(tmp_path),
-            "ANTHROPIC_BASE_URL": gemma_server.base_url,
+            "ANTHROPIC_BASE_URL": agent_server.base_url,
             "ANTHROPIC_API_KEY": "any",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1",
-            # A 270M base model may write on to the end of the context: a short answer will do.
+            # Should the model not stop, fail at once rather than write 32,000 tokens.
             "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "200",
         },
         stdin=subprocess.DEVNULL,
@@ -180,7 +205,7 @@ def test_claude_code_answers_a_turn(agent_bin: Path, gemma_server: Server, tmp_p
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip(), run.stderr
-    assert refused_requests(gemma_server) == before, gemma_server.log()
+    assert refused_requests(agent_server) == before, agent_server.log()
 
 
 # -- a tool call and its result, as each agent sends them ---------------------------------------

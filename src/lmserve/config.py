@@ -58,6 +58,33 @@ def check_repack_setting(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class PredictionDefaults:
+    """What a request that leaves a sampling setting out gets: LM Studio's defaults, unless
+    the server is told others (as llama-server's ``--temp``, ``--top-k``... and a model's
+    preset in LM Studio are)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int | None = None  # None: until the model ends its turn or the context is full
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: a new random seed for each request
+
+    def describe(self) -> dict[str, object]:
+        """The settings that differ from LM Studio's, for the log and the native models API."""
+        return {
+            name: value
+            for name, value in vars(self).items()
+            if value != getattr(_LM_STUDIO_PREDICTION, name)
+        }
+
+
+_LM_STUDIO_PREDICTION = PredictionDefaults()
+
+
+@dataclass(frozen=True)
 class ModelDefaults:
     """How models are loaded when a load does not say otherwise."""
 
@@ -69,6 +96,7 @@ class ModelDefaults:
     # GPU offload: "auto" puts every layer on the GPU when llama.cpp was built with one.
     gpu: str = "auto"
     repack: str = "auto"  # see REPACK_HELP
+    prediction: PredictionDefaults = PredictionDefaults()
 
 
 @dataclass(frozen=True)

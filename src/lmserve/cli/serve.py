@@ -20,6 +20,7 @@ from lmserve.config import (
     REPACK_HELP,
     REPACK_SETTINGS,
     ModelDefaults,
+    PredictionDefaults,
     Settings,
 )
 
@@ -181,6 +182,7 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(min=0),
             help="On SIGTERM or Ctrl-C, seconds to let requests in flight finish.",
         ),
+        *prediction_options(),
         click.option(
             "--log-level",
             default="info",
@@ -191,6 +193,58 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def prediction_options() -> list[Callable[[Callable[..., None]], Callable[..., None]]]:
+    """What requests that leave them out get, as llama-server's sampling flags say; each
+    defaults to LM Studio's value."""
+    lm_studio = PredictionDefaults()
+    unset = "For requests that leave it out"
+
+    def number(name: str, kind: click.ParamType, what: str) -> Callable[..., Callable[..., None]]:
+        return click.option(
+            name,
+            default=None,
+            type=kind,
+            help=f"{unset}: {what} (default: {getattr(lm_studio, name[2:].replace('-', '_'))}).",
+        )
+
+    return [
+        number("--temperature", click.FloatRange(0.0, 2.0), "the temperature, 0 for greedy"),
+        number("--top-k", click.IntRange(0, 1_000_000), "top-k sampling, 0 for off"),
+        number("--top-p", click.FloatRange(0.0, 1.0), "top-p (nucleus) sampling"),
+        number("--min-p", click.FloatRange(0.0, 1.0), "min-p sampling"),
+        number(
+            "--repeat-penalty", click.FloatRange(0.0, 10.0, min_open=True), "the repeat penalty"
+        ),
+        number("--max-tokens", click.IntRange(1, 1_000_000), "the most tokens an answer may have"),
+        click.option(
+            "--stop",
+            "stop",
+            multiple=True,
+            metavar="TEXT",
+            help=f"{unset}: a stop string (repeatable; backslash escapes such as \\n are read).",
+        ),
+        number("--seed", click.IntRange(-(2**63), 2**64 - 1), "the sampling seed"),
+    ]
+
+
+def prediction_from_options(options: dict[str, object]) -> PredictionDefaults:
+    given = {
+        name: options[name]
+        for name in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "max_tokens")
+        if options.get(name) is not None
+    }
+    stop = tuple(unescape(text) for text in _strings(options.get("stop")))
+    return PredictionDefaults(**given, stop=stop, seed=options.get("seed"))  # type: ignore[arg-type]
+
+
+def unescape(text: str) -> str:
+    """A stop string as typed on a command line: ``\\n`` is a newline, ``\\t`` a tab."""
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"not a stop string: {text!r}", param_hint="--stop") from exc
 
 
 def settings_from_options(options: dict[str, object]) -> Settings:
@@ -207,6 +261,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             threads=int(options["threads"]),  # type: ignore[arg-type]
             gpu=str(options.get("gpu") or "auto"),
             repack=str(options.get("repack") or "auto"),
+            prediction=prediction_from_options(options),
         ),
         jit=not options.get("no_jit"),
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from lmserve.config import PredictionDefaults
+
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 # Why generation ended, in LM Studio's words (its ``stats.stop_reason``).
 StopReason = Literal[
@@ -30,11 +32,11 @@ StopReason = Literal[
 class SamplingParams:
     """How to pick each next token.  Defaults are LM Studio's."""
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
+    temperature: float = PredictionDefaults.temperature
+    top_k: int = PredictionDefaults.top_k
+    top_p: float = PredictionDefaults.top_p
+    min_p: float = PredictionDefaults.min_p
+    repeat_penalty: float = PredictionDefaults.repeat_penalty
     repeat_last_n: int = 64
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lmserve.config import ModelDefaults
+from lmserve.config import ModelDefaults, PredictionDefaults
 from lmserve.engine.client import EngineWorker
 from lmserve.engine.exits import WorkerExit
 from lmserve.engine.template import ChatTemplate
@@ -44,6 +44,8 @@ class LoadedModel:
     config: dict[str, object]
     memory_bytes: int
     options: LoadOptions = field(default_factory=LoadOptions)
+    # What requests to this model get for the sampling settings they leave out.
+    prediction: PredictionDefaults = field(default_factory=PredictionDefaults)
     repack: RepackChoice | None = None
     jit: bool = False
     ttl: float | None = None
@@ -152,6 +154,9 @@ def load_instance(
         "gpu_layers": info.gpu_layers,
         **repack.describe(),
     }
+    if changed := defaults.prediction.describe():
+        # Only what the server was told: the rest are LM Studio's defaults.
+        config["prediction_defaults"] = changed
     loaded = LoadedModel(
         identifier=identifier,
         entry=entry,
@@ -160,6 +165,7 @@ def load_instance(
         config=config,
         memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot),
         options=options,
+        prediction=defaults.prediction,
         repack=repack,
         jit=jit,
         ttl=ttl,
@@ -182,4 +188,10 @@ def load_instance(
         "on" if repack.enabled else "off",
         repack.reason,
     )
+    if changed:
+        logger.info(
+            "%s: requests that leave them out get %s",
+            identifier,
+            ", ".join(f"{name}={value!r}" for name, value in changed.items()),
+        )
     return loaded

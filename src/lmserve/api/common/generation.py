@@ -30,6 +30,7 @@ from lmserve.api.common.protocol import (
     ToolDefinition,
     Usage,
 )
+from lmserve.config import PredictionDefaults
 from lmserve.engine.types import (
     Finished,
     GenerationRequest,
@@ -42,7 +43,6 @@ from lmserve.logbus import LogBus
 from lmserve.models.loader import LoadedModel
 
 SYSTEM_FINGERPRINT = f"lmserve-{__version__}"
-_DEFAULTS = SamplingParams()
 C = TypeVar("C", bound=Completion)
 
 
@@ -84,7 +84,8 @@ class Prepared:
         ``param`` and ``what`` name the prompt in a too-long error."""
         for prompt_tokens in tokens:
             check_fits(model, prompt_tokens, param, what)
-        sampling = sampling_params(body, model.vocab.n_vocab)
+        defaults = model.prediction
+        sampling = sampling_params(body, model.vocab.n_vocab, defaults)
         if grammar is not None:
             sampling = replace(sampling, grammar=grammar)
         return cls(
@@ -93,8 +94,8 @@ class Prepared:
             prompts=prompts,
             prompt_tokens=tokens,
             sampling=sampling,
-            max_tokens=body.completion_limit(),
-            stop=stop_sequences(body),
+            max_tokens=pick(body.completion_limit(), defaults.max_tokens),
+            stop=stop_sequences(body) if body.stop is not None else defaults.stop,
             n=body.n,
             logprobs=logprobs,
         )
@@ -126,8 +127,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def sampling_params(body: GenerationRequestFields, n_vocab: int) -> SamplingParams:
-    """The request's sampling settings, LM Studio's defaults for what it leaves out."""
+def pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def sampling_params(
+    body: GenerationRequestFields, n_vocab: int, defaults: PredictionDefaults
+) -> SamplingParams:
+    """The request's sampling settings, the model's ``defaults`` for what it leaves out."""
     bias: list[tuple[int, float]] = []
     for key, value in (body.logit_bias or {}).items():
         try:
@@ -149,19 +156,16 @@ def sampling_params(body: GenerationRequestFields, n_vocab: int) -> SamplingPara
             )
         bias.append((token, value))
 
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
-
     return SamplingParams(
-        temperature=pick(body.temperature, _DEFAULTS.temperature),
-        top_k=pick(body.top_k, _DEFAULTS.top_k),
-        top_p=pick(body.top_p, _DEFAULTS.top_p),
-        min_p=pick(body.min_p, _DEFAULTS.min_p),
-        repeat_penalty=pick(body.repeat_penalty, _DEFAULTS.repeat_penalty),
-        presence_penalty=pick(body.presence_penalty, _DEFAULTS.presence_penalty),
-        frequency_penalty=pick(body.frequency_penalty, _DEFAULTS.frequency_penalty),
+        temperature=pick(body.temperature, defaults.temperature),
+        top_k=pick(body.top_k, defaults.top_k),
+        top_p=pick(body.top_p, defaults.top_p),
+        min_p=pick(body.min_p, defaults.min_p),
+        repeat_penalty=pick(body.repeat_penalty, defaults.repeat_penalty),
+        presence_penalty=pick(body.presence_penalty, 0.0),
+        frequency_penalty=pick(body.frequency_penalty, 0.0),
         logit_bias=tuple(bias),
-        seed=body.seed,
+        seed=pick(body.seed, defaults.seed),
     )
 
 
