@@ -201,12 +201,12 @@ def prediction_options() -> list[Callable[[Callable[..., None]], Callable[..., N
     lm_studio = PredictionDefaults()
     unset = "For requests that leave it out"
 
-    def number(name: str, kind: click.ParamType, what: str) -> Callable[..., Callable[..., None]]:
+    def number(
+        name: str, kind: click.ParamType, what: str, otherwise: str | None = None
+    ) -> Callable[..., Callable[..., None]]:
+        default = otherwise or getattr(lm_studio, name[2:].replace("-", "_"))
         return click.option(
-            name,
-            default=None,
-            type=kind,
-            help=f"{unset}: {what} (default: {getattr(lm_studio, name[2:].replace('-', '_'))}).",
+            name, default=None, type=kind, help=f"{unset}: {what} (default: {default})."
         )
 
     return [
@@ -217,7 +217,12 @@ def prediction_options() -> list[Callable[[Callable[..., None]], Callable[..., N
         number(
             "--repeat-penalty", click.FloatRange(0.0, 10.0, min_open=True), "the repeat penalty"
         ),
-        number("--max-tokens", click.IntRange(1, 1_000_000), "the most tokens an answer may have"),
+        number(
+            "--max-tokens",
+            click.IntRange(1, 1_000_000),
+            "the most tokens an answer may have",
+            "none",
+        ),
         click.option(
             "--stop",
             "stop",
@@ -225,7 +230,12 @@ def prediction_options() -> list[Callable[[Callable[..., None]], Callable[..., N
             metavar="TEXT",
             help=f"{unset}: a stop string (repeatable; backslash escapes such as \\n are read).",
         ),
-        number("--seed", click.IntRange(-(2**63), 2**64 - 1), "the sampling seed"),
+        number(
+            "--seed",
+            click.IntRange(-(2**63), 2**64 - 1),
+            "the sampling seed",
+            "a new one for each request",
+        ),
     ]
 
 
