@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from queue import Empty, Queue
 
 from openai import OpenAI
@@ -95,6 +97,25 @@ def test_log_stream_json_records(server: Server, client: OpenAI) -> None:
         assert output["output"] == completion.choices[0].message.content
         assert output["stats"]["completion_tokens"] == completion.usage.completion_tokens
         assert output["stats"]["time_to_first_token"] > 0
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_log_stream_shows_how_far_a_long_prompt_has_been_read(
+    server: Server, client: OpenAI
+) -> None:
+    process, lines = _start(server)
+    try:
+        long_prompt = f"{uuid.uuid4()} " + "The tide comes in and the tide goes out. " * 200
+        client.chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": long_prompt}], max_tokens=2
+        )
+        seen = _read_until(lines, lambda text: "llm.prediction.output" in text)
+        shown = re.findall(r"promptProcessing: (\d+)% \((\d+) of (\d+) tokens\)", seen)
+        assert len(shown) >= 2
+        read = [int(processed) for _, processed, _ in shown]
+        assert read == sorted(read) and int(shown[-1][1]) < int(shown[-1][2])
     finally:
         process.terminate()
         process.wait(10)

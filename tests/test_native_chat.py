@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -81,6 +82,21 @@ def test_a_stream_is_lm_studios_named_events(http: httpx.Client) -> None:
     result = events[-1]["result"]
     assert result["output"][-1]["content"] == streamed
     assert result["response_id"].startswith("resp_")
+
+
+def test_a_long_prompt_streams_its_progress(http: httpx.Client) -> None:
+    """A prompt read in several chunks (512 tokens each) reports how far it has got."""
+    long_input = f"{uuid.uuid4()} " + "The tide comes in and the tide goes out. " * 200
+    body = {"model": MODEL_ID, "input": long_input, "stream": True, "max_output_tokens": 3}
+    with http.stream("POST", "/api/v1/chat", json=body) as response:
+        blocks = response.read().decode().strip().split("\n\n")
+    events = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in blocks]
+    kinds = [event["type"] for event in events]
+    start, end = kinds.index("prompt_processing.start"), kinds.index("prompt_processing.end")
+    progress = [event["progress"] for event in events[start + 1 : end]]
+    assert set(kinds[start + 1 : end]) == {"prompt_processing.progress"}
+    assert len(progress) >= 2 and progress == sorted(set(progress))
+    assert progress[0] > 0 and progress[-1] < 1
 
 
 def test_bad_requests_are_400(http: httpx.Client) -> None:

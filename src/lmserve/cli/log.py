@@ -76,7 +76,12 @@ def _format_record(record: dict[str, Any], stats: bool) -> str:
         f"modelIdentifier: {record.get('model')}",
         f"requestId: {record.get('request_id')}",
     ]
-    if record.get("type") == "llm.prediction.input":
+    if record.get("type") == "llm.prediction.progress":
+        lines.append(
+            f"promptProcessing: {record.get('progress', 0):.0%} "
+            f"({record.get('processed_tokens')} of {record.get('prompt_tokens')} tokens)"
+        )
+    elif record.get("type") == "llm.prediction.input":
         lines.append(f"promptTokens: {record.get('prompt_tokens')}")
         lines.append("input:")
         lines.append(record.get("prompt", ""))

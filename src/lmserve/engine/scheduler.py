@@ -40,6 +40,7 @@ from lmserve.engine.types import (
     GenerationRequest,
     GenerationStream,
     Outbox,
+    PromptProgress,
     QueueFullError,
     RequestHandle,
     StopReason,
@@ -157,6 +158,8 @@ class BatchingEngine:
                     "busy": sequence is not None,
                     "request": sequence.request.number if sequence else None,
                     "prompt_tokens": len(sequence.prompt) if sequence else None,
+                    # Of those, read so far (reused from the cache included).
+                    "prompt_processed": sequence.next_prompt_index if sequence else None,
                     "generated_tokens": sequence.generated if sequence else None,
                     "cached_tokens": len(slot.tokens),
                     "n_ctx": self.n_ctx_per_slot,
@@ -315,11 +318,17 @@ class BatchingEngine:
         stats.steps += 1
         stats.batch_tokens += self.context.batch_size
         stats.decode_seconds += sample_started - decode_started
-        ready = [
-            entry.slot
-            for entry in planned
-            if entry.slot.sequence is not None and entry.slot.sequence.row is not None
-        ]
+        ready = []
+        for entry in planned:
+            sequence = entry.slot.sequence
+            if sequence is None:
+                continue
+            if sequence.row is not None:
+                ready.append(entry.slot)
+            elif sequence.next_prompt_index > entry.prompt_index_before:
+                sequence.stream.publish(
+                    PromptProgress(sequence.next_prompt_index, len(sequence.prompt))
+                )
         picks: list[tuple[Slot, int, TokenLogprob | None]] = []
         for slot in ready:
             sequence = slot.sequence

@@ -96,6 +96,19 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class PromptProgress:
+    """A long prompt read in part: sent after each chunk of it but the last (whose first
+    token follows at once), so a client can show progress while it waits."""
+
+    processed: int  # prompt tokens in the slot's cache, reused ones included
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.processed / self.total if self.total else 1.0
+
+
+@dataclass(frozen=True)
 class Finished:
     """The last event of every request."""
 
@@ -145,7 +158,7 @@ class Finished:
         return (self.completion_tokens - 1) / self.generation_seconds
 
 
-Event = TextDelta | Finished
+Event = TextDelta | PromptProgress | Finished
 
 
 class GenerationStream:

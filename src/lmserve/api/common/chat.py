@@ -46,7 +46,7 @@ from lmserve.api.common.tools import (
     tools_for_template,
 )
 from lmserve.engine.template import CHATML_TURN_MARKERS
-from lmserve.engine.types import TextDelta
+from lmserve.engine.types import PromptProgress, TextDelta
 from lmserve.models.loader import LoadedModel
 
 
@@ -298,9 +298,13 @@ async def chat_completion(generation: Generation) -> ChatCompletion:
     return generation.answer(ChatCompletion, choices)
 
 
-async def chat_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(
+    generation: Generation, include_usage: bool, *, progress: bool = False
+) -> AsyncIterator[dict[str, Any]]:
     """``chat.completion.chunk`` dicts: role first, then deltas (reasoning, content, tool
-    calls), a finish reason per choice, and the usage chunk if asked."""
+    calls), a finish reason per choice, and the usage chunk if asked.  With ``progress``,
+    also ``{"prompt_progress": PromptProgress}`` while a long prompt is read, for a surface
+    that shows it (OpenAI's chunks have no place for it)."""
     prepared = generation.prepared
     chunks = ChunkMaker(generation, "chat.completion.chunk", include_usage)
     top = prepared.logprobs
@@ -332,7 +336,11 @@ async def chat_chunks(generation: Generation, include_usage: bool) -> AsyncItera
 
     for index in range(n):
         yield choice(index, {"role": "assistant", "content": ""})
-    async for index, event in generation.events():
+    events = generation.events_with_progress() if progress else generation.events()
+    async for index, event in events:
+        if isinstance(event, PromptProgress):
+            yield {"prompt_progress": event}
+            continue
         if isinstance(event, TextDelta):
             logprobs = (
                 {"content": chat_logprobs(event.logprobs, top), "refusal": None}

@@ -32,9 +32,11 @@ from lmserve.api.common.protocol import (
 )
 from lmserve.config import PredictionDefaults
 from lmserve.engine.types import (
+    Event,
     Finished,
     GenerationRequest,
     GenerationStream,
+    PromptProgress,
     SamplingParams,
     TextDelta,
     TokenLogprob,
@@ -269,10 +271,21 @@ class Generation:
         for stream in self.streams:
             stream.cancel()
 
-    def _record(self, index: int, event: TextDelta | Finished) -> None:
+    def _record(self, index: int, event: Event) -> None:
         if isinstance(event, TextDelta):
             self.texts[index] += event.text
             self.logprobs[index].extend(event.logprobs)
+            return
+        if isinstance(event, PromptProgress):
+            self._logs.publish(
+                "llm.prediction.progress",
+                request_id=self.prepared.request_id,
+                model=self.prepared.model.identifier,
+                choice=index,
+                progress=round(event.fraction, 4),
+                processed_tokens=event.processed,
+                prompt_tokens=event.total,
+            )
             return
         self.finished[index] = event
         self._logs.publish(
@@ -286,6 +299,12 @@ class Generation:
 
     async def events(self) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
         """Events of all choices as they come, tagged with the choice index."""
+        async for index, event in self.events_with_progress():
+            if not isinstance(event, PromptProgress):
+                yield index, event
+
+    async def events_with_progress(self) -> AsyncIterator[tuple[int, Event]]:
+        """:meth:`events`, and how far each long prompt has been read while it is read."""
         try:
             async for index, event in _merge(self.streams):
                 self._record(index, event)
@@ -349,15 +368,13 @@ class ChunkMaker:
         return {**self._base, "choices": [], "usage": self._generation.usage.model_dump()}
 
 
-async def _merge(
-    streams: list[GenerationStream],
-) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
+async def _merge(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, Event]]:
     """Interleave the events of several streams as they arrive, tagged with their index."""
     if len(streams) == 1:
         async for event in streams[0]:
             yield 0, event
         return
-    queue: asyncio.Queue[tuple[int, TextDelta | Finished]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
     async def pump(index: int, stream: GenerationStream) -> None:
         async for event in stream:

@@ -26,7 +26,11 @@ async def chat_events(
     texts = {"reasoning": "", "message": ""}
     processed = False
     try:
-        async for chunk in chat_chunks(generation, include_usage=False):
+        async for chunk in chat_chunks(generation, include_usage=False, progress=True):
+            if "prompt_progress" in chunk:
+                fraction = round(chunk["prompt_progress"].fraction, 4)
+                yield {"type": "prompt_processing.progress", "progress": fraction}
+                continue
             delta = chunk["choices"][0]["delta"]
             for kind, piece in (
                 ("reasoning", delta.get("reasoning_content")),
