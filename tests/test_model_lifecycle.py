@@ -198,6 +198,28 @@ def test_a_generating_model_is_never_evicted(server_with: Any) -> None:
     assert ask(server, GEMMA_ID).status_code == 200  # idle again: now it can make room
 
 
+def test_a_jit_load_takes_the_context_its_prompt_needs(server_with: Any) -> None:
+    server = server_with("--context-length", "1024")
+    long_prompt = [{"role": "user", "content": "The tide comes in and the tide goes out. " * 150}]
+    # Loaded at start, with the context the server was told: the prompt does not fit.
+    explicit = ask(server, MODEL_ID, messages=long_prompt)
+    assert explicit.status_code == 400, explicit.text
+    assert explicit.json()["error"]["code"] == "context_length_exceeded"
+    # Loaded just in time for it: loaded again with a context that holds it and an answer.
+    answered = ask(server, COPY_ID, messages=long_prompt)
+    assert answered.status_code == 200, answered.text
+    prompt_tokens = answered.json()["usage"]["prompt_tokens"]
+    assert prompt_tokens > 1024
+    context = loaded(server)[COPY_ID]["context_length"]
+    assert prompt_tokens + 1024 <= context < 8192 and context % 1024 == 0
+    assert f"loading {COPY_ID} again with {context} tokens per slot" in server.log()
+    # Beyond what the model was trained on (8,192 tokens), no context would hold it.
+    too_long = ask(server, COPY_ID, messages=[{"role": "user", "content": "tide " * 9000}])
+    assert too_long.status_code == 400
+    assert "trained on 8192 tokens" in too_long.json()["error"]["message"]
+    assert loaded(server)[COPY_ID]["context_length"] == context
+
+
 def test_without_jit_only_loaded_models_are_listed_and_served(server_with: Any) -> None:
     server = server_with("--no-jit")
     ids = {model.id for model in OpenAI(base_url=server.api_url, api_key="x").models.list()}

@@ -90,6 +90,13 @@ def estimate_memory(entry: CatalogEntry, n_ctx_total: int) -> int:
     return int((entry.size_bytes + kv_bytes) * 1.1)
 
 
+def fitting_context(prompt_tokens: int) -> int:
+    """A context length for a prompt and its answer: the next multiple of 1024 that leaves a
+    quarter of it (and at least 1,024 tokens) for the answer."""
+    needed = prompt_tokens + max(1024, prompt_tokens // 4)
+    return -(-needed // 1024) * 1024
+
+
 def plan_context(
     entry: CatalogEntry, options: LoadOptions, defaults: ModelDefaults
 ) -> tuple[int, int]:

@@ -22,11 +22,18 @@ from pathlib import Path
 from lmserve.config import ModelDefaults, Settings, default_memory_budget
 from lmserve.engine.exits import WorkerExit
 from lmserve.models.catalog import Catalog, CatalogEntry
-from lmserve.models.crashes import CrashHistory, CrashRecord
+from lmserve.models.crashes import CrashHistory
+from lmserve.models.errors import (
+    ModelCapacityError,
+    ModelCrashedError,
+    ModelLoadFailed,
+    ModelNotFound,
+)
 from lmserve.models.loader import (
     LoadedModel,
     LoadOptions,
     estimate_memory,
+    fitting_context,
     load_instance,
     plan_context,
 )
@@ -36,40 +43,6 @@ from lmserve.paths import selfcheck_file
 logger = logging.getLogger("lmserve.models")
 
 _REAP_INTERVAL = 1.0  # seconds between TTL checks
-
-
-class ModelNotFound(LookupError):
-    """No loaded (or, for loading, downloaded) model has this name."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(name)
-        self.name = name
-        self.known = known
-
-
-class ModelCapacityError(RuntimeError):
-    """Loading would exceed the model count or memory limit and nothing can be evicted."""
-
-
-class ModelLoadFailed(RuntimeError):
-    """llama.cpp could not load the file (corrupt, unsupported, out of memory)."""
-
-
-class ModelCrashedError(RuntimeError):
-    """The model's engine crashed and is waiting out its back-off (or was given up on)."""
-
-    def __init__(self, record: CrashRecord) -> None:
-        retry = record.retry_in()
-        if record.gave_up:
-            then = "it is not loaded again by itself: load it with 'lmserve load' to retry"
-        else:
-            then = f"it will be loaded again in {retry:.0f} s"
-        super().__init__(
-            f"the model '{record.identifier}' crashed {record.streak} times in a row "
-            f"(last: {record.last_reason}); {then}"
-        )
-        self.record = record
-        self.retry_after = None if record.gave_up else max(1, round(retry))
 
 
 class ModelManager:
@@ -190,6 +163,36 @@ class ModelManager:
     def release(self, model: LoadedModel) -> None:
         model.in_flight = max(0, model.in_flight - 1)
         model.last_used = time.monotonic()
+
+    async def refit(self, model: LoadedModel, prompt_tokens: int) -> LoadedModel | None:
+        """``model`` loaded again with a context that holds a prompt of ``prompt_tokens`` and
+        its answer, for the one request that holds it: a just-in-time load takes the context
+        its request needs, up to what the model was trained on.  ``None`` where the context
+        was chosen (an explicit load, a context length given), another request uses the
+        model, or no context would hold the prompt within the training or memory limits.
+        """
+        options = replace(
+            model.options,
+            identifier=model.identifier,
+            context_length=fitting_context(prompt_tokens),
+        )
+        parallel, n_ctx = plan_context(model.entry, options, self.defaults)  # trained length
+        needed = estimate_memory(model.entry, parallel * n_ctx)
+        chosen = not model.jit or model.options.context_length is not None
+        shared = model.in_flight > 1 or model.engine.in_flight > 0
+        too_long = prompt_tokens >= n_ctx or needed > (self.max_memory or needed)
+        if chosen or shared or too_long or self._loaded.get(model.identifier) is not model:
+            return None
+        logger.info("loading %s again with %d tokens per slot", model.identifier, n_ctx)
+        # The new load is under way before the old engine is gone, so that no request loads
+        # the model in between with the default context.
+        del self._loaded[model.identifier]
+        model.in_flight = 0
+        task = self._start_load(model.entry, options, jit=True, ttl=model.ttl)
+        await asyncio.to_thread(model.close, "the model is loaded again with a longer context")
+        refitted = await asyncio.shield(task)
+        refitted.in_flight += 1
+        return refitted
 
     @contextlib.asynccontextmanager
     async def using(self, name: str, ttl: float | None = None) -> AsyncIterator[LoadedModel]:

@@ -40,13 +40,13 @@ from lmserve.engine.types import (
     GrammarError,
     QueueFullError,
 )
-from lmserve.models.hub import QuantizationNotFound
-from lmserve.models.manager import (
+from lmserve.models.errors import (
     ModelCapacityError,
     ModelCrashedError,
     ModelLoadFailed,
     ModelNotFound,
 )
+from lmserve.models.hub import QuantizationNotFound
 from lmserve.models.references import DownloadError, InvalidModelReference
 
 logger = logging.getLogger("lmserve.api")
@@ -82,6 +82,10 @@ class InvalidRequestError(APIError):
 
 class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, prompt_tokens: int = 0) -> None:
+        super().__init__(message, param=param)
+        self.prompt_tokens = prompt_tokens  # the longest prompt, to load a context that fits
 
 
 class PayloadTooLargeError(InvalidRequestError):

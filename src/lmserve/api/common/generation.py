@@ -42,7 +42,7 @@ from lmserve.engine.types import (
     TokenLogprob,
 )
 from lmserve.logbus import LogBus
-from lmserve.models.loader import LoadedModel
+from lmserve.models.loader import LoadedModel, fitting_context
 
 SYSTEM_FINGERPRINT = f"lmserve-{__version__}"
 C = TypeVar("C", bound=Completion)
@@ -187,7 +187,7 @@ def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> 
     if len(tokens) >= model.n_ctx:
         trained = model.engine.info.n_ctx_train
         if len(tokens) < trained:
-            fitting = min(_fitting(len(tokens)), trained)
+            fitting = min(fitting_context(len(tokens)), trained)
             advice = (
                 f" Or load the model with a longer context: --context-length {fitting} (on "
                 f"'lmserve load' or 'lmserve serve'; it was trained on {trained} tokens)."
@@ -199,14 +199,8 @@ def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> 
             f"{what} resulted in {len(tokens)} tokens. Please reduce the length of the {what}."
             + advice,
             param=param,
+            prompt_tokens=len(tokens),
         )
-
-
-def _fitting(tokens: int) -> int:
-    """A context length for ``tokens`` of prompt and some answer: the next multiple of 1024
-    with at least a quarter of it (and 1,024 tokens) left for the answer."""
-    needed = tokens + max(1024, tokens // 4)
-    return -(-needed // 1024) * 1024
 
 
 def stats_of(finished: Finished) -> dict[str, Any]:

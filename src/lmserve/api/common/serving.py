@@ -17,6 +17,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from lmserve.api.common.errors import ContextLengthExceededError
 from lmserve.api.common.generation import Generation, Prepared
 from lmserve.api.common.limits import check_choices
 from lmserve.api.common.protocol import GenerationRequestFields
@@ -75,7 +76,15 @@ async def serve_generation(
             models.release(model)
 
     try:
-        prepared = await turn.prepare(body, model)
+        try:
+            prepared = await turn.prepare(body, model)
+        except ContextLengthExceededError as exc:
+            # A just-in-time model takes the context its request needs.
+            refitted = await models.refit(model, exc.prompt_tokens)
+            if refitted is None:
+                raise
+            model = refitted  # the one finish() releases
+            prepared = await turn.prepare(body, model)
         check_choices(len(prepared.prompt_tokens) * prepared.n)
         generation = Generation(prepared, request.app.state.logs)
     except BaseException:

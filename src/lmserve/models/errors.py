@@ -1,0 +1,45 @@
+"""What the model layer raises, for the API layer to map onto HTTP answers.
+
+- :class:`ModelNotFound`: no loaded or downloaded model has the name (404).
+- :class:`ModelCapacityError`: the model count or memory limit leaves no room (503).
+- :class:`ModelLoadFailed`: llama.cpp could not load the file (500).
+- :class:`ModelCrashedError`: the model's engine crashed and waits out its back-off (503).
+"""
+
+from __future__ import annotations
+
+from lmserve.models.crashes import CrashRecord
+
+
+class ModelNotFound(LookupError):
+    """No loaded (or, for loading, downloaded) model has this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+
+class ModelCapacityError(RuntimeError):
+    """Loading would exceed the model count or memory limit and nothing can be evicted."""
+
+
+class ModelLoadFailed(RuntimeError):
+    """llama.cpp could not load the file (corrupt, unsupported, out of memory)."""
+
+
+class ModelCrashedError(RuntimeError):
+    """The model's engine crashed and is waiting out its back-off (or was given up on)."""
+
+    def __init__(self, record: CrashRecord) -> None:
+        retry = record.retry_in()
+        if record.gave_up:
+            then = "it is not loaded again by itself: load it with 'lmserve load' to retry"
+        else:
+            then = f"it will be loaded again in {retry:.0f} s"
+        super().__init__(
+            f"the model '{record.identifier}' crashed {record.streak} times in a row "
+            f"(last: {record.last_reason}); {then}"
+        )
+        self.record = record
+        self.retry_after = None if record.gave_up else max(1, round(retry))
