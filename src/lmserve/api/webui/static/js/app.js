@@ -1,0 +1,387 @@
+// The page's entry point: its state (the open conversation, the answer in progress) and the
+// wiring of every control and key. The other modules each do one thing: api.js (calls, the
+// key), conversation.js (the tree, on the server), chat.js (one answer), logs.js (what the
+// model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering).
+
+import { answerMeta, generate } from './chat.js';
+import {
+  Conversation,
+  deleteConversation,
+  downloadExport,
+  importFile,
+  listConversations,
+} from './conversation.js';
+import { $, fill, h } from './dom.js';
+import { attachLogPanel, LogStream } from './logs.js';
+import { Models } from './models.js';
+import {
+  defaultSettings,
+  emptySettings,
+  readSettings,
+  rememberSettings,
+  requestBody,
+  showSettings,
+} from './settings.js';
+import { pendingAnswer, renderConversation } from './view.js';
+
+const state = { conversation: null, generating: null, list: [] };
+const logs = new LogStream();
+const models = new Models({ onStatus: status, onChange: settingsChanged });
+
+function status(text, isError = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('error', isError);
+}
+
+// -- drawing ----------------------------------------------------------------------------------
+
+const actions = {
+  onEdit: (message, text) => run(() => edit(message, text)),
+  onRegenerate: (message) => run(() => regenerate(message)),
+  onSwitch: (id) => run(async () => {
+    await state.conversation.switchTo(id);
+    render();
+  }),
+};
+
+function render() {
+  const conversation = state.conversation;
+  renderConversation($('messages'), conversation, actions, Boolean(state.generating));
+  $('chat-title').textContent = conversation.title;
+  document.title = `${conversation.title} · lmserve`;
+  renderList();
+}
+
+function renderList() {
+  const current = state.conversation?.id;
+  fill(
+    $('conversation-list'),
+    state.list.map((item) =>
+      h(
+        'li',
+        { class: item.id === current ? 'current' : '', dataset: { id: item.id } },
+        h('button', {
+          type: 'button', class: 'open', text: item.title, title: item.title,
+          'aria-current': item.id === current ? 'true' : null,
+          onclick: () => run(() => openConversation(item.id)),
+        }),
+        h('button', {
+          type: 'button', class: 'link export', text: '⤓', 'aria-label': `Export ${item.title}`,
+          title: 'Export', onclick: () => run(() => downloadExport(item.id)),
+        }),
+        h('button', {
+          type: 'button', class: 'link delete', text: '✕', 'aria-label': `Delete ${item.title}`,
+          title: 'Delete', onclick: () => run(() => remove(item)),
+        }),
+      ),
+    ),
+  );
+}
+
+function setBusy(busy) {
+  $('send').hidden = busy;
+  $('stop').hidden = !busy;
+  $('new-chat').disabled = busy;
+}
+
+/** Run an action; its failure goes to the status line instead of vanishing. */
+async function run(action) {
+  try {
+    await action();
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+// -- conversations ----------------------------------------------------------------------------
+
+async function refreshList() {
+  state.list = await listConversations();
+  renderList();
+}
+
+function startConversation() {
+  state.conversation = new Conversation({ settings: defaultSettings() });
+  showSettings(state.conversation.settings);
+  models.render(state.conversation.settings.model);
+  history.replaceState(null, '', location.pathname);
+  render();
+  $('input').focus();
+}
+
+async function openConversation(id) {
+  if (state.generating) return;
+  state.conversation = await Conversation.open(id);
+  showSettings(state.conversation.settings);
+  models.render(state.conversation.settings.model);
+  history.replaceState(null, '', `#${id}`); // a reload opens it again
+  status('');
+  render();
+  $('app').classList.remove('sidebar-open');
+}
+
+async function remove(item) {
+  if (!confirm(`Delete “${item.title}”?`)) return;
+  await deleteConversation(item.id);
+  if (state.conversation?.id === item.id) startConversation();
+  await refreshList();
+}
+
+// -- asking -----------------------------------------------------------------------------------
+
+async function send() {
+  const text = $('input').value;
+  if (!text.trim() || state.generating) return;
+  const conversation = state.conversation;
+  conversation.settings = currentSettings();
+  await conversation.save(text.trim().split('\n')[0].slice(0, 60));
+  history.replaceState(null, '', `#${conversation.id}`);
+  const question = await conversation.add({
+    parent_id: conversation.currentLeaf,
+    role: 'user',
+    content: text,
+  });
+  $('input').value = '';
+  await answer(question.id);
+}
+
+async function edit(message, text) {
+  const conversation = state.conversation;
+  if (message.role === 'user') {
+    // An edited question is a new branch at the same point, answered afresh.
+    const question = await conversation.add({ parent_id: message.parent_id, role: 'user', content: text });
+    await answer(question.id);
+    return;
+  }
+  await conversation.add({
+    parent_id: message.parent_id,
+    role: message.role,
+    content: text,
+    meta: { ...message.meta, edited: true },
+  });
+  render();
+}
+
+async function regenerate(message) {
+  state.conversation.currentLeaf = message.parent_id;
+  await answer(message.parent_id);
+}
+
+/** Generate an answer to the branch ending at `parentId`, and store it under it. */
+async function answer(parentId) {
+  const conversation = state.conversation;
+  conversation.currentLeaf = parentId;
+  const history = conversation.path().map(({ role, content, tool_calls: calls }) =>
+    calls?.length ? { role, content, tool_calls: calls } : { role, content },
+  );
+  const body = requestBody(conversation.settings, history);
+  const controller = new AbortController();
+  state.generating = controller;
+  setBusy(true);
+  render();
+  await refreshList();
+  const pending = pendingAnswer($('messages'), body.model);
+  status('');
+  // The rendered prompt comes from the log stream: be subscribed before asking.
+  await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  try {
+    const result = await generate(body, controller.signal, pending.update);
+    if (result.stopped && !result.content && !result.reasoning && !result.toolCalls.length) {
+      status('Stopped before the first token.');
+    } else {
+      const input = await logs.input(result.id);
+      await conversation.add({
+        parent_id: parentId,
+        role: 'assistant',
+        content: result.content,
+        reasoning_content: result.reasoning || null,
+        tool_calls: result.toolCalls.length ? result.toolCalls : null,
+        meta: answerMeta(result, input),
+      });
+      status(result.stopped ? 'Stopped: the answer so far is kept.' : '');
+    }
+  } catch (error) {
+    state.generating = null;
+    setBusy(false);
+    render();
+    pendingAnswer($('messages'), body.model).fail(error.message);
+    status(error.message, true);
+    return;
+  }
+  state.generating = null;
+  setBusy(false);
+  render();
+  await refreshList();
+  models.refresh(conversation.settings.model); // a just-in-time load shows as loaded now
+}
+
+function stop() {
+  state.generating?.abort();
+}
+
+// -- settings ---------------------------------------------------------------------------------
+
+function currentSettings() {
+  try {
+    return readSettings($('model-select').value || models.fallback());
+  } catch (error) {
+    showPanel('settings');
+    $('settings-error').textContent = error.message;
+    throw error;
+  }
+}
+
+let saveTimer = null;
+
+function settingsChanged() {
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => {
+    let settings;
+    try {
+      settings = readSettings($('model-select').value || models.fallback());
+    } catch (error) {
+      $('settings-error').textContent = error.message;
+      return;
+    }
+    $('settings-error').textContent = '';
+    rememberSettings(settings);
+    run(() => state.conversation.saveSettings(settings));
+  }, 300);
+}
+
+// -- panels, theme, keys ----------------------------------------------------------------------
+
+function showPanel(name) {
+  for (const panel of ['settings', 'logs']) {
+    const open = panel === name && $(panel).hidden;
+    $(panel).hidden = !open;
+    $(`toggle-${panel}`).setAttribute('aria-expanded', String(open));
+  }
+}
+
+const THEMES = ['auto', 'light', 'dark'];
+
+function applyTheme(theme) {
+  if (theme === 'auto') delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = theme;
+  $('theme').textContent = theme[0].toUpperCase() + theme.slice(1);
+  try {
+    localStorage.setItem('lmserve.theme', theme);
+  } catch {
+    /* not remembered */
+  }
+}
+
+function startRenaming() {
+  const conversation = state.conversation;
+  const title = $('chat-title');
+  const input = h('input', { class: 'chat-title', 'aria-label': 'Title', maxlength: 200 });
+  input.value = conversation.title;
+  const done = (save) => {
+    input.replaceWith(title);
+    if (save && input.value.trim() && input.value !== conversation.title) {
+      run(async () => {
+        await conversation.rename(input.value.trim());
+        render();
+        await refreshList();
+      });
+    }
+  };
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') done(true);
+    if (event.key === 'Escape') done(false);
+  });
+  input.addEventListener('blur', () => done(true), { once: true });
+  title.replaceWith(input);
+  input.focus();
+  input.select();
+}
+
+function wire() {
+  $('composer').addEventListener('submit', (event) => {
+    event.preventDefault(); // no form submission (the CSP allows none)
+    run(send);
+  });
+  $('input').addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      run(send);
+    }
+  });
+  $('stop').addEventListener('click', stop);
+  $('new-chat').addEventListener('click', startConversation);
+  $('chat-title').addEventListener('click', startRenaming);
+  $('toggle-settings').addEventListener('click', () => showPanel('settings'));
+  $('toggle-logs').addEventListener('click', () => showPanel('logs'));
+  for (const button of document.querySelectorAll('[data-close]')) {
+    button.addEventListener('click', () => showPanel(null));
+  }
+  $('settings-form').addEventListener('input', settingsChanged);
+  $('settings-form').addEventListener('submit', (event) => event.preventDefault());
+  $('reset-settings').addEventListener('click', () => {
+    showSettings(emptySettings());
+    settingsChanged();
+  });
+  $('theme').addEventListener('click', () => {
+    const now = document.documentElement.dataset.theme || 'auto';
+    applyTheme(THEMES[(THEMES.indexOf(now) + 1) % THEMES.length]);
+  });
+  $('open-sidebar').addEventListener('click', () => $('app').classList.add('sidebar-open'));
+  $('close-sidebar').addEventListener('click', () => $('app').classList.remove('sidebar-open'));
+  $('export-all').addEventListener('click', () => run(() => downloadExport(null)));
+  $('import').addEventListener('click', () => $('import-file').click());
+  $('import-file').addEventListener('change', () => run(importChosenFile));
+  document.addEventListener('keydown', onKey);
+}
+
+async function importChosenFile() {
+  const file = $('import-file').files[0];
+  $('import-file').value = '';
+  if (!file) return;
+  const created = await importFile(await file.text());
+  status(`Imported ${created.length} conversation${created.length === 1 ? '' : 's'}.`);
+  await refreshList();
+  if (created.length) await openConversation(created[0].id);
+}
+
+function onKey(event) {
+  const typing = event.target.closest?.('input, textarea, select, [contenteditable]');
+  if (event.key === 'Escape') {
+    if (state.generating) stop();
+    else if (!$('key-dialog').open) {
+      showPanel(null);
+      $('app').classList.remove('sidebar-open');
+    }
+  } else if (event.altKey && !event.ctrlKey && !event.metaKey) {
+    const key = event.key.toLowerCase();
+    const command = { n: startConversation, s: () => showPanel('settings'), l: () => showPanel('logs') }[key];
+    if (command && !state.generating) {
+      event.preventDefault();
+      command();
+    }
+  } else if (event.key === '/' && !typing) {
+    event.preventDefault();
+    $('input').focus();
+  }
+}
+
+async function init() {
+  let theme = 'auto';
+  try {
+    theme = localStorage.getItem('lmserve.theme') || 'auto';
+  } catch {
+    /* default */
+  }
+  applyTheme(THEMES.includes(theme) ? theme : 'auto');
+  wire();
+  attachLogPanel(logs);
+  logs.run();
+  startConversation();
+  await run(() => models.refresh(state.conversation.settings.model));
+  await run(refreshList);
+  const id = decodeURIComponent(location.hash.slice(1));
+  if (id) await run(() => openConversation(id));
+  document.documentElement.dataset.ready = 'true'; // for tests: the page has loaded its data
+}
+
+init();
