@@ -1,0 +1,387 @@
+"""The chat page's HTTP side, in process (no model needed): the page and its headers, what
+needs a key, --no-webui, the conversations API (errors included), the database off the event
+loop, a broken database file, and the vendored libraries' checksums."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import runpy
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+
+from lmserve.api.app import create_app
+from lmserve.api.webui.assets import Assets
+from lmserve.cli.serve import serve, settings_from_options
+from lmserve.cli.server import _serve_arguments
+from lmserve.config import Settings
+from lmserve.models.manager import ModelManager
+
+LOOPBACK = "http://127.0.0.1:1234"
+KEY = "sk-webui-test-4d1b"
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser sends
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "src/lmserve/api/webui/static"
+
+
+def make_app(home: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> FastAPI:
+    monkeypatch.setenv("LMSERVE_HOME", str(home))
+    config = Settings(**settings)
+    return create_app(ModelManager(home / "models", config), settings=config)
+
+
+@pytest.fixture()
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    with TestClient(make_app(tmp_path, monkeypatch), base_url=LOOPBACK) as test_client:
+        yield test_client
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+
+def test_the_page_has_a_strict_policy(client: TestClient) -> None:
+    page = client.get("/", headers=HTML)
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<script type="module" src="/webui/js/app.js">' in page.text
+    policy = dict(
+        [*directive.split(" ", 1), ""][:2]
+        for directive in page.headers["content-security-policy"].split("; ")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == policy["style-src"] == "'self'"  # no 'unsafe-inline'
+    assert policy["img-src"] == "'self' data:"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == policy["base-uri"] == policy["form-action"] == "'none'"
+    assert policy["require-trusted-types-for"] == "'script'"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    # No inline script or style anywhere in the page: the policy would refuse them.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page.text)
+    assert "style=" not in page.text and "<style" not in page.text
+    assert not re.search(r"\son[a-z]+=", page.text)
+
+
+def test_the_page_files_are_served_with_their_types(client: TestClient) -> None:
+    script = client.get("/webui/js/app.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")  # modules need it
+    assert script.headers["x-content-type-options"] == "nosniff"
+    assert (
+        client.get("/webui/vendor/markdown-it.min.mjs")
+        .headers["content-type"]
+        .startswith("text/javascript")
+    )
+    assert client.get("/webui/app.css").headers["content-type"].startswith("text/css")
+    again = client.get("/webui/js/app.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    for missing in ("/webui/nope.js", "/webui/../router.py", "/webui/%2e%2e/store.py"):
+        assert client.get(missing).status_code == 404
+
+
+def test_every_module_the_page_imports_is_shipped(client: TestClient) -> None:
+    """Follow the imports from app.js: a file missing from the package data would be a blank
+    page."""
+    assets = Assets.from_package()
+    seen, queue = set(), ["js/app.js"]
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        text = assets.files[name].body.decode()
+        for target in re.findall(r"""^import .*?from ['"](\.{1,2}/[^'"]+)['"]""", text, re.M):
+            queue.append(str(Path(name).parent.joinpath(target)).replace("\\", "/"))
+            queue[-1] = re.sub(r"[^/]+/\.\./", "", queue[-1])
+    assert {"js/markdown.js", "vendor/purify.es.mjs", "vendor/highlight/core.min.js"} <= seen
+    for name in seen:
+        assert client.get(f"/webui/{name}").status_code == 200, name
+
+
+def test_clients_that_probe_the_root_still_get_json(client: TestClient) -> None:
+    assert client.head("/").status_code == 200  # Claude Code's first request
+    assert client.get("/").json()["name"] == "lmserve"
+    assert client.get("/", headers={"Accept": "*/*"}).json()["name"] == "lmserve"
+    assert client.head("/", headers=HTML).status_code == 200
+
+
+def test_no_webui_turns_the_page_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(tmp_path, monkeypatch, webui=False, api_keys=(KEY,))
+    with TestClient(app, base_url=LOOPBACK) as off:
+        assert off.get("/webui/js/app.js").status_code == 401  # not public when off
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert off.get("/webui/js/app.js", headers=auth).status_code == 404
+        root = off.get("/", headers={**HTML, **auth})
+        assert root.json()["name"] == "lmserve"
+        assert off.get("/lmserve/conversations", headers=auth).status_code == 200
+    # The flag, as `lmserve serve` and `lmserve server start` read it.
+    assert settings_from_options(serve.make_context("serve", []).params).webui is True
+    off_flag = serve.make_context("serve", ["--no-webui"]).params
+    assert settings_from_options(off_flag).webui is False
+    assert "--no-webui" in _serve_arguments(off_flag)  # `server start` passes it on
+
+
+def test_the_page_loads_without_a_key_and_nothing_else_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(make_app(tmp_path, monkeypatch, api_keys=(KEY,)), base_url=LOOPBACK) as keyed:
+        assert keyed.get("/", headers=HTML).status_code == 200
+        assert keyed.get("/webui/js/app.js").status_code == 200
+        # A probe of the root is no page: it needs the key, as before the page existed.
+        assert keyed.head("/").status_code == 401
+        assert keyed.head("/", headers={"x-api-key": KEY}).status_code == 200
+        for method, path in (
+            ("GET", "/lmserve/conversations"),
+            ("POST", "/lmserve/conversations"),
+            ("POST", "/lmserve/conversations/import"),
+            ("GET", "/lmserve/log/stream"),
+            ("POST", "/webui/js/app.js"),
+        ):
+            assert keyed.request(method, path, json={}).status_code == 401, path
+        listed = keyed.get("/lmserve/conversations", headers={"Authorization": f"Bearer {KEY}"})
+        assert listed.status_code == 200
+
+
+def test_the_host_check_covers_the_page_and_its_api(client: TestClient) -> None:
+    for path in ("/", "/webui/js/app.js", "/lmserve/conversations"):
+        response = client.get(path, headers={**HTML, "Host": "rebound.example"})
+        assert response.status_code == 403 and response.json()["error"]["code"] == "invalid_host"
+
+
+# -- the conversations API --------------------------------------------------------------------
+
+
+def test_conversations_round_trip(client: TestClient) -> None:
+    created = client.post(
+        "/lmserve/conversations", json={"title": "Trip", "settings": {"temperature": 0.2}}
+    )
+    assert created.status_code == 201
+    ident = created.json()["id"]
+    base = f"/lmserve/conversations/{ident}"
+    question = client.post(f"{base}/messages", json={"role": "user", "content": "Hi"}).json()
+    answer = client.post(
+        f"{base}/messages",
+        json={
+            "role": "assistant",
+            "content": "Hello",
+            "parent_id": question["id"],
+            "reasoning_content": "be kind",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+            "meta": {
+                "request_id": "chatcmpl-1",
+                "prompt": "<|im_start|>user\nHi",
+                "prompt_tokens": 9,
+            },
+        },
+    ).json()
+    client.patch(base, json={"title": "Renamed", "settings": {"seed": 7, "stop": ["\n"]}})
+    stored = client.get(base).json()
+    assert stored["title"] == "Renamed"
+    assert stored["settings"]["seed"] == 7 and stored["settings"]["stop"] == ["\n"]
+    assert stored["current_leaf"] == answer["id"]
+    assert stored["messages"][1]["meta"]["prompt_tokens"] == 9
+    assert stored["messages"][1]["tool_calls"][0]["function"]["name"] == "f"
+    listed = client.get("/lmserve/conversations").json()["data"]
+    assert [(c["id"], c["messages"]) for c in listed] == [(ident, 2)]
+    exported = client.get(f"{base}/export")
+    assert "attachment" in exported.headers["content-disposition"]
+    imported = client.post(
+        "/lmserve/conversations/import",
+        content=exported.content,
+        headers={"content-type": "application/json"},
+    )
+    assert imported.status_code == 201
+    copy = client.get(f"/lmserve/conversations/{imported.json()['data'][0]['id']}").json()
+    assert [m["content"] for m in copy["messages"]] == ["Hi", "Hello"]
+    assert client.delete(base).json()["deleted"] is True
+    missing = client.get(base)
+    assert (
+        missing.status_code == 404 and missing.json()["error"]["code"] == "conversation_not_found"
+    )
+    assert len(client.get("/lmserve/conversations").json()["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"format": "lmserve.conversations", "version": 1, "conversations": [', None),
+        (b"not json at all", None),
+        (b"[]", None),
+        (json.dumps({"format": "other", "version": 1, "conversations": []}).encode(), "format"),
+        (
+            json.dumps(
+                {"format": "lmserve.conversations", "version": 9, "conversations": []}
+            ).encode(),
+            "version",
+        ),
+        (
+            json.dumps(
+                {
+                    "format": "lmserve.conversations",
+                    "version": 1,
+                    "conversations": [
+                        {
+                            "id": "c",
+                            "title": "t",
+                            "created_at": 1,
+                            "updated_at": 1,
+                            "messages": [
+                                {
+                                    "id": "m",
+                                    "parent_id": "ghost",
+                                    "role": "user",
+                                    "content": "x",
+                                    "created_at": 1,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ).encode(),
+            "conversations[0].messages[0].parent_id",
+        ),
+        (
+            json.dumps(
+                {"format": "lmserve.conversations", "version": 1, "conversations": [], "extra": 1}
+            ).encode(),
+            "extra",
+        ),
+    ],
+    ids=["truncated", "not-json", "array", "format", "version", "dangling-parent", "unknown-field"],
+)
+def test_a_bad_import_is_a_400_and_imports_nothing(
+    client: TestClient, body: bytes, param: str | None
+) -> None:
+    response = client.post(
+        "/lmserve/conversations/import", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    assert client.get("/lmserve/conversations").json()["data"] == []
+
+
+def test_bad_requests_are_400s_that_say_what(client: TestClient) -> None:
+    ident = client.post("/lmserve/conversations", json={}).json()["id"]
+    base = f"/lmserve/conversations/{ident}"
+    cases = [
+        ("POST", f"{base}/messages", {"role": "wizard", "content": "x"}, "role"),
+        ("POST", f"{base}/messages", {"role": "user", "parent_id": "msg_nope"}, "parent_id"),
+        ("PATCH", base, {"current_leaf": "msg_nope"}, "current_leaf"),
+        ("PATCH", base, {"settings": {"temperature": 9}}, "settings.temperature"),
+        ("PATCH", base, {"title": "x" * 201}, "title"),
+        ("POST", "/lmserve/conversations", {"settings": {"colour": "red"}}, "settings.colour"),
+    ]
+    for method, path, body, param in cases:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 400, (path, body, response.text)
+        assert response.json()["error"]["param"] == param
+    assert client.get("/lmserve/conversations/conv_missing/export").status_code == 404
+    lone_surrogate = b'{"role": "user", "content": "\\ud800"}'
+    sent = client.post(
+        f"{base}/messages", content=lone_surrogate, headers={"content-type": "application/json"}
+    )
+    assert sent.status_code == 400
+
+
+async def test_the_database_never_blocks_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the database's write lock: a write waits for it on the
+    database's thread while the server goes on answering, then goes through."""
+    app = make_app(tmp_path, monkeypatch)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=LOOPBACK) as http:
+        ident = (await http.post("/lmserve/conversations", json={})).json()["id"]
+        path = tmp_path / "conversations.sqlite3"
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            write = asyncio.create_task(
+                http.post(f"/lmserve/conversations/{ident}/messages", json={"role": "user"})
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()  # waiting for the lock...
+            started = time.perf_counter()
+            health = await http.get("/health")
+            assert health.status_code in {200, 503}  # ...and the server still answers
+            assert time.perf_counter() - started < 0.5
+            other.execute("COMMIT")
+        assert (await asyncio.wait_for(write, 10)).status_code == 201
+        # Many tabs at once: every message is kept.
+        sends = [
+            http.post(
+                f"/lmserve/conversations/{ident}/messages", json={"role": "user", "content": str(n)}
+            )
+            for n in range(30)
+        ]
+        assert {r.status_code for r in await asyncio.gather(*sends)} == {201}
+        stored = (await http.get(f"/lmserve/conversations/{ident}")).json()
+        assert len(stored["messages"]) == 31
+    await app.state.conversations.aclose()
+
+
+def test_a_broken_database_file_is_reported_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    path.write_bytes(b"definitely not sqlite\n" * 50)
+    before = path.read_bytes()
+    with TestClient(make_app(tmp_path, monkeypatch), base_url=LOOPBACK) as client:
+        for method, url in (("GET", "/lmserve/conversations"), ("POST", "/lmserve/conversations")):
+            response = client.request(method, url, json={})
+            assert response.status_code == 500
+            error = response.json()["error"]
+            assert error["code"] == "conversations_unusable"
+            assert str(path) in error["message"] and "not a SQLite database" in error["message"]
+        assert client.get("/health").status_code in {200, 503}  # the server serves on
+        assert client.get("/", headers=HTML).status_code == 200
+        assert path.read_bytes() == before
+        # The user moves it away: conversations work again, without a restart.
+        path.rename(tmp_path / "moved-away.sqlite3")
+        assert client.post("/lmserve/conversations", json={}).status_code == 201
+    assert (tmp_path / "moved-away.sqlite3").read_bytes() == before
+
+
+# -- the vendored libraries -------------------------------------------------------------------
+
+
+def test_the_vendored_files_match_their_checksums() -> None:
+    vendor = STATIC / "vendor"
+    listed = {}
+    for line in (vendor / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        listed[name] = digest
+    on_disk = {
+        str(path.relative_to(vendor))
+        for path in vendor.rglob("*")
+        if path.is_file() and path.name != "SHA256SUMS"
+    }
+    assert set(listed) == on_disk  # nothing unlisted, nothing missing
+    for name, digest in listed.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    versions = json.loads((vendor / "versions.json").read_text())
+    script = runpy.run_path(str(ROOT / "scripts/vendor_webui.py"))  # its main() is not run
+    pinned = {(p.name, p.version, p.integrity) for p in script["PACKAGES"]}
+    assert {(v["name"], v["version"], v["integrity"]) for v in versions} == pinned
+    assert {name for name, _, _ in pinned} == {
+        "markdown-it",
+        "dompurify",
+        "@highlightjs/cdn-assets",
+    }
+    for version in versions:
+        assert version["licenses"] and all(name in listed for name in version["licenses"])
