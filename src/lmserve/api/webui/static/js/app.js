@@ -82,6 +82,14 @@ function setBusy(busy) {
   $('send').hidden = busy;
   $('stop').hidden = !busy;
   $('new-chat').disabled = busy;
+  document.documentElement.dataset.busy = String(busy);
+}
+
+// How many answers this page has finished (stored, stopped or failed): lets a script or a
+// test wait for the next one without guessing from the DOM.
+function answerDone() {
+  const html = document.documentElement;
+  html.dataset.answers = String(Number(html.dataset.answers || 0) + 1);
 }
 
 /** Run an action; its failure goes to the status line instead of vanishing. */
@@ -206,11 +214,13 @@ async function answer(parentId) {
     render();
     pendingAnswer($('messages'), body.model).fail(error.message);
     status(error.message, true);
+    answerDone();
     return;
   }
   state.generating = null;
   setBusy(false);
   render();
+  answerDone();
   await refreshList();
   models.refresh(conversation.settings.model); // a just-in-time load shows as loaded now
 }
@@ -277,7 +287,10 @@ function startRenaming() {
   const title = $('chat-title');
   const input = h('input', { class: 'chat-title', 'aria-label': 'Title', maxlength: 200 });
   input.value = conversation.title;
+  let finished = false; // replacing the input blurs it: that must not finish it twice
   const done = (save) => {
+    if (finished) return;
+    finished = true;
     input.replaceWith(title);
     if (save && input.value.trim() && input.value !== conversation.title) {
       run(async () => {
@@ -339,9 +352,9 @@ async function importChosenFile() {
   $('import-file').value = '';
   if (!file) return;
   const created = await importFile(await file.text());
-  status(`Imported ${created.length} conversation${created.length === 1 ? '' : 's'}.`);
   await refreshList();
   if (created.length) await openConversation(created[0].id);
+  status(`Imported ${created.length} conversation${created.length === 1 ? '' : 's'}.`);
 }
 
 function onKey(event) {
@@ -376,10 +389,10 @@ async function init() {
   wire();
   attachLogPanel(logs);
   logs.run();
+  const id = decodeURIComponent(location.hash.slice(1)); // the conversation open before a reload
   startConversation();
   await run(() => models.refresh(state.conversation.settings.model));
   await run(refreshList);
-  const id = decodeURIComponent(location.hash.slice(1));
   if (id) await run(() => openConversation(id));
   document.documentElement.dataset.ready = 'true'; // for tests: the page has loaded its data
 }

