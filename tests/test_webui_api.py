@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from lmserve.api.app import create_app
@@ -297,6 +299,57 @@ def test_bad_requests_are_400s_that_say_what(client: TestClient) -> None:
         f"{base}/messages", content=lone_surrogate, headers={"content-type": "application/json"}
     )
     assert sent.status_code == 400
+    not_a_number = b'{"role": "user", "meta": {"tokens_per_second": NaN}}'
+    sent = client.post(
+        f"{base}/messages", content=not_a_number, headers={"content-type": "application/json"}
+    )
+    assert sent.status_code == 400 and sent.json()["error"]["param"] == "meta"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+message_bodies = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "x"])},
+    # Mostly well-typed fields, so that the values inside them get a look too.
+    optional={
+        "content": st.text(max_size=20) | json_values,
+        "meta": st.dictionaries(st.text(max_size=8), json_values, max_size=3) | json_values,
+        "tool_calls": st.lists(st.dictionaries(st.text(max_size=8), json_values), max_size=2),
+        "parent_id": json_values,
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(["messages", "patch", "create", "import"]),
+    body=st.one_of(message_bodies, json_values),
+)
+def test_no_body_makes_a_server_error(client: TestClient, route: str, body: Any) -> None:
+    """Whatever JSON comes (NaN and Infinity included, as Python's parser takes them), the
+    answer is a success or a 4xx, never a 500."""
+    ident = client.post("/lmserve/conversations", json={}).json()["id"]
+    method, path = {
+        "messages": ("POST", f"/lmserve/conversations/{ident}/messages"),
+        "patch": ("PATCH", f"/lmserve/conversations/{ident}"),
+        "create": ("POST", "/lmserve/conversations"),
+        "import": ("POST", "/lmserve/conversations/import"),
+    }[route]
+    content = json.dumps(body, allow_nan=True).encode()
+    response = client.request(
+        method, path, content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code < 300:  # what was stored reads and exports back
+        assert client.get(f"/lmserve/conversations/{ident}").status_code == 200
+        assert client.get(f"/lmserve/conversations/{ident}/export").status_code == 200
 
 
 async def test_the_database_never_blocks_the_event_loop(

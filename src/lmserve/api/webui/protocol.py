@@ -10,9 +10,10 @@ our page, and an export file from a future lmserve should fail loudly, not lose 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from lmserve.api.common import bounds
 
@@ -29,6 +30,19 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9
 Title = Annotated[str, Field(max_length=MAX_TITLE)]
 Role = Literal["system", "user", "assistant", "tool"]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Timestamp = Annotated[float, Field(ge=0, le=1e11)]  # seconds since 1970 (to the year 5138)
+
+
+def _json_only(value: Any) -> Any:
+    """JSON's values only: Python's parser takes NaN and Infinity, which no answer may hold."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("NaN and Infinity are not JSON numbers") from None
+    return value
+
+
+JsonOnly = AfterValidator(_json_only)
 
 
 class WebModel(BaseModel):
@@ -71,16 +85,18 @@ class NewMessage(WebModel):
     content: str = Field(default="", max_length=MAX_TEXT)
     reasoning_content: str | None = Field(default=None, max_length=MAX_TEXT)
     # As the chat API returned them: [{"id", "type": "function", "function": {...}}].
-    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_calls: Annotated[list[dict[str, Any]] | None, JsonOnly] = Field(
+        default=None, max_length=128
+    )
     # What the page learnt of the answer: model, request id, stats, the rendered prompt.
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: Annotated[dict[str, Any], JsonOnly] = Field(default_factory=dict)
 
 
 class StoredMessage(NewMessage):
     """A message as exported: with its id and when it was written."""
 
     id: Id
-    created_at: float = Field(ge=0)
+    created_at: Timestamp
 
 
 class NewConversation(WebModel):
@@ -101,8 +117,8 @@ class ExportedConversation(WebModel):
     title: Title
     settings: ChatSettings = Field(default_factory=ChatSettings)
     current_leaf: Id | None = None
-    created_at: float = Field(ge=0)
-    updated_at: float = Field(ge=0)
+    created_at: Timestamp
+    updated_at: Timestamp
     # Parents before children (an export lists them in the order they were written).
     messages: list[StoredMessage] = Field(default_factory=list, max_length=MAX_MESSAGES)
 
@@ -111,6 +127,6 @@ class ExportFile(WebModel):
     """``GET /lmserve/conversations/export`` writes this; ``POST .../import`` reads it."""
 
     format: Literal["lmserve.conversations"]
-    version: Literal[1]
-    exported_at: float | None = None
+    version: Annotated[int, Field(ge=1, le=1)]  # EXPORT_VERSION
+    exported_at: Timestamp | None = None
     conversations: list[ExportedConversation] = Field(max_length=MAX_IMPORTED)
