@@ -1,7 +1,8 @@
 // The page's entry point: its state (the open conversation, the answer in progress) and the
 // wiring of every control and key. The other modules each do one thing: api.js (calls, the
 // key), conversation.js (the tree, on the server), chat.js (one answer), logs.js (what the
-// model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering).
+// model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering),
+// layout.js (panels, drawer, theme).
 
 import { answerMeta, generate } from './chat.js';
 import {
@@ -12,6 +13,7 @@ import {
   listConversations,
 } from './conversation.js';
 import { $, fill, h } from './dom.js';
+import { closeDrawers, showPanel, wireLayout } from './layout.js';
 import { attachLogPanel, LogStream } from './logs.js';
 import { Models } from './models.js';
 import {
@@ -259,28 +261,7 @@ function settingsChanged() {
   }, 300);
 }
 
-// -- panels, theme, keys ----------------------------------------------------------------------
-
-function showPanel(name) {
-  for (const panel of ['settings', 'logs']) {
-    const open = panel === name && $(panel).hidden;
-    $(panel).hidden = !open;
-    $(`toggle-${panel}`).setAttribute('aria-expanded', String(open));
-  }
-}
-
-const THEMES = ['auto', 'light', 'dark'];
-
-function applyTheme(theme) {
-  if (theme === 'auto') delete document.documentElement.dataset.theme;
-  else document.documentElement.dataset.theme = theme;
-  $('theme').textContent = theme[0].toUpperCase() + theme.slice(1);
-  try {
-    localStorage.setItem('lmserve.theme', theme);
-  } catch {
-    /* not remembered */
-  }
-}
+// -- renaming, keys ---------------------------------------------------------------------------
 
 function startRenaming() {
   const conversation = state.conversation;
@@ -324,27 +305,28 @@ function wire() {
   $('stop').addEventListener('click', stop);
   $('new-chat').addEventListener('click', startConversation);
   $('chat-title').addEventListener('click', startRenaming);
-  $('toggle-settings').addEventListener('click', () => showPanel('settings'));
-  $('toggle-logs').addEventListener('click', () => showPanel('logs'));
-  for (const button of document.querySelectorAll('[data-close]')) {
-    button.addEventListener('click', () => showPanel(null));
-  }
   $('settings-form').addEventListener('input', settingsChanged);
   $('settings-form').addEventListener('submit', (event) => event.preventDefault());
   $('reset-settings').addEventListener('click', () => {
     showSettings(emptySettings());
     settingsChanged();
   });
-  $('theme').addEventListener('click', () => {
-    const now = document.documentElement.dataset.theme || 'auto';
-    applyTheme(THEMES[(THEMES.indexOf(now) + 1) % THEMES.length]);
-  });
-  $('open-sidebar').addEventListener('click', () => $('app').classList.add('sidebar-open'));
-  $('close-sidebar').addEventListener('click', () => $('app').classList.remove('sidebar-open'));
   $('export-all').addEventListener('click', () => run(() => downloadExport(null)));
   $('import').addEventListener('click', () => $('import-file').click());
   $('import-file').addEventListener('change', () => run(importChosenFile));
   document.addEventListener('keydown', onKey);
+  // Another tab may have added to the open conversation: look again when this one is shown.
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible' || !state.conversation?.id) return;
+    if (document.querySelector('.edit-box')) return; // not under someone's editing
+    run(async () => {
+      const fresh = await Conversation.open(state.conversation.id);
+      if (state.generating || fresh.id !== state.conversation.id) return;
+      state.conversation = fresh;
+      render();
+      await refreshList();
+    });
+  });
 }
 
 async function importChosenFile() {
@@ -361,10 +343,7 @@ function onKey(event) {
   const typing = event.target.closest?.('input, textarea, select, [contenteditable]');
   if (event.key === 'Escape') {
     if (state.generating) stop();
-    else if (!$('key-dialog').open) {
-      showPanel(null);
-      $('app').classList.remove('sidebar-open');
-    }
+    else if (!$('key-dialog').open) closeDrawers();
   } else if (event.altKey && !event.ctrlKey && !event.metaKey) {
     const key = event.key.toLowerCase();
     const command = { n: startConversation, s: () => showPanel('settings'), l: () => showPanel('logs') }[key];
@@ -379,13 +358,7 @@ function onKey(event) {
 }
 
 async function init() {
-  let theme = 'auto';
-  try {
-    theme = localStorage.getItem('lmserve.theme') || 'auto';
-  } catch {
-    /* default */
-  }
-  applyTheme(THEMES.includes(theme) ? theme : 'auto');
+  wireLayout();
   wire();
   attachLogPanel(logs);
   logs.run();
