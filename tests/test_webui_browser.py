@@ -290,6 +290,9 @@ def test_regenerate_and_edit_make_branches(page: Any, webui_server: Server) -> N
     page.locator(".message.assistant .regenerate").click()
     answer = wait_for_answers(page, 2)
     assert answer.locator(".branch-count").inner_text() == "2/2"
+    # The same prompt again: the slot still holds it, and the figures say so.
+    figures = re.search(r"prompt (\d+) tokens, (\d+) cached", answer.locator(".stats").inner_text())
+    assert figures and 0 < int(figures[2]) <= int(figures[1])
     answer.locator(".branch-prev").click()
     page.wait_for_function(
         "() => document.querySelector('.message.assistant .branch-count')?.textContent === '1/2'"
@@ -327,6 +330,7 @@ def test_stored_hostile_html_is_shown_as_text(page: Any, webui_server: Server) -
     )
     open_page(page, f"/#{ident}")
     page.wait_for_selector(".message.assistant")
+    assert not page.locator(".message.assistant .reasoning .md").is_visible()  # folded
     page.locator(".message.assistant details.reasoning summary").click()
     assert_shown_as_text(page, ".message.assistant .content")
     assert_shown_as_text(page, ".message.assistant .reasoning")
@@ -433,3 +437,28 @@ def test_a_phone_width_and_both_themes(browser: Any, webui_server: Server) -> No
         assert_clean(page)
     finally:
         page.context.close()
+
+
+def test_the_model_picker_unloads_and_loads_just_in_time(page: Any, webui_server: Server) -> None:
+    """Unload the model from the models panel; the picker then offers it to load on use, and
+    a message loads it just in time. (Last: the other tests want the model loaded.)"""
+    open_page(page)
+    page.click("#toggle-settings")
+    page.get_by_role("button", name=f"Unload {MODEL_ID}").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.startsWith('Unloaded')"
+    )
+    assert httpx.get(f"{webui_server.base_url}/lmserve/slots").json()["models"] == []
+    assert page.locator("#model-list").inner_text().count("downloaded, not loaded") == 1
+    assert "(loads on use)" in page.locator("#model-select option:checked").inner_text()
+    page.fill("#max_tokens", "3")
+    page.click("#toggle-settings")
+    page.wait_for_timeout(500)
+    send(page, "Hi")
+    wait_for_answers(page)
+    assert page.locator(".message.assistant .role").inner_text() == MODEL_ID
+    page.wait_for_function(
+        "() => document.querySelector('#model-select option:checked')?.textContent.startsWith('●')"
+    )
+    page.click("#toggle-settings")
+    assert "just in time" in page.locator("#model-list").inner_text()
