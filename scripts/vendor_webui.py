@@ -122,9 +122,9 @@ def main() -> None:
     if VENDOR.exists():
         shutil.rmtree(VENDOR)  # only our own folder: a pin removed leaves nothing behind
     for path, data in sorted(written.items()):
-        target = VENDOR / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        destination = VENDOR / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(data)
     sums = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {path}\n" for path, data in sorted(written.items())
     )

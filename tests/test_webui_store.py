@@ -41,7 +41,7 @@ def db(tmp_path: Path) -> Iterator[ConversationDB]:
 def test_a_new_file_is_created_at_the_latest_version_and_marked_as_ours(tmp_path: Path) -> None:
     path = tmp_path / "deeper" / "conversations.sqlite3"
     store = ConversationDB(path)
-    assert store.list() == []
+    assert store.summaries() == []
     store.close()
     assert pragma(path, "user_version") == len(MIGRATIONS)
     assert pragma(path, "application_id") == APPLICATION_ID
@@ -52,7 +52,7 @@ def test_an_empty_file_is_taken_as_a_new_database(tmp_path: Path) -> None:
     path.touch()  # what `touch` or a crash before the first write leaves
     store = ConversationDB(path)
     store.create(NewConversation(title="first"))
-    assert [c["title"] for c in store.list()] == ["first"]
+    assert [c["title"] for c in store.summaries()] == ["first"]
     store.close()
 
 
@@ -110,7 +110,7 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
     step = ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y")
     broken = ConversationDB(path, migrations=(*MIGRATIONS, step))
     with pytest.raises(StoreUnusable, match="could not be upgraded to schema version 2"):
-        broken.list()
+        broken.summaries()
     assert pragma(path, "user_version") == len(MIGRATIONS)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -128,7 +128,7 @@ def write_foreign_database(path: Path) -> None:
 
 def write_newer_database(path: Path) -> None:
     store = ConversationDB(path)
-    store.list()
+    store.summaries()
     store.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
@@ -166,7 +166,7 @@ def test_a_file_that_is_not_ours_is_refused_and_left_as_it_was(
     make(path)
     before = digest(path) if path.is_file() else None
     store = ConversationDB(path)
-    for call in (store.list, lambda: store.create(NewConversation())):
+    for call in (store.summaries, lambda: store.create(NewConversation())):
         with pytest.raises(StoreUnusable) as refused:
             call()
         message = str(refused.value)
@@ -236,4 +236,4 @@ def test_an_import_is_all_or_nothing_and_never_replaces(db: ConversationDB) -> N
     with pytest.raises(BadReference) as refused:
         db.import_file(document)
     assert refused.value.param == "conversations[1].messages[0].parent_id"
-    assert len(db.list()) == 2
+    assert len(db.summaries()) == 2

@@ -60,7 +60,7 @@ async def page_file(name: str, request: Request) -> Response:
 @conversations_router.get("")
 async def list_conversations(request: Request) -> dict[str, Any]:
     """Every conversation, most recently changed first, without its messages."""
-    return {"object": "list", "data": await _conversations(request).list()}
+    return {"object": "list", "data": await _conversations(request).summaries()}
 
 
 @conversations_router.post("", status_code=201)

@@ -76,8 +76,8 @@ class Conversations:
             code="conversations_failed",
         )
 
-    async def list(self) -> list[dict[str, Any]]:
-        return await self._run(self._db.list)
+    async def summaries(self) -> list[dict[str, Any]]:
+        return await self._run(self._db.summaries)
 
     async def get(self, ident: str) -> dict[str, Any]:
         return await self._run(self._db.get, ident)

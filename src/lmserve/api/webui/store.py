@@ -84,7 +84,7 @@ class ConversationDB:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def list(self) -> list[dict[str, Any]]:
+    def summaries(self) -> list[dict[str, Any]]:
         """Every conversation, most recently changed first, without its messages."""
         rows = self._connection().execute(
             """SELECT id, title, created_at, updated_at,
