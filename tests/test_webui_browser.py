@@ -312,6 +312,22 @@ def test_regenerate_and_edit_make_branches(page: Any, webui_server: Server) -> N
     assert conversation["current_leaf"] == conversation["messages"][-1]["id"]
 
 
+def test_a_refused_request_is_shown_and_the_page_stays_usable(
+    page: Any, webui_server: Server
+) -> None:
+    bad_tools = [{"type": "function", "function": {"name": "not a valid name!"}}]
+    open_page(page)
+    settings(page, tools=json.dumps(bad_tools))
+    send(page, "Use a tool.")
+    wait_for_answers(page)
+    failed = page.locator(".message.error-message .stats").inner_text()
+    assert "tools[0].function.name" in failed
+    assert "tools[0].function.name" in page.inner_text("#status.error")
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    messages = stored(webui_server, current_id(page))["messages"]
+    assert [m["role"] for m in messages] == ["user"]  # the failure is not kept as an answer
+
+
 # -- hostile output, the policy ---------------------------------------------------------------
 
 

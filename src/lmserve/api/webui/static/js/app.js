@@ -188,13 +188,14 @@ async function answer(parentId) {
   const controller = new AbortController();
   state.generating = controller;
   setBusy(true);
-  render();
-  await refreshList();
-  const pending = pendingAnswer($('messages'), body.model);
-  status('');
-  // The rendered prompt comes from the log stream: be subscribed before asking.
-  await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  let failure = null;
   try {
+    render();
+    await refreshList();
+    const pending = pendingAnswer($('messages'), body.model);
+    status('');
+    // The rendered prompt comes from the log stream: be subscribed before asking.
+    await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
     const result = await generate(body, controller.signal, pending.update);
     if (result.stopped && !result.content && !result.reasoning && !result.toolCalls.length) {
       status('Stopped before the first token.');
@@ -211,18 +212,18 @@ async function answer(parentId) {
       status(result.stopped ? 'Stopped: the answer so far is kept.' : '');
     }
   } catch (error) {
-    state.generating = null;
-    setBusy(false);
-    render();
-    pendingAnswer($('messages'), body.model).fail(error.message);
-    status(error.message, true);
-    answerDone();
-    return;
+    failure = error;
   }
+  // Whatever happened, the page is free again.
   state.generating = null;
   setBusy(false);
   render();
   answerDone();
+  if (failure) {
+    pendingAnswer($('messages'), body.model).fail(failure.message); // shown, not stored
+    status(failure.message, true);
+    return;
+  }
   await refreshList();
   models.refresh(conversation.settings.model); // a just-in-time load shows as loaded now
 }
