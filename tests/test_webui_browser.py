@@ -122,6 +122,11 @@ def test_an_answer_streams_in_from_the_real_model(
     assert "tok/s" in stats and "first token" in stats
     assert f"{output['stats']['completion_tokens']} tokens" in stats
     assert page.locator(".conversation-list li.current").inner_text().startswith("Name three")
+    # The live log panel showed the request's records as they came.
+    page.click("#toggle-logs")
+    log = page.locator("#log-list").inner_text()
+    assert "llm.prediction.input" in log and message["meta"]["request_id"] in log
+    assert "Connected" in page.inner_text("#log-state")
 
 
 def test_stop_ends_the_answer_and_frees_the_slot(page: Any, webui_server: Server) -> None:
