@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, running_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -170,3 +170,52 @@ def wait_for_answers(page: Any, count: int = 1, timeout: float = 180_000) -> Any
         timeout=timeout,
     )
     return page.locator(".message.assistant").last
+
+
+@pytest.fixture(scope="module", name="webui_server")
+def webui_server_fixture(
+    tmp_path_factory: pytest.TempPathFactory, default_model_file: Path
+) -> Iterator[Server]:
+    """A server of the default model for one test module (two slots)."""
+    with running_server(tmp_path_factory, default_model_file, "--parallel", "2") as server:
+        yield server
+
+
+@pytest.fixture(scope="module", name="records")
+def records_fixture(webui_server: Server) -> Iterator[LogRecords]:
+    """The log records of that server, from the module's start."""
+    with log_records(webui_server.base_url) as log:
+        yield log
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser: Any, webui_server: Server) -> Iterator[Any]:
+    """A fresh page (its own context) that must end clean (see ``assert_clean``)."""
+    page = new_page(browser, webui_server, viewport={"width": 1280, "height": 860})
+    yield page
+    try:
+        assert_clean(page)
+    finally:
+        page.context.close()
+
+
+def stored(server: Server, ident: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    response = httpx.get(f"{server.base_url}/lmserve/conversations/{ident}", headers=headers)
+    response.raise_for_status()
+    return response.json()
+
+
+def current_id(page: Any) -> str:
+    return page.evaluate("decodeURIComponent(location.hash.slice(1))")
+
+
+def seed_conversation(server: Server, title: str, answer: str, **extra: Any) -> str:
+    """A conversation written through the API, as if an earlier answer had said ``answer``."""
+    base = f"{server.base_url}/lmserve/conversations"
+    ident = httpx.post(base, json={"title": title}).json()["id"]
+    question = httpx.post(f"{base}/{ident}/messages", json={"role": "user", "content": "Hi"})
+    httpx.post(
+        f"{base}/{ident}/messages",
+        json={"role": "assistant", "content": answer, "parent_id": question.json()["id"], **extra},
+    ).raise_for_status()
+    return ident
