@@ -117,3 +117,4 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off

@@ -34,3 +34,8 @@ def server_state_file() -> Path:
 def selfcheck_file() -> Path:
     """The hardware self-check's verdicts: may llama.cpp repack weights on this machine."""
     return home_dir() / "selfcheck.json"
+
+
+def conversations_file() -> Path:
+    """The web page's conversations: one SQLite database (``lmserve.api.webui.store``)."""
+    return home_dir() / "conversations.sqlite3"

@@ -22,12 +22,15 @@ from lmserve.api.lmstudio.service import ChatThreads
 from lmserve.api.openai.router import router as openai_router
 from lmserve.api.responses.router import router as responses_router
 from lmserve.api.responses.service import ResponseStore
+from lmserve.api.webui.assets import Assets
+from lmserve.api.webui.router import conversations_router, page_router
+from lmserve.api.webui.service import Conversations
 from lmserve.config import Settings
 from lmserve.logbus import LogBus
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadOptions
 from lmserve.models.manager import ModelManager
-from lmserve.paths import downloads_dir
+from lmserve.paths import conversations_file, downloads_dir
 
 
 def create_app(
@@ -53,6 +56,7 @@ def create_app(
         finally:
             app.state.logs.close()
             app.state.downloads.cancel_all()  # the parts stay, for a later resume
+            await app.state.conversations.aclose()
             models.close()
 
     app = FastAPI(title="lmserve", version=__version__, lifespan=lifespan)
@@ -63,12 +67,19 @@ def create_app(
     app.state.responses = ResponseStore()
     app.state.chat_threads = ChatThreads()
     app.state.metrics = Metrics()
+    # The page's conversations: the file is opened (and created) on first use only.
+    app.state.conversations = Conversations(conversations_file())
+    if settings.webui:
+        app.state.webui_assets = Assets.from_package()
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
     _install_guards(app, settings)
     # Outside every guard, so their refusals on Anthropic's routes come in Anthropic's shape.
     app.add_middleware(AnthropicErrorShape)
+    if settings.webui:
+        app.include_router(page_router)  # before lmserve_router: it answers browsers at /
     for router in (
+        conversations_router,
         openai_router,
         responses_router,
         anthropic_router,
@@ -88,7 +99,7 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     """
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_size)
     if settings.api_keys:
-        app.add_middleware(APIKeyGuard, keys=APIKeys(settings.api_keys))
+        app.add_middleware(APIKeyGuard, keys=APIKeys(settings.api_keys), page=settings.webui)
     app.add_middleware(DrainGuard, lifecycle=app.state.lifecycle)
     if settings.cors_origins:
         # Never with credentials: a page of any origin must not ride on a user's cookies.

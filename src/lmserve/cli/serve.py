@@ -182,6 +182,11 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(min=0),
             help="On SIGTERM or Ctrl-C, seconds to let requests in flight finish.",
         ),
+        click.option(
+            "--no-webui",
+            is_flag=True,
+            help="Do not serve the chat page at / (the API and the conversations API stay).",
+        ),
         *prediction_options(),
         click.option(
             "--log-level",
@@ -282,6 +287,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         allowed_hosts=_strings(options.get("allowed_hosts")),
         max_body_size=parse_size(str(options.get("max_body_size") or "8M")),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
+        webui=not options.get("no_webui"),
     )
 
 

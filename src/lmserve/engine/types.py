@@ -12,7 +12,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from lmserve.config import PredictionDefaults
 
@@ -47,6 +47,23 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as the log stream shows them (whether a grammar constrains the output,
+        not the grammar itself)."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "repeat_last_n": self.repeat_last_n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": {str(token): bias for token, bias in self.logit_bias},
+            "seed": self.seed,
+            "grammar": self.grammar is not None,
+        }
 
     @property
     def penalised(self) -> bool:

@@ -259,6 +259,12 @@ class Generation:
                 choice=index * prepared.n,
                 prompt=prompt,
                 prompt_tokens=len(tokens),
+                # What sampling the model gets: the request's settings over the defaults.
+                parameters={
+                    **prepared.sampling.describe(),
+                    "max_tokens": prepared.max_tokens,
+                    "stop": list(prepared.stop),
+                },
             )
 
     def cancel(self) -> None:

@@ -23,6 +23,10 @@ from lmserve.apikeys import APIKeys
 # Routes anyone may call even when API keys are configured (CORS preflights are public too:
 # browsers never send credentials with them).
 PUBLIC_PATHS = frozenset({"/health"})
+# The chat page's static files (api/webui), and the page itself: ``GET /`` from a browser
+# (Accept: text/html). They hold no data and must load without a key, so that the page can
+# ask for one; everything the page then calls needs the key like any client's request.
+PUBLIC_PAGE_PREFIX = "/webui/"
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -107,8 +111,24 @@ def presented_key(scope: Scope) -> str | None:
     return api_key.strip() if api_key and api_key.strip() else None
 
 
-def is_public(scope: Scope) -> bool:
-    if scope["path"] in PUBLIC_PATHS:
+def wants_html(scope: Scope) -> bool:
+    """A browser navigating to a page: ``Accept`` names ``text/html`` (clients that probe the
+    root with ``*/*`` or nothing get the JSON answer)."""
+    return "text/html" in (header(scope, b"accept") or "").lower()
+
+
+def is_page_request(scope: Scope) -> bool:
+    """A request for the chat page or one of its static files (see ``PUBLIC_PAGE_PREFIX``)."""
+    if scope["method"] not in {"GET", "HEAD"}:
+        return False
+    path = scope["path"]
+    return path.startswith(PUBLIC_PAGE_PREFIX) or (path == "/" and wants_html(scope))
+
+
+def is_public(scope: Scope, page: bool = False) -> bool:
+    """Needs no key: a public path, a CORS preflight, or (``page``: the chat page is on) the
+    page and its files."""
+    if scope["path"] in PUBLIC_PATHS or (page and is_page_request(scope)):
         return True
     # A CORS preflight: browsers send it without credentials, by design.
     return (
@@ -117,14 +137,16 @@ def is_public(scope: Scope) -> bool:
 
 
 class APIKeyGuard:
-    """With keys configured, every non-public request needs one (401 otherwise)."""
+    """With keys configured, every non-public request needs one (401 otherwise); ``page``:
+    the chat page is served, and loads without a key."""
 
-    def __init__(self, app: ASGIApp, keys: APIKeys) -> None:
+    def __init__(self, app: ASGIApp, keys: APIKeys, page: bool = False) -> None:
         self.app = app
         self.keys = keys
+        self.page = page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not is_public(scope):
+        if scope["type"] == "http" and not is_public(scope, self.page):
             presented = presented_key(scope)
             if not self.keys.accepts(presented):
                 # Never echo the key back, not even masked.

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-import lmserve
 from lmserve.api.common.metrics import CONTENT_TYPE
+from lmserve.api.common.root import root_answer
 from lmserve.api.common.streaming import EventStreamResponse
 from lmserve.api.lmserve import service
 from lmserve.logbus import LogBus
@@ -22,12 +22,9 @@ router = APIRouter()
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def root() -> dict[str, Any]:
     """What answers at the server's root, where clients probe whether it is up (Claude Code
-    sends ``HEAD /`` before its first request)."""
-    return {
-        "name": "lmserve",
-        "version": lmserve.__version__,
-        "apis": {"openai": "/v1", "anthropic": "/v1/messages", "lmstudio": "/api/v1"},
-    }
+    sends ``HEAD /`` before its first request); with the chat page on, ``webui/`` answers
+    browsers first."""
+    return root_answer()
 
 
 @router.get("/health")

@@ -1,0 +1,374 @@
+// The page's entry point: its state (the open conversation, the answer in progress) and the
+// wiring of every control and key. The other modules each do one thing: api.js (calls, the
+// key), conversation.js (the tree, on the server), chat.js (one answer), logs.js (what the
+// model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering),
+// layout.js (panels, drawer, theme).
+
+import { answerMeta, generate } from './chat.js';
+import {
+  Conversation,
+  deleteConversation,
+  downloadExport,
+  importFile,
+  listConversations,
+} from './conversation.js';
+import { $, fill, h } from './dom.js';
+import { closeDrawers, showPanel, wireLayout } from './layout.js';
+import { attachLogPanel, LogStream } from './logs.js';
+import { Models } from './models.js';
+import {
+  defaultSettings,
+  emptySettings,
+  readSettings,
+  rememberSettings,
+  requestBody,
+  showSettings,
+} from './settings.js';
+import { pendingAnswer, renderConversation } from './view.js';
+
+const state = { conversation: null, generating: null, list: [] };
+const logs = new LogStream();
+const models = new Models({ onStatus: status, onChange: settingsChanged });
+
+function status(text, isError = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('error', isError);
+}
+
+// -- drawing ----------------------------------------------------------------------------------
+
+const actions = {
+  onEdit: (message, text) => run(() => edit(message, text)),
+  onRegenerate: (message) => run(() => regenerate(message)),
+  onSwitch: (id) => run(async () => {
+    await state.conversation.switchTo(id);
+    render();
+  }),
+};
+
+function render() {
+  const conversation = state.conversation;
+  renderConversation($('messages'), conversation, actions, Boolean(state.generating));
+  $('chat-title').textContent = conversation.title;
+  document.title = `${conversation.title} · lmserve`;
+  renderList();
+}
+
+function renderList() {
+  const current = state.conversation?.id;
+  fill(
+    $('conversation-list'),
+    state.list.map((item) =>
+      h(
+        'li',
+        { class: item.id === current ? 'current' : '', dataset: { id: item.id } },
+        h('button', {
+          type: 'button', class: 'open', text: item.title, title: item.title,
+          'aria-current': item.id === current ? 'true' : null,
+          onclick: () => run(() => openConversation(item.id)),
+        }),
+        h('button', {
+          type: 'button', class: 'link export', text: '⤓', 'aria-label': `Export ${item.title}`,
+          title: 'Export', onclick: () => run(() => downloadExport(item.id)),
+        }),
+        h('button', {
+          type: 'button', class: 'link delete', text: '✕', 'aria-label': `Delete ${item.title}`,
+          title: 'Delete', onclick: () => run(() => remove(item)),
+        }),
+      ),
+    ),
+  );
+}
+
+function setBusy(busy) {
+  $('send').hidden = busy;
+  $('stop').hidden = !busy;
+  $('new-chat').disabled = busy;
+  document.documentElement.dataset.busy = String(busy);
+}
+
+// How many answers this page has finished (stored, stopped or failed): lets a script or a
+// test wait for the next one without guessing from the DOM.
+function answerDone() {
+  const html = document.documentElement;
+  html.dataset.answers = String(Number(html.dataset.answers || 0) + 1);
+}
+
+/** Run an action; its failure goes to the status line instead of vanishing. */
+async function run(action) {
+  try {
+    await action();
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+// -- conversations ----------------------------------------------------------------------------
+
+async function refreshList() {
+  state.list = await listConversations();
+  renderList();
+}
+
+function startConversation() {
+  state.conversation = new Conversation({ settings: defaultSettings() });
+  showSettings(state.conversation.settings);
+  models.render(state.conversation.settings.model);
+  history.replaceState(null, '', location.pathname);
+  render();
+  $('input').focus();
+}
+
+async function openConversation(id) {
+  if (state.generating) return;
+  state.conversation = await Conversation.open(id);
+  showSettings(state.conversation.settings);
+  models.render(state.conversation.settings.model);
+  history.replaceState(null, '', `#${id}`); // a reload opens it again
+  status('');
+  render();
+  $('app').classList.remove('sidebar-open');
+}
+
+async function remove(item) {
+  if (!confirm(`Delete “${item.title}”?`)) return;
+  await deleteConversation(item.id);
+  if (state.conversation?.id === item.id) startConversation();
+  await refreshList();
+}
+
+// -- asking -----------------------------------------------------------------------------------
+
+async function send() {
+  const text = $('input').value;
+  if (!text.trim() || state.generating) return;
+  const conversation = state.conversation;
+  conversation.settings = currentSettings();
+  await conversation.save(text.trim().split('\n')[0].slice(0, 60));
+  history.replaceState(null, '', `#${conversation.id}`);
+  const question = await conversation.add({
+    parent_id: conversation.currentLeaf,
+    role: 'user',
+    content: text,
+  });
+  $('input').value = '';
+  await answer(question.id);
+}
+
+async function edit(message, text) {
+  const conversation = state.conversation;
+  if (message.role === 'user') {
+    // An edited question is a new branch at the same point, answered afresh.
+    const question = await conversation.add({ parent_id: message.parent_id, role: 'user', content: text });
+    await answer(question.id);
+    return;
+  }
+  await conversation.add({
+    parent_id: message.parent_id,
+    role: message.role,
+    content: text,
+    meta: { ...message.meta, edited: true },
+  });
+  render();
+}
+
+async function regenerate(message) {
+  state.conversation.currentLeaf = message.parent_id;
+  await answer(message.parent_id);
+}
+
+/** Generate an answer to the branch ending at `parentId`, and store it under it. */
+async function answer(parentId) {
+  const conversation = state.conversation;
+  conversation.currentLeaf = parentId;
+  const history = conversation.path().map(({ role, content, tool_calls: calls }) =>
+    calls?.length ? { role, content, tool_calls: calls } : { role, content },
+  );
+  const body = requestBody(conversation.settings, history);
+  const controller = new AbortController();
+  state.generating = controller;
+  setBusy(true);
+  let failure = null;
+  try {
+    render();
+    await refreshList();
+    const pending = pendingAnswer($('messages'), body.model);
+    status('');
+    // The rendered prompt comes from the log stream: be subscribed before asking.
+    await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
+    const result = await generate(body, controller.signal, pending.update);
+    if (result.stopped && !result.content && !result.reasoning && !result.toolCalls.length) {
+      status('Stopped before the first token.');
+    } else {
+      const input = await logs.input(result.id);
+      await conversation.add({
+        parent_id: parentId,
+        role: 'assistant',
+        content: result.content,
+        reasoning_content: result.reasoning || null,
+        tool_calls: result.toolCalls.length ? result.toolCalls : null,
+        meta: answerMeta(result, input),
+      });
+      status(result.stopped ? 'Stopped: the answer so far is kept.' : '');
+    }
+  } catch (error) {
+    failure = error;
+  }
+  // Whatever happened, the page is free again.
+  state.generating = null;
+  setBusy(false);
+  render();
+  answerDone();
+  if (failure) {
+    pendingAnswer($('messages'), body.model).fail(failure.message); // shown, not stored
+    status(failure.message, true);
+    return;
+  }
+  await refreshList();
+  models.refresh(conversation.settings.model); // a just-in-time load shows as loaded now
+}
+
+function stop() {
+  state.generating?.abort();
+}
+
+// -- settings ---------------------------------------------------------------------------------
+
+function currentSettings() {
+  try {
+    return readSettings($('model-select').value || models.fallback());
+  } catch (error) {
+    showPanel('settings');
+    $('settings-error').textContent = error.message;
+    throw error;
+  }
+}
+
+let saveTimer = null;
+
+function settingsChanged() {
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => {
+    let settings;
+    try {
+      settings = readSettings($('model-select').value || models.fallback());
+    } catch (error) {
+      $('settings-error').textContent = error.message;
+      return;
+    }
+    $('settings-error').textContent = '';
+    rememberSettings(settings);
+    run(() => state.conversation.saveSettings(settings));
+  }, 300);
+}
+
+// -- renaming, keys ---------------------------------------------------------------------------
+
+function startRenaming() {
+  const conversation = state.conversation;
+  const title = $('chat-title');
+  const input = h('input', { class: 'chat-title', 'aria-label': 'Title', maxlength: 200 });
+  input.value = conversation.title;
+  let finished = false; // replacing the input blurs it: that must not finish it twice
+  const done = (save) => {
+    if (finished) return;
+    finished = true;
+    input.replaceWith(title);
+    if (save && input.value.trim() && input.value !== conversation.title) {
+      run(async () => {
+        await conversation.rename(input.value.trim());
+        render();
+        await refreshList();
+      });
+    }
+  };
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') done(true);
+    if (event.key === 'Escape') done(false);
+  });
+  input.addEventListener('blur', () => done(true), { once: true });
+  title.replaceWith(input);
+  input.focus();
+  input.select();
+}
+
+function wire() {
+  $('composer').addEventListener('submit', (event) => {
+    event.preventDefault(); // no form submission (the CSP allows none)
+    run(send);
+  });
+  $('input').addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      run(send);
+    }
+  });
+  $('stop').addEventListener('click', stop);
+  $('new-chat').addEventListener('click', startConversation);
+  $('chat-title').addEventListener('click', startRenaming);
+  $('settings-form').addEventListener('input', settingsChanged);
+  $('settings-form').addEventListener('submit', (event) => event.preventDefault());
+  $('reset-settings').addEventListener('click', () => {
+    showSettings(emptySettings());
+    settingsChanged();
+  });
+  $('export-all').addEventListener('click', () => run(() => downloadExport(null)));
+  $('import').addEventListener('click', () => $('import-file').click());
+  $('import-file').addEventListener('change', () => run(importChosenFile));
+  document.addEventListener('keydown', onKey);
+  // Another tab may have added to the open conversation: look again when this one is shown.
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible' || !state.conversation?.id) return;
+    if (document.querySelector('.edit-box')) return; // not under someone's editing
+    run(async () => {
+      const fresh = await Conversation.open(state.conversation.id);
+      if (state.generating || fresh.id !== state.conversation.id) return;
+      state.conversation = fresh;
+      render();
+      await refreshList();
+    });
+  });
+}
+
+async function importChosenFile() {
+  const file = $('import-file').files[0];
+  $('import-file').value = '';
+  if (!file) return;
+  const created = await importFile(await file.text());
+  await refreshList();
+  if (created.length) await openConversation(created[0].id);
+  status(`Imported ${created.length} conversation${created.length === 1 ? '' : 's'}.`);
+}
+
+function onKey(event) {
+  const typing = event.target.closest?.('input, textarea, select, [contenteditable]');
+  if (event.key === 'Escape') {
+    if (state.generating) stop();
+    else if (!$('key-dialog').open) closeDrawers();
+  } else if (event.altKey && !event.ctrlKey && !event.metaKey) {
+    const key = event.key.toLowerCase();
+    const command = { n: startConversation, s: () => showPanel('settings'), l: () => showPanel('logs') }[key];
+    if (command && !state.generating) {
+      event.preventDefault();
+      command();
+    }
+  } else if (event.key === '/' && !typing) {
+    event.preventDefault();
+    $('input').focus();
+  }
+}
+
+async function init() {
+  wireLayout();
+  wire();
+  attachLogPanel(logs);
+  logs.run();
+  const id = decodeURIComponent(location.hash.slice(1)); // the conversation open before a reload
+  startConversation();
+  await run(() => models.refresh(state.conversation.settings.model));
+  await run(refreshList);
+  if (id) await run(() => openConversation(id));
+  document.documentElement.dataset.ready = 'true'; // for tests: the page has loaded its data
+}
+
+init();

@@ -1,0 +1,110 @@
+// The model picker and the models panel, from LM Studio's native API: GET /api/v1/models
+// lists the downloaded models with their loaded instances; load and unload are
+// POST /api/v1/models/load and /unload. A downloaded model that is not loaded can still be
+// picked: the server loads it just in time when a message names it.
+
+import { json } from './api.js';
+import { $, fill, h } from './dom.js';
+
+export class Models {
+  constructor({ onStatus, onChange }) {
+    this.list = [];
+    this.onStatus = onStatus;
+    this.onChange = onChange; // the user picked another model
+    $('model-select').addEventListener('change', () => this.onChange($('model-select').value));
+    $('refresh-models').addEventListener('click', () => this.refresh());
+  }
+
+  async refresh(selected) {
+    try {
+      const answer = await json('/api/v1/models');
+      this.list = answer.models.filter((model) => model.type === 'llm');
+    } catch (error) {
+      this.onStatus(`Could not list the models: ${error.message}`, true);
+    }
+    this.render(selected ?? $('model-select').value);
+  }
+
+  /** The ids a request may name: loaded instances first, then downloaded models. */
+  choices() {
+    const loaded = [];
+    const downloaded = [];
+    for (const model of this.list) {
+      for (const instance of model.loaded_instances) loaded.push({ id: instance.id, loaded: true });
+      if (!model.loaded_instances.some((instance) => instance.id === model.key)) {
+        downloaded.push({ id: model.key, loaded: false });
+      }
+    }
+    return [...loaded, ...downloaded];
+  }
+
+  /** The model to use when a conversation names none: the first loaded one. */
+  fallback() {
+    return this.choices()[0]?.id || '';
+  }
+
+  render(selected) {
+    const select = $('model-select');
+    const choices = this.choices();
+    const options = choices.map((choice) =>
+      h('option', {
+        value: choice.id,
+        text: choice.loaded ? `● ${choice.id}` : `○ ${choice.id} (loads on use)`,
+      }),
+    );
+    if (selected && !choices.some((choice) => choice.id === selected)) {
+      options.push(h('option', { value: selected, text: `${selected} (not here)` }));
+    }
+    fill(select, options);
+    select.value = selected || this.fallback();
+    fill($('model-list'), this.list.map((model) => this.item(model)));
+  }
+
+  item(model) {
+    const instances = model.loaded_instances;
+    const state = instances.length
+      ? instances
+          .map(({ id, config }) => {
+            const jit = config.jit ? ', just in time' : '';
+            return `${id}: loaded, ${config.context_length} tokens, ${config.slots_busy}/${config.slots} slots busy${jit}`;
+          })
+          .join('; ')
+      : 'downloaded, not loaded';
+    const actions = instances.length
+      ? instances.map(({ id }) =>
+          h('button', { type: 'button', text: `Unload ${id}`, onclick: () => this.unload(id) }),
+        )
+      : [h('button', { type: 'button', text: 'Load', onclick: () => this.load(model.key) })];
+    return h(
+      'li',
+      {},
+      h('div', { class: 'model-name', text: model.key }),
+      h('div', {
+        class: 'model-state',
+        text: `${model.params_string || ''} ${model.quantization?.name || ''} · ${state}`,
+      }),
+      h('div', { class: 'model-actions' }, actions),
+    );
+  }
+
+  async load(key) {
+    this.onStatus(`Loading ${key}…`);
+    try {
+      const answer = await json('/api/v1/models/load', { method: 'POST', body: { model: key } });
+      this.onStatus(`Loaded ${answer.model_instance_id} in ${answer.load_time_seconds} s.`);
+    } catch (error) {
+      this.onStatus(`Could not load ${key}: ${error.message}`, true);
+    }
+    await this.refresh();
+  }
+
+  async unload(id) {
+    try {
+      await json('/api/v1/models/unload', { method: 'POST', body: { instance_id: id } });
+      this.onStatus(`Unloaded ${id}.`);
+    } catch (error) {
+      this.onStatus(`Could not unload ${id}: ${error.message}`, true);
+    }
+    await this.refresh();
+  }
+}

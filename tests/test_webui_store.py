@@ -1,0 +1,239 @@
+"""The conversations database on its own: schema versions and migrations, files it must refuse
+(and leave as they were), concurrent writers, all-or-nothing imports."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from lmserve.api.webui.protocol import (
+    ConversationUpdate,
+    ExportFile,
+    NewConversation,
+    NewMessage,
+)
+from lmserve.api.webui.schema import APPLICATION_ID, MIGRATIONS, StoreUnusable
+from lmserve.api.webui.store import BadReference, ConversationDB, NotFound
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pragma(path: Path, name: str) -> int:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Iterator[ConversationDB]:
+    store = ConversationDB(tmp_path / "conversations.sqlite3")
+    yield store
+    store.close()
+
+
+def test_a_new_file_is_created_at_the_latest_version_and_marked_as_ours(tmp_path: Path) -> None:
+    path = tmp_path / "deeper" / "conversations.sqlite3"
+    store = ConversationDB(path)
+    assert store.summaries() == []
+    store.close()
+    assert pragma(path, "user_version") == len(MIGRATIONS)
+    assert pragma(path, "application_id") == APPLICATION_ID
+
+
+def test_an_empty_file_is_taken_as_a_new_database(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    path.touch()  # what `touch` or a crash before the first write leaves
+    store = ConversationDB(path)
+    store.create(NewConversation(title="first"))
+    assert [c["title"] for c in store.summaries()] == ["first"]
+    store.close()
+
+
+def test_messages_form_a_tree_and_the_newest_is_the_current_leaf(db: ConversationDB) -> None:
+    conversation = db.create(NewConversation(title="t"))
+    ident = conversation["id"]
+    question = db.add_message(ident, NewMessage(role="user", content="Hi"))
+    first = db.add_message(
+        ident, NewMessage(role="assistant", content="A", parent_id=question["id"])
+    )
+    second = db.add_message(
+        ident, NewMessage(role="assistant", content="B", parent_id=question["id"])
+    )
+    stored = db.get(ident)
+    assert stored["current_leaf"] == second["id"]
+    assert [m["content"] for m in stored["messages"]] == ["Hi", "A", "B"]
+    assert {m["parent_id"] for m in stored["messages"][1:]} == {question["id"]}
+    switched = db.update(ident, ConversationUpdate(current_leaf=first["id"]))
+    assert switched["current_leaf"] == first["id"]
+    other = db.create(NewConversation())
+    with pytest.raises(BadReference):  # a parent from another conversation
+        db.add_message(other["id"], NewMessage(role="user", content="x", parent_id=first["id"]))
+    with pytest.raises(BadReference):
+        db.update(other["id"], ConversationUpdate(current_leaf=first["id"]))
+    db.delete(ident)
+    with pytest.raises(NotFound):
+        db.get(ident)
+    with closing(
+        sqlite3.connect(db.path, isolation_level=None)
+    ) as conn:  # the messages went with it
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_a_later_migration_upgrades_a_file_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    old = ConversationDB(path)
+    ident = old.create(NewConversation(title="kept"))["id"]
+    old.add_message(ident, NewMessage(role="user", content="still here"))
+    old.close()
+    step = ("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",)
+    upgraded = ConversationDB(path, migrations=(*MIGRATIONS, step))
+    assert upgraded.get(ident)["messages"][0]["content"] == "still here"
+    upgraded.close()
+    assert pragma(path, "user_version") == len(MIGRATIONS) + 1
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("SELECT pinned FROM conversations").fetchall() == [(0,)]
+
+
+def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    old = ConversationDB(path)
+    ident = old.create(NewConversation(title="kept"))["id"]
+    old.close()
+    # The first statement would succeed; the second fails: neither may stay.
+    step = ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y")
+    broken = ConversationDB(path, migrations=(*MIGRATIONS, step))
+    with pytest.raises(StoreUnusable, match="could not be upgraded to schema version 2"):
+        broken.summaries()
+    assert pragma(path, "user_version") == len(MIGRATIONS)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "half_done" not in tables
+    again = ConversationDB(path)
+    assert again.get(ident)["title"] == "kept"
+    again.close()
+
+
+def write_foreign_database(path: Path) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('precious')")
+
+
+def write_newer_database(path: Path) -> None:
+    store = ConversationDB(path)
+    store.summaries()
+    store.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+
+
+def write_damaged_database(path: Path) -> None:
+    store = ConversationDB(path)
+    ident = store.create(NewConversation(title="x"))["id"]
+    for n in range(300):
+        store.add_message(ident, NewMessage(role="user", content=f"message {n} " * 20))
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    # Keep the header (it looks like SQLite), scramble the pages after the first.
+    data[page : page * 4] = bytes((i * 7) % 251 for i in range(page * 3))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p.write_text("my shopping list\n"), "is not a SQLite database"),
+        (lambda p: p.write_bytes(b"\x00\x01binary" * 100), "is not a SQLite database"),
+        (write_foreign_database, "belongs to another program"),
+        (write_newer_database, "was written by a newer lmserve"),
+        (write_damaged_database, "is damaged"),
+        (lambda p: p.mkdir(), "is not a file"),
+    ],
+    ids=["text", "binary", "foreign", "newer", "damaged", "folder"],
+)
+def test_a_file_that_is_not_ours_is_refused_and_left_as_it_was(
+    tmp_path: Path, make, reason: str
+) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    make(path)
+    before = digest(path) if path.is_file() else None
+    store = ConversationDB(path)
+    for call in (store.summaries, lambda: store.create(NewConversation())):
+        with pytest.raises(StoreUnusable) as refused:
+            call()
+        message = str(refused.value)
+        assert reason in message and str(path) in message and "left it as it is" in message
+    if before is not None:
+        assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conversations.sqlite3"]
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Two connections (as two servers, or two threads) adding to one conversation at once:
+    every message is kept, each with its own place in the order."""
+    path = tmp_path / "conversations.sqlite3"
+    first = ConversationDB(path)
+    ident = first.create(NewConversation())["id"]
+    first.close()
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        store = ConversationDB(path)
+        try:
+            for n in range(40):
+                store.add_message(ident, NewMessage(role="user", content=f"{name}{n}"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in "abc"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store = ConversationDB(path)
+    messages = store.get(ident)["messages"]
+    store.close()
+    assert sorted(m["content"] for m in messages) == sorted(
+        f"{name}{n}" for name in "abc" for n in range(40)
+    )
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+    assert seqs == list(range(1, 121))
+
+
+def test_an_import_is_all_or_nothing_and_never_replaces(db: ConversationDB) -> None:
+    ident = db.create(NewConversation(title="mine"))["id"]
+    question = db.add_message(ident, NewMessage(role="user", content="Q"))
+    db.add_message(ident, NewMessage(role="assistant", content="A", parent_id=question["id"]))
+    exported = db.export()
+    created = db.import_file(ExportFile.model_validate(exported))
+    assert len(created) == 1 and created[0]["id"] != ident
+    copy = db.get(created[0]["id"])
+    original = db.get(ident)
+    assert [m["content"] for m in copy["messages"]] == ["Q", "A"]
+    assert copy["messages"][1]["parent_id"] == copy["messages"][0]["id"]
+    assert {m["id"] for m in copy["messages"]}.isdisjoint(m["id"] for m in original["messages"])
+    assert copy["current_leaf"] == copy["messages"][1]["id"]
+    # A second conversation whose message names a parent it does not hold: nothing at all
+    # of this import is kept, not even the first, valid conversation.
+    broken = exported["conversations"][0] | {
+        "messages": [exported["conversations"][0]["messages"][1]]
+    }
+    document = ExportFile.model_validate(
+        exported | {"conversations": [exported["conversations"][0], broken]}
+    )
+    with pytest.raises(BadReference) as refused:
+        db.import_file(document)
+    assert refused.value.param == "conversations[1].messages[0].parent_id"
+    assert len(db.summaries()) == 2
