@@ -19,6 +19,7 @@ from lmserve.api.common.security import APIKeyGuard, APIKeys, HostGuard, is_loop
 from lmserve.api.lmserve.router import router as lmserve_router
 from lmserve.api.lmstudio.router import router as lmstudio_router
 from lmserve.api.lmstudio.service import ChatThreads
+from lmserve.api.lmstudio_ws.router import router as lmstudio_ws_router
 from lmserve.api.openai.router import router as openai_router
 from lmserve.api.responses.router import router as responses_router
 from lmserve.api.responses.service import ResponseStore
@@ -63,6 +64,8 @@ def create_app(
     app.state.responses = ResponseStore()
     app.state.chat_threads = ChatThreads()
     app.state.metrics = Metrics()
+    # For routes that check keys themselves (the SDKs' WebSockets); empty: any key will do.
+    app.state.api_keys = APIKeys(settings.api_keys)
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
     _install_guards(app, settings)
@@ -73,6 +76,7 @@ def create_app(
         responses_router,
         anthropic_router,
         lmstudio_router,
+        lmstudio_ws_router,
         lmserve_router,
     ):
         app.include_router(router)
