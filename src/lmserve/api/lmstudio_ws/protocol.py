@@ -77,23 +77,20 @@ class SignalOther(Frame):
     subscribeId: Id
 
 
-ClientFrame = Annotated[
-    RpcCall
-    | ChannelCreate
-    | ChannelSend
-    | ChannelAck
-    | KeepAlive
-    | CommunicationWarning
-    | SignalSubscribe
-    | SignalOther,
-    Field(discriminator="type"),
-]
-
-
-class ClientMessage(Frame):
-    """A frame, parsed through its ``type``."""
-
-    frame: ClientFrame
+# Each frame's model by its ``type``.
+FRAMES: dict[str, type[Frame]] = {
+    "rpcCall": RpcCall,
+    "channelCreate": ChannelCreate,
+    "channelSend": ChannelSend,
+    "channelAck": ChannelAck,
+    "keepAlive": KeepAlive,
+    "communicationWarning": CommunicationWarning,
+    "signalSubscribe": SignalSubscribe,
+    "writableSignalSubscribe": SignalSubscribe,
+    "signalUnsubscribe": SignalOther,
+    "writableSignalUnsubscribe": SignalOther,
+    "writableSignalUpdate": SignalOther,
+}
 
 
 # -- what the endpoints take --------------------------------------------------------------------

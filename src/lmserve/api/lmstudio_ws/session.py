@@ -26,10 +26,10 @@ from starlette.websockets import WebSocket
 from lmserve.api.common.lifecycle import Lifecycle
 from lmserve.api.lmstudio_ws.errors import SDKError, error_body, invalid
 from lmserve.api.lmstudio_ws.protocol import (
+    FRAMES,
     CancelPacket,
     ChannelCreate,
     ChannelSend,
-    ClientMessage,
     CommunicationWarning,
     KeepAlive,
     RpcCall,
@@ -137,8 +137,12 @@ class Session:
         except ValueError:
             self.warn("Received a frame that is not JSON.")
             return
+        kind = FRAMES.get(raw.get("type")) if isinstance(raw, dict) else None
+        if kind is None:
+            self.warn("Received a frame of no known type.")
+            return
         try:
-            frame = ClientMessage.model_validate({"frame": raw}).frame
+            frame = kind.model_validate(raw)
         except ValidationError as exc:
             self._unreadable(raw, exc)
             return
@@ -165,16 +169,12 @@ class Session:
             self._start(self.send(frame_out))
         # channelAck and signal unsubscriptions need no answer.
 
-    def _unreadable(self, raw: Any, exc: ValidationError) -> None:
+    def _unreadable(self, raw: dict[str, Any], exc: ValidationError) -> None:
         """A frame that does not parse: answered on its call or channel if it names one."""
-        error = invalid("frame", exc).body()
-        if isinstance(raw, dict) and isinstance(raw.get("callId"), int):
+        error = invalid(f"{raw['type']} frame", exc).body()
+        if isinstance(raw.get("callId"), int):
             self._start(self.send({"type": "rpcError", "callId": raw["callId"], "error": error}))
-        elif (
-            isinstance(raw, dict)
-            and raw.get("type") == "channelCreate"
-            and isinstance(raw.get("channelId"), int)
-        ):
+        elif raw["type"] == "channelCreate" and isinstance(raw.get("channelId"), int):
             frame = {"type": "channelError", "channelId": raw["channelId"], "error": error}
             self._start(self.send(frame))
         else:
