@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from lmserve import __version__
@@ -60,19 +59,9 @@ async def alive(ctx: Context, _: Any, channel: Channel) -> None:
 
 async def stream_logs(ctx: Context, _: Any, channel: Channel) -> None:
     """The prompts models receive, as LM Studio's diagnostics log events, until ``stop``."""
-    records = ctx.logs.subscribe()
-    stop = asyncio.ensure_future(channel.cancelled.wait())
-    try:
-        while True:
-            following = asyncio.ensure_future(anext(records))
-            done, _ = await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if stop in done:
-                following.cancel()
-                return
-            try:
-                record = following.result()
-            except StopAsyncIteration:
-                return
+
+    async def forward() -> None:
+        async for record in ctx.logs.subscribe():
             if record["type"] != "llm.prediction.input":
                 continue
             model = ctx.models.find_loaded(record["model"])
@@ -82,12 +71,19 @@ async def stream_logs(ctx: Context, _: Any, channel: Channel) -> None:
                 "modelIdentifier": record["model"],
                 "input": record["prompt"],
             }
-            await channel.send(
-                {"type": "log", "log": {"timestamp": int(time.time() * 1000), "data": data}}
-            )
+            timestamp = int(record["timestamp"] * 1000)
+            await channel.send({"type": "log", "log": {"timestamp": timestamp, "data": data}})
+
+    forwarding = asyncio.ensure_future(forward())
+    stop = asyncio.ensure_future(channel.cancelled.wait())
+    try:
+        await asyncio.wait({forwarding, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        await records.aclose()
+        for task in (forwarding, stop):
+            task.cancel()
+        await asyncio.wait({forwarding, stop})
+    if not forwarding.cancelled():
+        forwarding.result()  # raises what ended it (the client went away mid-send)
 
 
 def system_namespaces() -> dict[str, Namespace]:
