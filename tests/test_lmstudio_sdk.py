@@ -131,8 +131,23 @@ def test_complete_continues_the_raw_prompt(server: Server, model: Any) -> None:
         result = model.complete("The capital of France is", config={**GREEDY, "maxTokens": 8})
     assert seen == ["The capital of France is"]  # no chat template around it
     body = {"model": MODEL_ID, "prompt": "The capital of France is", "temperature": 0}
-    rest = httpx.post(f"{server.api_url}/completions", json={**body, "max_tokens": 8}).json()
+    rest = httpx.post(
+        f"{server.api_url}/completions", json={**body, "max_tokens": 8}, timeout=120
+    ).json()
     assert result.content == rest["choices"][0]["text"]
+
+
+def test_complete_has_no_token_limit_unless_asked(model: Any) -> None:
+    """A text completion runs until the model (or a stop string) ends it, as a chat does:
+    not OpenAI's default of 16 tokens for /v1/completions."""
+    counting = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+    stream = model.complete_stream(counting, config={**GREEDY, "stopStrings": [" 30,"]})
+    for seen, _ in enumerate(stream, 1):
+        if seen == 200:  # should the model not count, stop it rather than fill the context
+            stream.cancel()
+    result = stream.result()
+    assert result.stats.predicted_tokens_count > 16, result.content
+    assert result.stats.stop_reason in {"stopStringFound", "userStopped", "eosFound"}
 
 
 def test_the_prediction_config_reaches_the_sampler(server: Server, model: Any) -> None:

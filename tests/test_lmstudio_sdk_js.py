@@ -119,7 +119,9 @@ def test_complete_continues_the_raw_prompt(
     steps: dict[str, dict[str, Any]], server: Server
 ) -> None:
     body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 8}
-    rest = httpx.post(f"{server.api_url}/completions", json={**body, "temperature": 0}).json()
+    rest = httpx.post(
+        f"{server.api_url}/completions", json={**body, "temperature": 0}, timeout=120
+    ).json()
     assert steps["complete"]["content"] == rest["choices"][0]["text"]
 
 

@@ -56,6 +56,7 @@ class Prediction:
     fields: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
     gbnf: str | None = None  # a grammar of the client's own
+    json_schema: dict[str, Any] | None = None  # as response_format, for a raw prompt too
     template: dict[str, Any] | None = None  # a prompt template: the prompt is raw text
     template_stops: list[str] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ def _structured(value: Any, result: Prediction) -> None:
         schema = value.get("jsonSchema")
         if not isinstance(schema, dict):
             raise _bad(key + ".jsonSchema", "a JSON schema object", schema)
+        result.json_schema = schema
         result.fields["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": schema},

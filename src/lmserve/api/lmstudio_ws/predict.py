@@ -26,6 +26,7 @@ from lmserve.api.common.errors import validation_error
 from lmserve.api.common.generation import Generation, Prepared, public_finish_reason
 from lmserve.api.common.protocol import CompletionRequest, GenerationRequestFields
 from lmserve.api.common.serving import start_generation
+from lmserve.api.common.structured import schema_to_grammar
 from lmserve.api.lmstudio_ws.errors import SDKError
 from lmserve.api.lmstudio_ws.history import chat_messages, render_with_template
 from lmserve.api.lmstudio_ws.info import instance_info, wanted_name
@@ -69,6 +70,10 @@ class PredictTurn:
                 self.param.history, self.settings.template, model.template
             )
             prepared = await prepare_completion(body.model_copy(update={"prompt": prompt}), model)
+            schema = self.settings.json_schema
+            if schema is not None and self.settings.gbnf is None:
+                grammar = schema_to_grammar(schema, "llm.prediction.structured.jsonSchema")
+                prepared.sampling = replace(prepared.sampling, grammar=grammar)
         else:
             prepared = await prepare_chat(body, model)
         if self.settings.gbnf is not None:
@@ -82,6 +87,7 @@ def _request(name: str, param: PredictParameter, settings: Prediction) -> Genera
         stops = [*(fields.pop("stop", None) or []), *settings.template_stops]
         for key in ("tools", "tool_choice", "response_format"):
             fields.pop(key, None)
+        fields.setdefault("max_tokens", None)  # not OpenAI's 16: until the model stops
         try:
             # The prompt is rendered once the model is known (its BOS and EOS texts).
             return CompletionRequest(model=name, prompt=" ", stop=stops or None, **fields)
