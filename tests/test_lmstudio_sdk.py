@@ -410,5 +410,5 @@ def test_load_new_instance_with_config_and_ttl(empty_server: tuple[Server, int |
         assert brief.identifier not in loaded() and "small" in loaded()
         small.unload()
         assert "small" not in loaded()
-        with pytest.raises(LMStudioServerError, match="No loaded model has the identifier"):
+        with pytest.raises(LMStudioModelNotFoundError, match="small"):
             client.llm.unload("small")

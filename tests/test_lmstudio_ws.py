@@ -130,6 +130,41 @@ def test_an_unknown_model_is_no_model_matching_query(server: Server) -> None:
         assert display["loadedModelsSample"] == [MODEL_ID] and display["totalLoadedModels"] == 1
 
 
+def test_presets_are_not_found_and_templates_leave_files_out(server: Server) -> None:
+    with session(server) as ws:
+        frame = predict_frame(0, "Hi")
+        frame["creationParameter"]["fuzzyPresetIdentifier"] = "Creative"
+        ws.send_json(frame)
+        display = receive(ws)["error"]["displayData"]
+        assert display["code"] == "generic.presetNotFound"
+        assert display["specifiedFuzzyPresetIdentifier"] == "Creative"
+        file = {
+            "type": "file",
+            "name": "a.txt",
+            "identifier": "f",
+            "sizeBytes": 1,
+            "fileType": "text/plain",
+        }
+        history = {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, file]}]
+        }
+        specifier = {"type": "query", "query": {"identifier": MODEL_ID}}
+        parameter = {"specifier": specifier, "history": history, "opts": {}}
+        ws.send_json(
+            {
+                "type": "rpcCall",
+                "endpoint": "applyPromptTemplate",
+                "callId": 1,
+                "parameter": parameter,
+            }
+        )
+        assert "<|im_start|>user\nHi<|im_end|>" in receive(ws)["result"]["formatted"]
+        frame = predict_frame(2, "Hi")
+        frame["creationParameter"]["history"] = history
+        ws.send_json(frame)
+        assert "read text only" in receive(ws)["error"]["title"]  # a prediction would need it
+
+
 def test_the_first_frame_must_authenticate(server: Server) -> None:
     with session(server, auth=None) as ws:
         ws.send_json({"type": "rpcCall", "endpoint": "listLoaded", "callId": 0})

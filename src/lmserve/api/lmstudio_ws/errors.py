@@ -59,16 +59,17 @@ def no_model_matching(
     )
 
 
-def identifier_not_found(identifier: str, loaded: list[str]) -> SDKError:
-    """``generic.identifierNotFound``: no loaded instance has this identifier."""
+def preset_not_found(preset: str) -> SDKError:
+    """``generic.presetNotFound``: lmserve keeps no presets, so none matches."""
     return SDKError(
-        f"No loaded model has the identifier {identifier!r}.",
+        f"No preset matches {preset!r}: lmserve has no presets.",
         {
-            "code": "generic.identifierNotFound",
-            "identifier": identifier,
-            "loadedModelsSample": loaded[:_SAMPLE],
-            "totalLoadedModels": len(loaded),
+            "code": "generic.presetNotFound",
+            "specifiedFuzzyPresetIdentifier": preset,
+            "availablePresetsSample": [],
+            "totalAvailablePresets": 0,
         },
+        suggestion="Send the settings in the prediction's config instead.",
     )
 
 

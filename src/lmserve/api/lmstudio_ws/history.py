@@ -40,13 +40,16 @@ def _text(message: HistoryMessage) -> str:
     return "\n".join(part.text for part in message.content if isinstance(part, TextPart))
 
 
-def chat_messages(history: ChatHistory) -> list[ChatMessage]:
-    """The history as chat messages, in order."""
+def chat_messages(history: ChatHistory, *, skip_files: bool = False) -> list[ChatMessage]:
+    """The history as chat messages, in order.  A file is refused, unless ``skip_files`` (only
+    rendering a template, not predicting) says to leave it out: no file can be on this
+    server, as it takes no uploads."""
     if not history.messages:
         raise InvalidRequestError("The chat history has no messages.", param="history")
     messages: list[ChatMessage] = []
     for index, message in enumerate(history.messages):
-        _refuse_files(message, index)
+        if not skip_files:
+            _refuse_files(message, index)
         if message.role == "tool":
             messages += [
                 ChatMessage(role="tool", content=part.content, tool_call_id=part.toolCallId)

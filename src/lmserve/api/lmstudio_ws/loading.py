@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmserve.api.lmstudio_ws.errors import SDKError, identifier_not_found, no_model_matching
+from lmserve.api.lmstudio_ws.errors import SDKError, no_model_matching
 from lmserve.api.lmstudio_ws.info import instance_info, loaded_names, model_info, model_key
 from lmserve.api.lmstudio_ws.kvconfig import flatten, load_options
 from lmserve.api.lmstudio_ws.protocol import GetOrLoadParameter, LoadModelParameter
@@ -69,10 +69,8 @@ async def load_model(ctx: Context, param: LoadModelParameter, channel: Channel) 
     key = model_key(models, entry)
     await channel.send({"type": "resolved", "info": model_info(entry, key, ctx.domain)})
     if param.identifier is not None and models.find_loaded(param.identifier) is not None:
-        raise SDKError(
-            f"A model is already loaded with the identifier {param.identifier!r}.",
-            suggestion="Choose another identifier, or unload that model first.",
-        )
+        # One line, as LM Studio words it (its own tests match "already exists").
+        raise SDKError(f"A model instance with the identifier {param.identifier!r} already exists.")
     identifier = param.identifier or _free_identifier(models, key)
     options = load_options(
         flatten(param.loadConfigStack), ctx.domain, identifier=identifier, ttl_ms=param.ttlMs
@@ -87,5 +85,7 @@ async def unload_model(ctx: Context, param: Any) -> Any:
     try:
         await ctx.models.unload(param.identifier)
     except ModelNotFound:
-        raise identifier_not_found(param.identifier, loaded_names(ctx.models)) from None
+        # LM Studio's code for it, which the SDKs (and their own scripts) expect.
+        query = {"identifier": param.identifier}
+        raise no_model_matching(query, loaded_names(ctx.models), repr(param.identifier)) from None
     return VOID

@@ -27,7 +27,7 @@ from lmserve.api.common.generation import Generation, Prepared, public_finish_re
 from lmserve.api.common.protocol import CompletionRequest, GenerationRequestFields
 from lmserve.api.common.serving import start_generation
 from lmserve.api.common.structured import schema_to_grammar
-from lmserve.api.lmstudio_ws.errors import SDKError
+from lmserve.api.lmstudio_ws.errors import SDKError, preset_not_found
 from lmserve.api.lmstudio_ws.history import chat_messages, render_with_template
 from lmserve.api.lmstudio_ws.info import instance_info, wanted_name
 from lmserve.api.lmstudio_ws.kvconfig import (
@@ -205,6 +205,8 @@ class PredictionStream:
 
 async def predict(ctx: Context, param: PredictParameter, channel: Channel) -> None:
     started_at = time.perf_counter()
+    if param.fuzzyPresetIdentifier is not None:
+        raise preset_not_found(param.fuzzyPresetIdentifier)
     models = ctx.models
     config = flatten(param.predictionConfigStack)
     settings = prediction(config)

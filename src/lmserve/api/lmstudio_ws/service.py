@@ -96,7 +96,8 @@ async def apply_prompt_template(ctx: Context, param: ApplyTemplateParameter) -> 
         fields["tools"] = [
             tool.model_dump(exclude_none=True) for tool in param.opts.toolDefinitions
         ]
-    messages = with_system_prompt(chat_messages(param.history), settings.system_prompt)
+    history = chat_messages(param.history, skip_files=True)
+    messages = with_system_prompt(history, settings.system_prompt)
     body = build_chat_request(model=name, messages=messages, **fields)
     async with ctx.models.using(name) as model:
         prompt = (await prepare_chat(body, model)).prompts[0]
