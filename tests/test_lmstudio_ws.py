@@ -99,6 +99,8 @@ def test_bad_frames_get_errors_and_the_connection_keeps_serving(server: Server) 
         assert receive(ws)["type"] == "communicationWarning"
         ws.send_json({"type": "teleport", "callId": 1})
         assert "no known type" in receive(ws)["warning"]
+        ws.send_json({"type": ["rpcCall"]})
+        assert "no known type" in receive(ws)["warning"]
         ws.send_json({"type": "rpcCall", "endpoint": "tokenize", "callId": 1, "parameter": 3})
         error = receive(ws)
         assert error["type"] == "rpcError" and error["callId"] == 1

@@ -137,7 +137,8 @@ class Session:
         except ValueError:
             self.warn("Received a frame that is not JSON.")
             return
-        kind = FRAMES.get(raw.get("type")) if isinstance(raw, dict) else None
+        # str(): a "type" of any JSON value is looked up safely (a list is not hashable).
+        kind = FRAMES.get(str(raw.get("type"))) if isinstance(raw, dict) else None
         if kind is None:
             self.warn("Received a frame of no known type.")
             return
@@ -164,9 +165,9 @@ class Session:
             logger.warning("an SDK client reports: %s", frame.warning[:500])
         elif isinstance(frame, SignalSubscribe):
             error = SDKError(f"Signal endpoints such as '{frame.endpoint}' are not served.")
-            kind = "writableSignalError" if frame.type.startswith("writable") else "signalError"
-            frame_out = {"type": kind, "subscribeId": frame.subscribeId, "error": error.body()}
-            self._start(self.send(frame_out))
+            answer = "writableSignalError" if frame.type.startswith("writable") else "signalError"
+            refusal = {"type": answer, "subscribeId": frame.subscribeId, "error": error.body()}
+            self._start(self.send(refusal))
         # channelAck and signal unsubscriptions need no answer.
 
     def _unreadable(self, raw: dict[str, Any], exc: ValidationError) -> None:
