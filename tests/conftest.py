@@ -125,7 +125,9 @@ def start_server(
     log_path = home / "server.log"
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lmserve", "serve", "--port", str(port), *args],
+        # No LM Studio SDK discovery port unless a test asks (`args` come later and win):
+        # test servers must not take the ports a real server or another test looks for.
+        [sys.executable, "-m", "lmserve", "serve", "--port", str(port), "--sdk-port", "off", *args],
         env={**(env or os.environ), "LMSERVE_HOME": str(home)},
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -12,6 +12,9 @@ DEFAULT_JIT_TTL = 60 * 60.0  # LM Studio unloads an idle JIT-loaded model after 
 DEFAULT_MAX_BODY_SIZE = 8 * 2**20  # bytes; a 4k-token chat is a few dozen KiB
 # Seconds SIGTERM waits for requests in flight; below `lmserve server stop`'s 30 s patience.
 DEFAULT_DRAIN_TIMEOUT = 20.0
+# The loopback ports LM Studio's SDKs (1.5.0) try in turn when given no host; the server also
+# listens on the first free one, so that `lms.llm()` finds it (--sdk-port).
+SDK_DISCOVERY_PORTS = (41343, 52993, 16141, 39414, 22931)
 
 
 def physical_memory() -> int | None:
@@ -118,3 +121,6 @@ class Settings:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off
+    # The loopback port LM Studio's SDKs discover: "auto" (the first free of
+    # SDK_DISCOVERY_PORTS), a port, or None (off).
+    sdk_port: int | str | None = "auto"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from types import FrameType
 
@@ -18,7 +19,7 @@ from starlette.datastructures import State
 
 from lmserve.api.app import create_app
 from lmserve.api.common.security import is_loopback_name
-from lmserve.config import Settings
+from lmserve.config import SDK_DISCOVERY_PORTS, Settings
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.default import DEFAULT_MODEL, ModelFetchError, ensure_default_model
 from lmserve.models.loader import LoadOptions
@@ -109,6 +110,46 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def sdk_socket(settings: Settings) -> socket.socket | None:
+    """A socket on the loopback port LM Studio's SDKs look for (``--sdk-port``), or None.
+
+    ``auto`` takes the first free one of the SDKs' ports; a port taken by something else is
+    left to it, and the server goes on without.  None either when the main address already
+    answers on loopback at one of those ports.
+    """
+    if settings.sdk_port is None:
+        return None
+    wanted = SDK_DISCOVERY_PORTS if settings.sdk_port == "auto" else (int(settings.sdk_port),)
+    main_on_loopback = is_loopback_name(settings.host) or settings.host in {"0.0.0.0", "::", ""}
+    if main_on_loopback and settings.port in wanted:
+        return None
+    for port in wanted:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        logger.info(
+            "LM Studio's SDKs find this server on 127.0.0.1:%d (ws://127.0.0.1:%d; "
+            "lms.llm() with no host)",
+            port,
+            port,
+        )
+        return sock
+    logger.warning(
+        "LM Studio's SDK port%s %s %s taken: SDK clients must be given this server's "
+        "address (lms.Client('%s:%d'))",
+        "s" if len(wanted) > 1 else "",
+        ", ".join(map(str, wanted)),
+        "are all" if len(wanted) > 1 else "is",
+        settings.host,
+        settings.port,
+    )
+    return None
+
+
 def run_server(settings: Settings, log_level: str = "info") -> None:
     manager = ModelManager(models_dir(), settings)
     startup = []
@@ -131,7 +172,13 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         # After the drain, only idle connections are left: closing them is quick.
         timeout_graceful_shutdown=2,
         access_log=log_level == "debug",
+        # A WebSocket frame (LM Studio's SDKs) is capped like a request body.
+        ws_max_size=settings.max_body_size,
     )
+    # Both sockets serve the same app, behind the same guards (Host check, API keys).
+    sockets = [config.bind_socket()]
+    if (sdk := sdk_socket(settings)) is not None:
+        sockets.append(sdk)
     server = DrainingServer(config, app.state, settings.drain_timeout)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=sockets)

@@ -19,6 +19,7 @@ from lmserve.api.common.security import APIKeyGuard, APIKeys, HostGuard, is_loop
 from lmserve.api.lmserve.router import router as lmserve_router
 from lmserve.api.lmstudio.router import router as lmstudio_router
 from lmserve.api.lmstudio.service import ChatThreads
+from lmserve.api.lmstudio_ws.router import router as lmstudio_ws_router
 from lmserve.api.openai.router import router as openai_router
 from lmserve.api.responses.router import router as responses_router
 from lmserve.api.responses.service import ResponseStore
@@ -71,6 +72,8 @@ def create_app(
     app.state.conversations = Conversations(conversations_file())
     if settings.webui:
         app.state.webui_assets = Assets.from_package()
+    # For routes that check keys themselves (the SDKs' WebSockets); empty: any key will do.
+    app.state.api_keys = APIKeys(settings.api_keys)
     app.state.logs.add_listener(app.state.metrics.observe_record)
     install_error_handlers(app)
     _install_guards(app, settings)
@@ -84,6 +87,7 @@ def create_app(
         responses_router,
         anthropic_router,
         lmstudio_router,
+        lmstudio_ws_router,
         lmserve_router,
     ):
         app.include_router(router)

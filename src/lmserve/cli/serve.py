@@ -19,6 +19,7 @@ from lmserve.config import (
     GPU_SETTINGS_HELP,
     REPACK_HELP,
     REPACK_SETTINGS,
+    SDK_DISCOVERY_PORTS,
     ModelDefaults,
     PredictionDefaults,
     Settings,
@@ -187,6 +188,16 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             is_flag=True,
             help="Do not serve the chat page at / (the API and the conversations API stay).",
         ),
+        click.option(
+            "--sdk-port",
+            default="auto",
+            show_default=True,
+            metavar="auto|off|PORT",
+            callback=lambda _ctx, _param, v: sdk_port_option(v),
+            help="Also listen on this loopback port, where LM Studio's SDKs look for a "
+            "server when given no host (lms.llm(), new LMStudioClient()). auto: the first "
+            f"free of {', '.join(map(str, SDK_DISCOVERY_PORTS))}; off: none.",
+        ),
         *prediction_options(),
         click.option(
             "--log-level",
@@ -198,6 +209,16 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def sdk_port_option(value: str) -> str:
+    """``auto``, ``off`` or a port number, as typed."""
+    value = str(value).strip().lower()
+    if value in {"auto", "off"}:
+        return value
+    if value.isdigit() and 1 <= int(value) <= 65535:
+        return value
+    raise click.BadParameter(f"expected auto, off or a port number, not {value!r}")
 
 
 def prediction_options() -> list[Callable[[Callable[..., None]], Callable[..., None]]]:
@@ -288,7 +309,12 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         max_body_size=parse_size(str(options.get("max_body_size") or "8M")),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
+        sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),
     )
+
+
+def _sdk_port(value: str) -> int | str | None:
+    return None if value == "off" else value if value == "auto" else int(value)
 
 
 def _strings(value: object) -> tuple[str, ...]:

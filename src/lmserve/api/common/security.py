@@ -21,8 +21,9 @@ from lmserve.api.common.errors import APIError, AuthenticationError, PermissionD
 from lmserve.apikeys import APIKeys
 
 # Routes anyone may call even when API keys are configured (CORS preflights are public too:
-# browsers never send credentials with them).
-PUBLIC_PATHS = frozenset({"/health"})
+# browsers never send credentials with them).  LM Studio's SDKs probe the greeting, without
+# a key, to find the server; it says no more than /health.
+PUBLIC_PATHS = frozenset({"/health", "/lmstudio-greeting"})
 # The chat page's static files (api/webui), and the page itself: ``GET /`` from a browser
 # (Accept: text/html). They hold no data and must load without a key, so that the page can
 # ask for one; everything the page then calls needs the key like any client's request.
@@ -38,6 +39,10 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        # Closing before the handshake is accepted answers the upgrade request with a 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+        return
     response = JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
     await response(scope, receive, send)
 

@@ -4,7 +4,8 @@ Shared by every route that generates: the route hands over the request's body an
 :class:`Turn`, which says how the prompt is made and what the answer looks like.  The model is
 acquired, and the request submitted, before the response starts, so a missing model, a bad
 request or a full queue get their own HTTP status; the model is released and the engine told
-to stop however the response ends.
+to stop however the response ends.  :func:`start_generation` is that first half on its own,
+for a surface that answers over another transport (LM Studio's WebSocket SDK protocol).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lmserve.api.common.streaming import (
     server_sent_events,
     unless_disconnected,
 )
+from lmserve.logbus import LogBus
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
@@ -59,18 +61,44 @@ class CompletionTurn:
         return server_sent_events(events)
 
 
-async def serve_generation(
-    request: Request, body: GenerationRequestFields, turn: Turn[Any]
-) -> Response | BaseModel | dict[str, Any]:
-    """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it."""
-    models: ModelManager = request.app.state.models
+class Preparer(Protocol):
+    """What :func:`start_generation` needs of a turn: how the prompt is made."""
+
+    async def prepare(self, body: Any, model: LoadedModel, /) -> Prepared: ...
+
+
+@dataclass
+class Started:
+    """A generation submitted to its model's engine, and the model it holds.
+
+    :meth:`finish` stops the engine's work (a no-op for finished requests) and releases the
+    model, once, however the answer ends.
+    """
+
+    generation: Generation
+    _release: Callable[[], None]
+
+    def finish(self) -> None:
+        self.generation.cancel()
+        self._release()
+
+
+async def start_generation(
+    models: ModelManager,
+    logs: LogBus,
+    body: GenerationRequestFields,
+    turn: Preparer,
+    make: Callable[[Prepared, LogBus], Generation] = Generation,
+) -> Started:
+    """Acquire the model ``body`` names (loading it just in time), prepare the prompt, check
+    it, and submit it: a missing model, a bad request or a full queue raise before anything
+    is sent back.  ``make`` builds the :class:`Generation` (a subclass may watch its events).
+    """
     model = await models.acquire(body.model, body.ttl)
     released = False
 
-    def finish(generation: Generation | None = None) -> None:
+    def release() -> None:
         nonlocal released
-        if generation is not None:
-            generation.cancel()  # a no-op for finished requests
         if not released:
             released = True
             models.release(model)
@@ -83,19 +111,29 @@ async def serve_generation(
             refitted = await models.refit(model, exc.prompt_tokens)
             if refitted is None:
                 raise
-            model = refitted  # the one finish() releases
+            model = refitted  # the one release() releases
             prepared = await turn.prepare(body, model)
         check_choices(len(prepared.prompt_tokens) * prepared.n)
-        generation = Generation(prepared, request.app.state.logs)
+        generation = make(prepared, logs)
     except BaseException:
-        finish()
+        release()
         raise
+    return Started(generation, release)
+
+
+async def serve_generation(
+    request: Request, body: GenerationRequestFields, turn: Turn[Any]
+) -> Response | BaseModel | dict[str, Any]:
+    """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it."""
+    state = request.app.state
+    started = await start_generation(state.models, state.logs, body, turn)
+    generation = started.generation
     if body.stream:
         events = turn.encode(turn.events(generation))
-        return EventStreamResponse(events, on_close=lambda: finish(generation))
+        return EventStreamResponse(events, on_close=started.finish)
     try:
         return await unless_disconnected(request, turn.respond(generation))
     except ClientGone:
         return gone_response()
     finally:
-        finish(generation)
+        started.finish()

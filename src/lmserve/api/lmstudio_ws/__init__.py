@@ -1,0 +1,1 @@
+"""LM Studio's WebSocket SDK protocol (``lmstudio`` on PyPI, ``@lmstudio/sdk`` on npm)."""

@@ -1,0 +1,115 @@
+"""Models as the SDKs describe them (``LlmInfo``, ``LlmInstanceInfo``, their embedding
+twins), and which model a specifier names.
+
+An instance's ``instanceReference`` is its identifier: a handle the SDK got from a load keeps
+working when lmserve loads the model again (after a crash, or with a longer context).  The
+embedding namespace serves any model, as ``/v1/embeddings`` does (a chat model's embeddings
+are mean-pooled), and describes it as an embedding model there.  Optional fields are left
+out rather than sent as null: the JavaScript SDK refuses a null where it expects a number.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from lmserve.api.lmstudio_ws.errors import no_model_matching
+from lmserve.api.lmstudio_ws.protocol import InstanceSpecifier, ModelSpecifier
+from lmserve.models.catalog import CatalogEntry
+from lmserve.models.loader import LoadedModel
+from lmserve.models.manager import ModelManager
+
+Domain = Literal["llm", "embedding"]
+_BITS = re.compile(r"(\d+)")
+
+
+def _params_string(entry: CatalogEntry) -> str | None:
+    label = entry.header.metadata.get("general.size_label")
+    if isinstance(label, str) and label:
+        return label
+    count = entry.header.parameter_count or 0
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g}{unit}"
+    return None
+
+
+def _quantization(entry: CatalogEntry) -> dict[str, Any] | None:
+    name = entry.quantization
+    bits = _BITS.search(name or "")
+    return {"name": name, "bits": int(bits.group(1))} if name and bits else None
+
+
+def model_info(entry: CatalogEntry, key: str, domain: Domain | None = None) -> dict[str, Any]:
+    """A downloaded model: ``LlmInfo`` or ``EmbeddingModelInfo`` (``domain`` by default the
+    file's own type)."""
+    header = entry.header
+    kind = domain or ("embedding" if entry.model_type == "embeddings" else "llm")
+    info: dict[str, Any] = {
+        "type": kind,
+        "modelKey": key,
+        "format": "gguf",
+        "displayName": str(header.metadata.get("general.name") or key),
+        "path": entry.relative_path,
+        "sizeBytes": entry.size_bytes,
+        "paramsString": _params_string(entry),
+        "architecture": header.architecture,
+        "quantization": _quantization(entry),
+        "maxContextLength": int(header.context_length or 0),
+    }
+    if kind == "llm":
+        info["vision"] = False
+        info["trainedForToolUse"] = "tools" in (header.chat_template or "")
+    return {name: value for name, value in info.items() if value is not None}
+
+
+def model_key(models: ModelManager, entry: CatalogEntry) -> str:
+    """The key the catalog shows for a file (an entry of an earlier scan included)."""
+    current = models.catalog.resolve(entry.relative_path)
+    return models.catalog.public_id(current) if current is not None else entry.key
+
+
+def instance_info(models: ModelManager, model: LoadedModel, domain: Domain) -> dict[str, Any]:
+    """A loaded instance: ``LlmInstanceInfo`` or ``EmbeddingModelInstanceInfo``."""
+    return {
+        **model_info(model.entry, model_key(models, model.entry), domain),
+        "identifier": model.identifier,
+        "instanceReference": model.identifier,
+        "contextLength": model.n_ctx,
+    }
+
+
+def loaded_in(models: ModelManager, domain: Domain) -> list[LoadedModel]:
+    """The loaded models a namespace lists: its own type only, as LM Studio lists them."""
+    wanted = "embeddings" if domain == "embedding" else "llm"
+    return [model for model in models.loaded() if model.entry.model_type == wanted]
+
+
+def loaded_names(models: ModelManager) -> list[str]:
+    return [model.identifier for model in models.loaded()]
+
+
+def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain) -> str:
+    """The model name a specifier gives, for the model manager to find (and load just in
+    time): an instance reference or query identifier as it is, a path as the catalog reads
+    it, an empty query any loaded model of the namespace."""
+    if isinstance(specifier, InstanceSpecifier):
+        return specifier.instanceReference
+    query = specifier.query
+    asked = query.model_dump(exclude_none=True)
+    if query.vision or (query.domain is not None and query.domain != domain):
+        raise no_model_matching(asked, loaded_names(models))  # no vision models here
+    name = query.identifier or query.path
+    if name is not None:
+        return name
+    candidates = loaded_in(models, domain) or (models.loaded() if domain == "embedding" else [])
+    if not candidates:
+        raise no_model_matching(asked, loaded_names(models), f"any loaded {domain} model")
+    return candidates[0].identifier
+
+
+def find_instance(
+    specifier: ModelSpecifier, models: ModelManager, domain: Domain
+) -> LoadedModel | None:
+    """The loaded instance a specifier names, if one is loaded (nothing is loaded here)."""
+    return models.find_loaded(wanted_name(specifier, models, domain))

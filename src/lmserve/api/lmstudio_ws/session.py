@@ -1,0 +1,271 @@
+"""One SDK connection: the authentication frame, then calls and channels, multiplexed.
+
+The client sends ``rpcCall`` (answered by one ``rpcResult`` or ``rpcError``) and
+``channelCreate`` (answered by ``channelSend`` packets, then ``channelClose`` or
+``channelError``); on a channel it may send ``cancel``.  Each call and channel runs as a task
+of its own, so a cancel reaches a prediction while it streams, and one slow call never holds up
+another.  A frame that cannot be read is answered where it can be: on its call or channel when
+it names one, else with a ``communicationWarning``; the connection keeps serving either way.
+When the client goes, every task it started is cancelled (a prediction frees its slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import State
+from starlette.websockets import WebSocket
+
+from lmserve.api.common.lifecycle import Lifecycle
+from lmserve.api.lmstudio_ws.errors import SDKError, error_body, invalid
+from lmserve.api.lmstudio_ws.protocol import (
+    FRAMES,
+    CancelPacket,
+    ChannelCreate,
+    ChannelSend,
+    CommunicationWarning,
+    KeepAlive,
+    RpcCall,
+    SignalSubscribe,
+)
+from lmserve.logbus import LogBus
+from lmserve.models.manager import ModelManager
+
+logger = logging.getLogger("lmserve.api")
+
+VOID: Any = object()  # an RPC's "no result": the frame goes without a ``result`` field
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an endpoint sees: the app's state and the namespace it was called in."""
+
+    state: State
+    namespace: str
+
+    @property
+    def models(self) -> ModelManager:
+        return self.state.models  # type: ignore[no-any-return]
+
+    @property
+    def logs(self) -> LogBus:
+        return self.state.logs  # type: ignore[no-any-return]
+
+    @property
+    def domain(self) -> Any:
+        return "embedding" if self.namespace == "embedding" else "llm"
+
+
+@dataclass(frozen=True)
+class Rpc:
+    parameter: type[BaseModel] | None
+    handler: Callable[[Context, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ChannelEndpoint:
+    parameter: type[BaseModel] | None
+    handler: Callable[[Context, Any, Channel], Awaitable[None]]
+    long_lived: bool = False  # runs until the client stops it: never holds up a drain
+
+
+@dataclass(frozen=True)
+class Namespace:
+    rpcs: dict[str, Rpc]
+    channels: dict[str, ChannelEndpoint]
+
+
+class Channel:
+    """A handler's end of one channel: ``send`` packets; ``cancelled`` is set by the client."""
+
+    def __init__(self, session: Session, channel_id: int) -> None:
+        self.session = session
+        self.id = channel_id
+        self.cancelled = asyncio.Event()
+
+    async def send(self, packet: dict[str, Any]) -> None:
+        await self.session.send({"type": "channelSend", "channelId": self.id, "message": packet})
+
+    def received(self, message: Any) -> None:
+        try:
+            CancelPacket.model_validate(message)
+        except ValidationError:
+            self.session.warn(f"Unexpected message on channel {self.id}: {str(message)[:200]}")
+            return
+        self.cancelled.set()
+
+
+class Session:
+    def __init__(self, websocket: WebSocket, namespace: str, served: Namespace) -> None:
+        self.websocket = websocket
+        self.context = Context(websocket.app.state, namespace)
+        self.served = served
+        self.lifecycle: Lifecycle = websocket.app.state.lifecycle
+        self.channels: dict[int, Channel] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        async with self._send_lock:
+            await self.websocket.send_text(text)
+
+    def warn(self, warning: str) -> None:
+        self._start(self.send({"type": "communicationWarning", "warning": warning}))
+
+    async def run(self) -> None:
+        """Serve frames until the client disconnects; then stop everything it started."""
+        try:
+            while (text := await receive_text(self.websocket)) is not None:
+                self.received(text)
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(self.tasks)
+
+    def received(self, text: str) -> None:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            self.warn("Received a frame that is not JSON.")
+            return
+        # str(): a "type" of any JSON value is looked up safely (a list is not hashable).
+        kind = FRAMES.get(str(raw.get("type"))) if isinstance(raw, dict) else None
+        if kind is None:
+            self.warn("Received a frame of no known type.")
+            return
+        try:
+            frame = kind.model_validate(raw)
+        except ValidationError as exc:
+            self._unreadable(raw, exc)
+            return
+        if isinstance(frame, RpcCall):
+            self._start(self._call(frame))
+        elif isinstance(frame, ChannelCreate):
+            self._create(frame)
+        elif isinstance(frame, ChannelSend):
+            channel = self.channels.get(frame.channelId)
+            if channel is None:
+                self.warn(
+                    f"Received channelSend for unknown channel, channelId = {frame.channelId}"
+                )
+            else:
+                channel.received(frame.message)
+        elif isinstance(frame, KeepAlive):
+            self._start(self.send({"type": "keepAliveAck"}))
+        elif isinstance(frame, CommunicationWarning):
+            logger.warning("an SDK client reports: %s", frame.warning[:500])
+        elif isinstance(frame, SignalSubscribe):
+            error = SDKError(f"Signal endpoints such as '{frame.endpoint}' are not served.")
+            answer = "writableSignalError" if frame.type.startswith("writable") else "signalError"
+            refusal = {"type": answer, "subscribeId": frame.subscribeId, "error": error.body()}
+            self._start(self.send(refusal))
+        # channelAck and signal unsubscriptions need no answer.
+
+    def _unreadable(self, raw: dict[str, Any], exc: ValidationError) -> None:
+        """A frame that does not parse: answered on its call or channel if it names one."""
+        error = invalid(f"{raw['type']} frame", exc).body()
+        if isinstance(raw.get("callId"), int):
+            self._start(self.send({"type": "rpcError", "callId": raw["callId"], "error": error}))
+        elif raw["type"] == "channelCreate" and isinstance(raw.get("channelId"), int):
+            frame = {"type": "channelError", "channelId": raw["channelId"], "error": error}
+            self._start(self.send(frame))
+        else:
+            self.warn(f"Received an invalid frame: {error['title']}")
+
+    def _start(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Only sending can fail here (the client went away mid-answer).
+            logger.debug("an SDK connection's answer was not sent", exc_info=task.exception())
+
+    @contextlib.contextmanager
+    def _counted(self, counted: bool) -> Iterator[None]:
+        """Refuse new work while the server drains; count it in flight otherwise."""
+        if self.lifecycle.draining:
+            raise SDKError("The server is shutting down and takes no new requests.")
+        if counted:
+            self.lifecycle.in_flight += 1
+        try:
+            yield
+        finally:
+            if counted:
+                self.lifecycle.in_flight -= 1
+
+    async def _call(self, frame: RpcCall) -> None:
+        try:
+            rpc = self.served.rpcs.get(frame.endpoint)
+            if rpc is None:
+                raise SDKError(
+                    f"The '{self.context.namespace}' namespace has no endpoint "
+                    f"'{frame.endpoint}' in lmserve."
+                )
+            with self._counted(True):
+                result = await rpc.handler(self.context, _parse(rpc.parameter, frame))
+        except Exception as exc:
+            await self.send({"type": "rpcError", "callId": frame.callId, "error": error_body(exc)})
+            return
+        answer: dict[str, Any] = {"type": "rpcResult", "callId": frame.callId}
+        if result is not VOID:
+            answer["result"] = result
+        await self.send(answer)
+
+    def _create(self, frame: ChannelCreate) -> None:
+        if frame.channelId in self.channels:
+            self.warn(f"Received channelCreate for an open channel, channelId = {frame.channelId}")
+            return
+        channel = Channel(self, frame.channelId)
+        self.channels[frame.channelId] = channel
+        self._start(self._serve_channel(frame, channel))
+
+    async def _serve_channel(self, frame: ChannelCreate, channel: Channel) -> None:
+        try:
+            endpoint = self.served.channels.get(frame.endpoint)
+            if endpoint is None:
+                raise SDKError(
+                    f"The '{self.context.namespace}' namespace has no channel "
+                    f"'{frame.endpoint}' in lmserve."
+                )
+            with self._counted(not endpoint.long_lived):
+                parameter = _parse(endpoint.parameter, frame)
+                await endpoint.handler(self.context, parameter, channel)
+        except Exception as exc:
+            error = {"type": "channelError", "channelId": channel.id, "error": error_body(exc)}
+            await self.send(error)
+        else:
+            await self.send({"type": "channelClose", "channelId": channel.id})
+        finally:
+            self.channels.pop(channel.id, None)
+
+
+async def receive_text(websocket: WebSocket) -> str | None:
+    """The next frame's text (a binary frame read as UTF-8), or None once the client left."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    if message.get("text") is not None:
+        return str(message["text"])
+    return bytes(message.get("bytes") or b"").decode("utf-8", "replace")
+
+
+def _parse(model: type[BaseModel] | None, frame: RpcCall | ChannelCreate) -> Any:
+    value = frame.parameter if isinstance(frame, RpcCall) else frame.creationParameter
+    if model is None:
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise invalid(f"parameter for '{frame.endpoint}'", exc) from None
