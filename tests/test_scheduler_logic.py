@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lmserve.engine.scheduler import BatchingEngine, common_prefix_length
+from lmserve.engine.scheduler import BatchingEngine
+from lmserve.engine.slots import common_prefix_length
 from lmserve.engine.types import (
     Finished,
     GenerationRequest,

@@ -60,6 +60,14 @@ def check_repack_setting(value: str) -> str:
     return value
 
 
+SPECULATIVE_SETTINGS = ("auto", "on", "off")
+SPECULATIVE_HELP = (
+    "Speculative decoding by prompt lookup: auto (draft from the text so far where the "
+    "measured acceptance rate and the load say it pays), on (whenever the text offers a "
+    "draft), or off."
+)
+
+
 @dataclass(frozen=True)
 class PredictionDefaults:
     """What a request that leaves a sampling setting out gets: LM Studio's defaults, unless
@@ -99,6 +107,7 @@ class ModelDefaults:
     # GPU offload: "auto" puts every layer on the GPU when llama.cpp was built with one.
     gpu: str = "auto"
     repack: str = "auto"  # see REPACK_HELP
+    speculative: str = "auto"  # see SPECULATIVE_HELP
     prediction: PredictionDefaults = PredictionDefaults()
 
 

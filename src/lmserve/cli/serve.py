@@ -20,6 +20,8 @@ from lmserve.config import (
     REPACK_HELP,
     REPACK_SETTINGS,
     SDK_DISCOVERY_PORTS,
+    SPECULATIVE_HELP,
+    SPECULATIVE_SETTINGS,
     ModelDefaults,
     PredictionDefaults,
     Settings,
@@ -108,6 +110,13 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             type=click.Choice(REPACK_SETTINGS),
             help=REPACK_HELP,
+        ),
+        click.option(
+            "--speculative",
+            default="auto",
+            show_default=True,
+            type=click.Choice(SPECULATIVE_SETTINGS),
+            help=SPECULATIVE_HELP,
         ),
         click.option(
             "--no-jit",
@@ -297,6 +306,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             threads=int(options["threads"]),  # type: ignore[arg-type]
             gpu=str(options.get("gpu") or "auto"),
             repack=str(options.get("repack") or "auto"),
+            speculative=str(options.get("speculative") or "auto"),
             prediction=prediction_from_options(options),
         ),
         jit=not options.get("no_jit"),

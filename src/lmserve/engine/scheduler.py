@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lmserve.engine.llama import LlamaContext, LlamaModel
+from lmserve.engine.prefix_cache import PrefixCache
 from lmserve.engine.sampling import token_logprob
 from lmserve.engine.sequence import Sequence
-from lmserve.engine.slots import Slot, common_prefix_length, plan_batch, undo_batch
+from lmserve.engine.slots import Slot, plan_batch, undo_batch
+from lmserve.engine.speculative import DraftPolicy, SpeculativeMode
 from lmserve.engine.types import (
     EngineClosedError,
     GenerationRequest,
@@ -50,12 +52,6 @@ from lmserve.engine.types import (
 logger = logging.getLogger("lmserve.engine")
 
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"; never pass it on
-# Copying another slot's KV stream costs about as much as computing 3 tokens (measured: 9 ms
-# for a 4096-cell stream vs 3 ms a token); below this gain, compute instead.
-_MIN_COPY_GAIN = 8
-# A new request waits a step for an earlier one to compute a shared prefix it can then copy,
-# rather than computing the same tokens alongside it, when the prefix is at least this long.
-_MIN_WAIT_GAIN = 8
 
 
 @dataclass
@@ -70,6 +66,8 @@ class EngineStats:
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0
     step_seconds: float = 0.0  # whole steps: planning, decode, sampling, bookkeeping
+    draft_tokens: int = 0  # put in batches to be checked (speculative decoding)
+    accepted_draft_tokens: int = 0
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -104,6 +102,7 @@ class BatchingEngine:
         prefill_chunk: int = 64,
         name: str = "model",
         outbox: StepOutbox | None = None,
+        speculative: SpeculativeMode = "auto",
     ) -> None:
         self.model = model
         self.context = context
@@ -119,6 +118,8 @@ class BatchingEngine:
         self._streams = Outbox()  # events of in-process streams (submit)
         self._outbox: StepOutbox = outbox or self._streams
         self.stats = EngineStats()
+        self._prefixes = PrefixCache(context, self._slots, self.stats)
+        self._drafts = DraftPolicy(speculative)
         self._wake = threading.Condition()
         self._running = True
         self._closing_reason = "the engine stopped after an internal error"
@@ -136,6 +137,7 @@ class BatchingEngine:
         """Queue a request; raises :class:`QueueFullError` or :class:`EngineClosedError`
         (and :class:`GrammarError` for a grammar llama.cpp cannot parse)."""
         sequence = Sequence.create(self.model, handle, resolve_seed(handle.request.sampling.seed))
+        sequence.drafting = self._drafts.start(sequence.prompt, handle.request.speculative)
         with self._wake:
             if not self._running:
                 sequence.chain.close()
@@ -219,67 +221,9 @@ class BatchingEngine:
             if not free:
                 return
             self._waiting.popleft()
-            # The free slot whose cache shares most with the prompt; else the least recently used.
-            slot = max(
-                free,
-                key=lambda s: (common_prefix_length(s.tokens, sequence.prompt), -s.last_used),
-            )
+            slot = self._prefixes.best_free_slot(free, sequence.prompt)
             slot.sequence = sequence
-            self._reuse(slot, slot, common_prefix_length(slot.tokens, sequence.prompt))
-
-    def _reuse(self, slot: Slot, source: Slot, length: int) -> None:
-        """Make ``slot`` hold the first ``length`` prompt tokens, from ``source``'s cache."""
-        sequence = slot.sequence
-        assert sequence is not None
-        length = min(length, len(sequence.prompt) - 1)  # the last prompt token must be decoded
-        ctx = self.context
-        if source is not slot:
-            self.stats.stream_copies += 1
-            ctx.copy_stream(source.seq, slot.seq)  # the whole stream; cut to length below
-            slot.tokens = list(source.tokens)
-        if length < len(slot.tokens) and not ctx.forget(slot.seq, length):
-            # Some caches (recurrent, sliding-window) cannot drop a tail: start over.
-            ctx.forget(slot.seq, 0)
-            length = 0
-        del slot.tokens[length:]
-        sequence.next_prompt_index = length
-        self.stats.reused_prompt_tokens += length - sequence.cached_tokens
-        sequence.cached_tokens = length
-
-    def _share_prefixes(self, busy: list[Slot]) -> set[int]:
-        """Let new requests copy prefixes other slots hold; say which should wait a step.
-
-        A request that has not computed any of its prompt yet may find a longer prefix in
-        another slot's cache (another conversation with the same system prompt): it copies
-        that slot's stream.  If an earlier request that is still reading its prompt will soon
-        hold a longer shared prefix, it waits for it instead of computing the same tokens.
-        """
-        waiting: set[int] = set()
-        by_arrival = sorted(busy, key=lambda s: s.sequence.submitted if s.sequence else 0.0)
-        for index, slot in enumerate(by_arrival):
-            sequence = slot.sequence
-            if sequence is None or sequence.started or not sequence.prefilling:
-                continue
-            have = sequence.next_prompt_index
-            best, source = have, slot
-            for other in self._slots:
-                if other is not slot:
-                    shared = common_prefix_length(other.tokens, sequence.prompt)
-                    if shared > best:
-                        best, source = shared, other
-            upcoming = max(
-                (
-                    common_prefix_length(earlier.sequence.prompt, sequence.prompt)
-                    for earlier in by_arrival[:index]
-                    if earlier.sequence is not None and earlier.sequence.prefilling
-                ),
-                default=0,
-            )
-            if min(upcoming, len(sequence.prompt) - 1) >= max(best, have) + _MIN_WAIT_GAIN:
-                waiting.add(slot.seq)
-            elif best >= have + _MIN_COPY_GAIN:
-                self._reuse(slot, source, best)
-        return waiting
+            self._prefixes.admit(slot)
 
     def _step(self) -> None:
         started = time.perf_counter()
@@ -293,7 +237,8 @@ class BatchingEngine:
         busy = self._busy()
         if not busy:
             return
-        waiting = self._share_prefixes(busy)
+        waiting = self._prefixes.share(busy)
+        self._drafts.choose(busy, self.context.n_batch, self.n_ctx_per_slot)
         planned = plan_batch(
             self.context, busy, waiting, with_prompts=True, prefill_chunk=self.prefill_chunk
         )
@@ -329,29 +274,66 @@ class BatchingEngine:
                 sequence.stream.publish(
                     PromptProgress(sequence.next_prompt_index, len(sequence.prompt))
                 )
-        picks: list[tuple[Slot, int, TokenLogprob | None]] = []
-        for slot in ready:
-            sequence = slot.sequence
-            assert sequence is not None and sequence.row is not None
-            token = self.context.sample(sequence.chain, sequence.row)
-            wanted = sequence.request.logprobs
-            logprob = (
-                token_logprob(self.model, self.context.logits(sequence.row), token, wanted)
+        picks = [self._sample(slot) for slot in ready]
+        now = time.perf_counter()
+        stats.sample_seconds += now - sample_started
+        self._drafts.cost.observe(self.context.batch_size, now - decode_started)
+        for slot, tokens, logprobs in picks:
+            self._accept(slot, tokens, logprobs, now)
+
+    def _sample(self, slot: Slot) -> tuple[Slot, list[int], list[TokenLogprob | None]]:
+        """Sample a sequence's rows: its pending token's, then its draft's for as long as each
+        sampled token is the drafted one (the rest were computed on a wrong guess)."""
+        sequence = slot.sequence
+        assert sequence is not None and sequence.row is not None
+        draft, row, wanted = sequence.draft, sequence.row, sequence.request.logprobs
+        tokens: list[int] = []
+        logprobs: list[TokenLogprob | None] = []
+        for index in range(len(draft) + 1):
+            token = self.context.sample(sequence.chain, row + index)
+            tokens.append(token)
+            logprobs.append(
+                token_logprob(self.model, self.context.logits(row + index), token, wanted)
                 if wanted is not None
                 else None
             )
-            picks.append((slot, token, logprob))
-        now = time.perf_counter()
-        stats.sample_seconds += now - sample_started
-        stats.generated_tokens += len(picks)
-        for slot, token, logprob in picks:
-            sequence = slot.sequence
-            assert sequence is not None
+            if index == len(draft) or token != draft[index]:
+                break
+        return slot, tokens, logprobs
+
+    def _accept(
+        self, slot: Slot, tokens: list[int], logprobs: list[TokenLogprob | None], now: float
+    ) -> None:
+        """Hand a sequence the tokens sampled for it this step, until one ends it; settle its
+        draft and drop the KV cells of draft tokens that were not kept."""
+        sequence = slot.sequence
+        assert sequence is not None
+        reason: StopReason | None = None
+        taken = 0
+        for token, logprob in zip(tokens, logprobs, strict=True):
+            taken += 1
             reason = sequence.accept(self.model, token, now, logprob)
             if reason is None and len(sequence.prompt) + sequence.generated >= self.n_ctx_per_slot:
                 reason = "contextLengthReached"  # prompt and completion fill the slot's context
             if reason is not None:
-                self._release(slot, reason)
+                break
+        self.stats.generated_tokens += taken
+        draft = sequence.draft
+        if draft:
+            matched = len(tokens) - 1  # every token sampled but the last was the drafted one
+            accepted = min(matched, taken)
+            rejected = int(taken > matched and matched < len(draft))
+            assert sequence.drafting is not None
+            self._drafts.settle(sequence.drafting, len(draft), accepted, rejected)
+            self.stats.draft_tokens += len(draft)
+            self.stats.accepted_draft_tokens += accepted
+            sequence.draft = []
+            if reason is None:
+                keep = len(slot.tokens) - len(draft) + matched
+                self.context.forget(slot.seq, keep)
+                del slot.tokens[keep:]
+        if reason is not None:
+            self._release(slot, reason)
 
     def _release(
         self,

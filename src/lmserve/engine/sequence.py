@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lmserve.engine.llama import LlamaModel
 from lmserve.engine.sampling import SamplerChain
+from lmserve.engine.speculative import DraftState
 from lmserve.engine.text import StopMatcher, Utf8Assembler
 from lmserve.engine.types import (
     Finished,
@@ -40,7 +41,10 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens reused from the cache instead of computed
     started: bool = False  # has computed any of its own prompt tokens
     pending_token: int | None = None  # sampled, to be decoded in the next step
-    row: int | None = None  # batch row holding this sequence's logits after decode
+    # Tokens guessed to follow the pending one, decoded with it to be checked (speculation).
+    draft: list[int] = field(default_factory=list)
+    row: int | None = None  # batch row of the pending token's logits (drafts' follow it)
+    drafting: DraftState | None = None  # None: this request never drafts
     generated: int = 0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -92,6 +96,8 @@ class Sequence:
         if limit is not None and self.generated >= limit:
             return "maxPredictedTokensReached"
         self.pending_token = token
+        if self.drafting is not None:
+            self.drafting.lookup.append(token)
         return None
 
     def finish(
@@ -119,6 +125,7 @@ class Sequence:
                 error=error,
                 stopped_by=self.stopped_by,
                 unavailable=unavailable,
+                drafts=self.drafting.counts if self.drafting is not None else None,
             )
         )
         self.chain.close()

@@ -58,7 +58,7 @@ def plan_batch(
 ) -> list[Planned]:
     """Fill the context's batch for one step; what each slot added, to undo it on failure.
 
-    Generating sequences first, each with its one pending token; then (``with_prompts``)
+    Generating sequences first, each with its pending token and draft; then (``with_prompts``)
     chunks of the prompts still being read, in arrival order, within the step's prompt budget
     (``prefill_chunk`` while other requests run), except for the slots in ``waiting``.
     """
@@ -73,15 +73,20 @@ def plan_batch(
                 slot, len(slot.tokens), sequence.next_prompt_index, sequence.pending_token
             )
 
-    # Generating sequences first: each adds its one pending token.
+    # Generating sequences first: each adds its pending token and its draft, if it has one,
+    # every one of them with logits to sample from.
     for slot in busy:
         sequence = slot.sequence
         assert sequence is not None
         sequence.row = None
         if sequence.pending_token is not None:
             plan(slot)
-            sequence.row = ctx.add(sequence.pending_token, len(slot.tokens), slot.seq, True)
+            position = len(slot.tokens)
+            sequence.row = ctx.add(sequence.pending_token, position, slot.seq, True)
+            for offset, token in enumerate(sequence.draft, 1):
+                ctx.add(token, position + offset, slot.seq, True)
             slot.tokens.append(sequence.pending_token)
+            slot.tokens.extend(sequence.draft)
             sequence.pending_token = None
     if not with_prompts:
         return list(planned.values())
@@ -118,4 +123,5 @@ def undo_batch(ctx: LlamaContext, planned: list[Planned]) -> None:
         if sequence is not None:
             sequence.next_prompt_index = entry.prompt_index_before
             sequence.pending_token = entry.pending_before
+            sequence.draft = []  # drafted again, if still worth it, at the next step
             sequence.row = None

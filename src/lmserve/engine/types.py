@@ -89,6 +89,9 @@ class GenerationRequest:
     # stop string (ChatML's markers, for a model that has them as text only).
     turn_end: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; n: each token's and its n likeliest rivals'
+    # Speculative decoding by prompt lookup: None as the engine decides (its mode), False never,
+    # True whenever the text so far offers a draft.
+    speculative: bool | None = None
     number: int = field(default_factory=lambda: next(_request_numbers))
     label: str | None = None  # the API's id of the request it serves, for the server log
 
@@ -125,6 +128,27 @@ class PromptProgress:
         return self.processed / self.total if self.total else 1.0
 
 
+@dataclass
+class DraftCounts:
+    """What happened to a request's draft tokens, in LM Studio's stats' terms.
+
+    Accepted: the sampler picked the drafted token.  Rejected: it picked another (the first
+    difference in a draft).  Ignored: never checked, because an earlier token of the same
+    draft was rejected or generation stopped first.  The three add up to the total.
+    """
+
+    total: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    ignored: int = 0
+
+    def add(self, drafted: int, accepted: int, rejected: int) -> None:
+        self.total += drafted
+        self.accepted += accepted
+        self.rejected += rejected
+        self.ignored += drafted - accepted - rejected
+
+
 @dataclass(frozen=True)
 class Finished:
     """The last event of every request."""
@@ -142,6 +166,7 @@ class Finished:
     unavailable: bool = False
     # Failed because the engine's worker process died (a crash in llama.cpp, a kill).
     crashed: bool = False
+    drafts: DraftCounts | None = None  # None: the request did not draft (speculation off)
 
     @classmethod
     def failure(

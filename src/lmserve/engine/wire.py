@@ -43,6 +43,7 @@ class WorkerSpec:
     gpu: str = "auto"  # see lmserve.config.check_gpu_setting
     repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU)
     self_check: bool = True
+    speculative: str = "auto"  # see lmserve.engine.speculative.SpeculativeMode
     log_level: int = logging.INFO
 
 

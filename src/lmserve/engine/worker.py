@@ -131,6 +131,7 @@ class Worker:
             max_queue=spec.max_queue,
             name=spec.name,
             outbox=self.outbox,
+            speculative=spec.speculative,  # type: ignore[arg-type]
         )
         self.outbox.engine = self.engine
         self._requests: dict[int, _RemoteRequest] = {}

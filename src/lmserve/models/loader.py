@@ -139,6 +139,7 @@ def load_instance(
             gpu=gpu,
             repack=repack,
             self_check=self_check,
+            speculative=defaults.speculative,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
         return EngineWorker(spec, loop, on_exit=on_exit)

@@ -141,6 +141,8 @@ class MessagesRequest(CountTokensRequest):
     top_k: bounds.TopK | None = None
     top_p: bounds.TopP | None = None
     # lmserve's extensions, as on the OpenAI routes: a sampling seed (same seed, same
-    # text) and how long a just-in-time loaded model stays.
+    # text), how long a just-in-time loaded model stays, speculative decoding (see
+    # GenerationRequestFields.speculative).
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
+    speculative: bool | None = None

@@ -180,6 +180,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             "response_format": _response_format(body),
             "stream": body.stream,
             "ttl": body.ttl,
+            "speculative": body.speculative,
         }
     messages = chat_messages(body)
     return build_chat_request(

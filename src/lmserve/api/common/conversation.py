@@ -112,4 +112,5 @@ class ConversationTurn(ChatTurn, Generic[V]):
             "seed": body.seed,
             "stream": body.stream,
             "ttl": body.ttl,
+            "speculative": body.speculative,
         }

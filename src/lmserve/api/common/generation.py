@@ -67,6 +67,7 @@ class Prepared:
     parallel_tool_calls: bool = True
     # Chat only: the template opened a <think> block at the end of the prompt.
     starts_in_reasoning: bool = False
+    speculative: bool | None = None  # see GenerationRequest.speculative
 
     @classmethod
     def of(
@@ -100,6 +101,7 @@ class Prepared:
             stop=stop_sequences(body) if body.stop is not None else defaults.stop,
             n=body.n,
             logprobs=logprobs,
+            speculative=body.speculative,
         )
 
     def engine_requests(self) -> list[GenerationRequest]:
@@ -119,6 +121,7 @@ class Prepared:
                         stop=self.stop,
                         turn_end=self.turn_end,
                         logprobs=self.logprobs,
+                        speculative=self.speculative,
                         label=self.request_id,
                     )
                 )
@@ -213,6 +216,20 @@ def stats_of(finished: Finished) -> dict[str, Any]:
         "prompt_tokens": finished.prompt_tokens,
         "cached_tokens": finished.cached_tokens,
         "completion_tokens": finished.completion_tokens,
+        **draft_stats(finished),
+    }
+
+
+def draft_stats(finished: Finished) -> dict[str, int]:
+    """LM Studio's speculative-decoding counts, for a request that drafted."""
+    drafts = finished.drafts
+    if drafts is None:
+        return {}
+    return {
+        "total_draft_tokens_count": drafts.total,
+        "accepted_draft_tokens_count": drafts.accepted,
+        "rejected_draft_tokens_count": drafts.rejected,
+        "ignored_draft_tokens_count": drafts.ignored,
     }
 
 

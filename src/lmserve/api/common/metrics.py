@@ -51,12 +51,17 @@ class Histogram:
         self.sums[labels] += value
 
 
+# LM Studio's stats count drafted tokens as accepted, rejected or ignored (never checked).
+_DRAFT_OUTCOMES = ("accepted", "rejected", "ignored")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.requests: dict[Labels, int] = defaultdict(int)
         self.prompt_tokens: dict[Labels, int] = defaultdict(int)
         self.completion_tokens: dict[Labels, int] = defaultdict(int)
         self.predictions: dict[Labels, int] = defaultdict(int)
+        self.draft_tokens: dict[Labels, int] = defaultdict(int)
         self.time_to_first_token = Histogram(TTFT_BUCKETS)
         self.tokens_per_second = Histogram(TOKENS_PER_SECOND_BUCKETS)
 
@@ -72,6 +77,10 @@ class Metrics:
         self.prompt_tokens[model] += int(stats.get("prompt_tokens") or 0)
         self.completion_tokens[model] += int(stats.get("completion_tokens") or 0)
         self.predictions[(*model, ("stop_reason", str(stats.get("stop_reason"))))] += 1
+        for outcome in _DRAFT_OUTCOMES:
+            count = stats.get(f"{outcome}_draft_tokens_count")
+            if count:
+                self.draft_tokens[(*model, ("outcome", outcome))] += int(count)
         ttft = stats.get("time_to_first_token")
         if isinstance(ttft, int | float) and math.isfinite(ttft):
             self.time_to_first_token.observe(model, float(ttft))
@@ -89,6 +98,12 @@ class Metrics:
         out.samples("lmserve_completion_tokens_total", self.completion_tokens)
         out.family("lmserve_predictions", "counter", "Finished predictions by stop reason.")
         out.samples("lmserve_predictions_total", self.predictions)
+        out.family(
+            "lmserve_draft_tokens",
+            "counter",
+            "Tokens drafted by speculative decoding, by what the model made of them.",
+        )
+        out.samples("lmserve_draft_tokens_total", self.draft_tokens)
         out.histogram(
             "lmserve_time_to_first_token_seconds",
             "Time from submission to the first generated token.",

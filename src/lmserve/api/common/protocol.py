@@ -156,6 +156,9 @@ class GenerationRequestFields(RequestModel):
     min_p: MinP | None = None
     repeat_penalty: RepeatPenalty | None = None
     ttl: TTL | None = None
+    # lmserve's: speculative decoding by prompt lookup for this request; null as the server's
+    # --speculative says, false never (for comparison), true whenever the text offers a draft.
+    speculative: bool | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -90,6 +90,7 @@ class NativeChatRequest(RequestModel):
     # lmserve's extensions, as on the other routes.
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
+    speculative: bool | None = None  # see GenerationRequestFields.speculative
 
     @field_validator("previous_response_id")
     @classmethod

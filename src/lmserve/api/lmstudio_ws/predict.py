@@ -200,6 +200,11 @@ class PredictionStream:
             "predictedTokensCount": finished.completion_tokens,
             "totalTokensCount": finished.prompt_tokens + finished.completion_tokens,
         }
+        if finished.drafts is not None:
+            stats["totalDraftTokensCount"] = finished.drafts.total
+            stats["acceptedDraftTokensCount"] = finished.drafts.accepted
+            stats["rejectedDraftTokensCount"] = finished.drafts.rejected
+            stats["ignoredDraftTokensCount"] = finished.drafts.ignored
         return {key: value for key, value in stats.items() if value is not None}
 
 

@@ -229,6 +229,7 @@ class ResponsesRequest(RequestModel):
     repeat_penalty: bounds.RepeatPenalty | None = None
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
+    speculative: bool | None = None  # see GenerationRequestFields.speculative
 
     @property
     def wants_logprobs(self) -> bool:

@@ -1,0 +1,126 @@
+"""Unit tests of prompt-lookup drafting and the policy that decides how much to draft.
+
+The tests that speculation keeps outputs the same, with the real model and server, are in
+test_speculative.py.
+"""
+
+from __future__ import annotations
+
+from lmserve.engine.speculative import MAX_DRAFT, DraftPolicy, PromptLookup, StepCost
+from lmserve.engine.types import DraftCounts
+
+
+def test_lookup_proposes_what_followed_the_last_earlier_occurrence() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 5, 6, 9, 9, 1, 2, 3, 4])
+    assert lookup.draft(3) == [5, 6, 9]
+    assert lookup.draft(100) == [5, 6, 9, 9, 1, 2, 3, 4]  # up to the end of the history
+    lookup.append(5)
+    assert lookup.draft(2) == [6, 9]
+
+
+def test_lookup_prefers_the_longest_match_then_the_latest() -> None:
+    # "7 8" last continued with 1, but "6 7 8" (longer) continued with 2.
+    lookup = PromptLookup([6, 7, 8, 2, 0, 7, 8, 1, 0, 6, 7, 8])
+    assert lookup.draft(1) == [2]
+    # Of two occurrences of the same n-gram, the later one counts.
+    lookup = PromptLookup([4, 5, 1, 4, 5, 2, 4, 5])
+    assert lookup.draft(1) == [2]
+
+
+def test_lookup_never_matches_its_own_end_and_needs_two_tokens() -> None:
+    assert PromptLookup([1, 2, 3, 4]).draft(4) == []
+    assert PromptLookup([7]).draft(4) == []
+    assert PromptLookup([1, 2, 1]).draft(4) == []  # single tokens are not n-grams here
+    assert PromptLookup([1, 2, 3, 1, 2]).draft(0) == []
+
+
+def test_draft_counts_add_up() -> None:
+    counts = DraftCounts()
+    counts.add(drafted=5, accepted=2, rejected=1)
+    counts.add(drafted=3, accepted=3, rejected=0)
+    counts.add(drafted=4, accepted=0, rejected=0)  # generation stopped before any was checked
+    assert (counts.total, counts.accepted, counts.rejected, counts.ignored) == (12, 5, 1, 6)
+    assert counts.accepted + counts.rejected + counts.ignored == counts.total
+
+
+def test_step_cost_fits_a_line_and_follows_drift() -> None:
+    cost = StepCost()
+    for _ in range(50):
+        for tokens in (1, 2, 5, 9):
+            cost.observe(tokens, 0.0046 + 0.0042 * tokens)
+    fixed, per_token = cost.line()
+    assert abs(fixed - 0.0046) < 1e-6 and abs(per_token - 0.0042) < 1e-6
+    for _ in range(2000):  # the machine got twice as slow
+        for tokens in (1, 2, 5, 9):
+            cost.observe(tokens, 2 * (0.0046 + 0.0042 * tokens))
+    fixed, per_token = cost.line()
+    assert abs(fixed - 0.0092) < 1e-4 and abs(per_token - 0.0084) < 1e-4
+
+
+def test_step_cost_before_steps_of_different_sizes() -> None:
+    cost = StepCost()
+    for _ in range(10):
+        cost.observe(1, 0.010)
+    fixed, per_token = cost.line()
+    assert fixed == per_token and abs(per_token - 0.005) < 1e-12
+
+
+def _policy_with_cpu_costs() -> DraftPolicy:
+    policy = DraftPolicy("auto")
+    for _ in range(20):
+        for tokens in (1, 2, 5, 8, 9, 17):
+            policy.cost.observe(tokens, 0.0046 + 0.0042 * tokens)
+    return policy
+
+
+def test_policy_drafts_long_for_a_sequence_whose_drafts_are_kept() -> None:
+    policy = _policy_with_cpu_costs()
+    state = policy.start([1, 2, 3], None)
+    assert state is not None and not state.forced
+    for _ in range(30):
+        policy.settle(state, drafted=8, accepted=8, rejected=0)
+    assert policy.draft_length(state, batch_tokens=1, limit=8) == 8
+    # Under a full batch the same tokens are cheaper to generate without drafting... unless
+    # nearly every draft token is kept, as here.
+    assert policy.draft_length(state, batch_tokens=8, limit=8) > 0
+
+
+def test_policy_stops_drafting_when_drafts_fail_and_probes_now_and_then() -> None:
+    policy = _policy_with_cpu_costs()
+    state = policy.start([1, 2, 3], None)
+    assert state is not None
+    for _ in range(30):
+        policy.settle(state, drafted=4, accepted=0, rejected=1)
+    lengths = []
+    for _ in range(100):
+        length = policy.draft_length(state, batch_tokens=1, limit=8)
+        lengths.append(length)
+        if length:
+            policy.settle(state, drafted=length, accepted=0, rejected=1)
+    # A probe of one token after 16 steps, then after 32 more (each failure doubles the gap).
+    assert [index for index, length in enumerate(lengths) if length] == [15, 47]
+    assert max(lengths) == 1
+
+
+def test_policy_under_load_needs_a_higher_acceptance_rate() -> None:
+    policy = _policy_with_cpu_costs()
+    state = policy.start([1, 2, 3], None)
+    assert state is not None
+    for _ in range(40):  # 70 % of checked draft tokens kept
+        policy.settle(state, drafted=10, accepted=7, rejected=3)
+    assert policy.draft_length(state, batch_tokens=1, limit=8) > 0
+    assert policy.draft_length(state, batch_tokens=16, limit=8) == 0
+
+
+def test_modes_and_the_per_request_switch() -> None:
+    assert DraftPolicy("off").start([1, 2], None) is None
+    assert DraftPolicy("auto").start([1, 2], False) is None
+    forced = DraftPolicy("off").start([1, 2], True)
+    assert forced is not None and forced.forced
+    on = DraftPolicy("on")
+    state = on.start([1, 2], None)
+    assert state is not None and state.forced
+    for _ in range(30):
+        on.settle(state, drafted=4, accepted=0, rejected=1)
+    assert on.draft_length(state, batch_tokens=8, limit=MAX_DRAFT) == MAX_DRAFT
+    assert on.draft_length(state, batch_tokens=8, limit=0) == 0
