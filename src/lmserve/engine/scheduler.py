@@ -264,10 +264,12 @@ class BatchingEngine:
         stats.batch_tokens += self.context.batch_size
         stats.decode_seconds += sample_started - decode_started
         ready = []
+        prompt_tokens = 0
         for entry in planned:
             sequence = entry.slot.sequence
             if sequence is None:
                 continue
+            prompt_tokens += sequence.next_prompt_index - entry.prompt_index_before
             if sequence.row is not None:
                 ready.append(entry.slot)
             elif sequence.next_prompt_index > entry.prompt_index_before:
@@ -277,7 +279,10 @@ class BatchingEngine:
         picks = [self._sample(slot) for slot in ready]
         now = time.perf_counter()
         stats.sample_seconds += now - sample_started
-        self._drafts.cost.observe(self.context.batch_size, now - decode_started)
+        if not prompt_tokens:
+            # Drafting competes with generation steps only: a prompt chunk's tokens cost
+            # less each (one long matrix product), and would make drafts look cheap.
+            self._drafts.cost.observe(self.context.batch_size, now - decode_started)
         for slot, tokens, logprobs in picks:
             self._accept(slot, tokens, logprobs, now)
 
