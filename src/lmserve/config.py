@@ -116,6 +116,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     model: str | None = None  # the model to load at start; None: the default model
+    draft_model: str | None = None  # the start model's draft model (speculative decoding)
     load_at_start: bool = True
     models: ModelDefaults = ModelDefaults()
     jit: bool = True  # load a downloaded model when a request names it

@@ -155,7 +155,7 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
     startup = []
     if settings.load_at_start:
         entry = choose_model(manager, settings)
-        startup.append((entry.relative_path, LoadOptions()))
+        startup.append((entry.relative_path, LoadOptions(draft_model=settings.draft_model)))
     app = create_app(manager, startup_models=startup, settings=settings)
     if not is_loopback_name(settings.host) and not settings.api_keys:
         logger.warning(

@@ -182,6 +182,12 @@ def pick_model(name: str, yes: bool) -> str:
     default=None,
     help=REPACK_HELP + " Default: the server's.",
 )
+@click.option(
+    "--draft-model",
+    default=None,
+    help="A downloaded model of the same vocabulary to draft tokens for this one "
+    "(speculative decoding); requests may name another with 'draft_model'.",
+)
 @click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
 @connection_options
 def load_model(
@@ -192,6 +198,7 @@ def load_model(
     gpu: str | None,
     parallel: int | None,
     repack: str | None,
+    draft_model: str | None,
     yes: bool,
     host: str | None,
     port: int | None,
@@ -207,6 +214,7 @@ def load_model(
         ("gpu", gpu),
         ("parallel", parallel),
         ("repack", repack),
+        ("draft_model", draft_model),
     ):
         if value is not None:
             body["config"][key] = value
@@ -220,6 +228,8 @@ def load_model(
     if "repack" in config:
         state = "on" if config["repack"] else "off"
         click.echo(f"Weight repacking {state}: {config.get('repack_reason')}.")
+    if config.get("draft_model"):
+        click.echo(f"Draft model: {config['draft_model']}.")
 
 
 @click.command("unload")

@@ -119,6 +119,12 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help=SPECULATIVE_HELP,
         ),
         click.option(
+            "--draft-model",
+            default=None,
+            help="A downloaded model of the same vocabulary that drafts tokens for the model "
+            "loaded at start (speculative decoding).",
+        ),
+        click.option(
             "--no-jit",
             is_flag=True,
             help="Do not load downloaded models when a request names them.",
@@ -299,6 +305,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         port=int(options["port"]),  # type: ignore[arg-type]
         model=options.get("model_name"),  # type: ignore[arg-type]
         load_at_start=not options.get("no_model"),
+        draft_model=options.get("draft_model"),  # type: ignore[arg-type]
         models=ModelDefaults(
             context_length=int(options["context_length"]),  # type: ignore[arg-type]
             parallel=int(options["parallel"]),  # type: ignore[arg-type]

@@ -174,6 +174,12 @@ class EngineWorker:
         vectors: list[bytes] = await self._call("embed", token_lists)
         return [np.frombuffer(vector, dtype="<f4") for vector in vectors]
 
+    async def load_draft(self, name: str, path: str) -> None:
+        """Load the draft model at ``path`` into the worker, under ``name`` (what requests
+        give as their ``draft_model``); raises :class:`DraftModelError` for a draft of
+        another vocabulary, :class:`EngineError` for a file llama.cpp cannot load."""
+        await self._call("load_draft", name, path)
+
     async def snapshot(self) -> dict[str, Any]:
         """What each slot holds and the engine's running totals."""
         result: dict[str, Any] = await self._call("snapshot")

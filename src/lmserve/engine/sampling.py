@@ -7,6 +7,7 @@ whole-vocabulary steps (copying logits into a candidate array, log-softmax) are 
 from __future__ import annotations
 
 import ctypes
+import random
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,7 +17,16 @@ import numpy as np
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.types import GrammarError, SamplingParams, TokenLogprob
 
+_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"; never pass it on
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A 32-bit seed for llama.cpp; ``None`` or -1 draws a random one."""
+    if seed is None or seed == -1:
+        return random.getrandbits(31)
+    seed &= 0xFFFFFFFF
+    return seed - 1 if seed == _DEFAULT_SEED else seed
 
 
 class _Candidates:

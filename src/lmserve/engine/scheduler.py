@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
+from lmserve.engine.draft import DraftModel
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.prefix_cache import PrefixCache
-from lmserve.engine.sampling import token_logprob
+from lmserve.engine.sampling import resolve_seed, token_logprob
 from lmserve.engine.sequence import Sequence
 from lmserve.engine.slots import Slot, plan_batch, undo_batch
 from lmserve.engine.speculative import DraftPolicy, SpeculativeMode
+from lmserve.engine.stats import EngineStats
 from lmserve.engine.types import (
     EngineClosedError,
     GenerationRequest,
@@ -50,32 +50,6 @@ from lmserve.engine.types import (
 )
 
 logger = logging.getLogger("lmserve.engine")
-
-_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"; never pass it on
-
-
-@dataclass
-class EngineStats:
-    """Running totals of the engine's work, for the stats endpoint and benchmarks."""
-
-    steps: int = 0
-    batch_tokens: int = 0  # tokens through llama_decode: prompt chunks and generated tokens
-    generated_tokens: int = 0
-    reused_prompt_tokens: int = 0
-    stream_copies: int = 0
-    decode_seconds: float = 0.0
-    sample_seconds: float = 0.0
-    step_seconds: float = 0.0  # whole steps: planning, decode, sampling, bookkeeping
-    draft_tokens: int = 0  # put in batches to be checked (speculative decoding)
-    accepted_draft_tokens: int = 0
-
-
-def resolve_seed(seed: int | None) -> int:
-    """A 32-bit seed for llama.cpp; ``None`` or -1 draws a random one."""
-    if seed is None or seed == -1:
-        return random.getrandbits(31)
-    seed &= 0xFFFFFFFF
-    return seed - 1 if seed == _DEFAULT_SEED else seed
 
 
 class StepOutbox(Protocol):
@@ -120,6 +94,8 @@ class BatchingEngine:
         self.stats = EngineStats()
         self._prefixes = PrefixCache(context, self._slots, self.stats)
         self._drafts = DraftPolicy(speculative)
+        self._draft_model: DraftModel | None = None
+        self._retired_drafts: list[DraftModel | None] = []  # freed between steps
         self._wake = threading.Condition()
         self._running = True
         self._closing_reason = "the engine stopped after an internal error"
@@ -137,7 +113,10 @@ class BatchingEngine:
         """Queue a request; raises :class:`QueueFullError` or :class:`EngineClosedError`
         (and :class:`GrammarError` for a grammar llama.cpp cannot parse)."""
         sequence = Sequence.create(self.model, handle, resolve_seed(handle.request.sampling.seed))
-        sequence.drafting = self._drafts.start(sequence.prompt, handle.request.speculative)
+        request = handle.request
+        sequence.drafting = self._drafts.start(
+            sequence.prompt, request.speculative, request.draft_model
+        )
         with self._wake:
             if not self._running:
                 sequence.chain.close()
@@ -177,6 +156,18 @@ class BatchingEngine:
     def busy_slots(self) -> int:
         return sum(1 for slot in self._slots if slot.sequence is not None)
 
+    @property
+    def draft_model(self) -> DraftModel | None:
+        return self._draft_model
+
+    def install_draft(self, draft: DraftModel | None) -> None:
+        """Draft with ``draft`` from the next step on (for the requests that name it); the
+        draft model it replaces is freed once no step uses it."""
+        with self._wake:
+            previous, self._draft_model = self._draft_model, draft
+            self._retired_drafts.append(previous)
+            self._wake.notify()
+
     def close(self, reason: str = "the server is shutting down") -> None:
         """Stop: requests still running or waiting end with an error saying ``reason``."""
         with self._wake:
@@ -184,6 +175,8 @@ class BatchingEngine:
             self._closing_reason = reason
             self._wake.notify()
         self._thread.join()
+        self.install_draft(None)
+        self._free_retired_drafts()
         self.context.close()
 
     # -- the engine thread ----------------------------------------------------------------------
@@ -199,12 +192,20 @@ class BatchingEngine:
                     self._admit()
                 self._step()
                 self._outbox.flush()
+                self._free_retired_drafts()
         except Exception:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
             crashed = True
         finally:
             # Closed (unload, shutdown): the requests may be tried again, unlike after a bug.
             self._fail_everything(self._closing_reason, unavailable=not crashed)
+
+    def _free_retired_drafts(self) -> None:
+        with self._wake:
+            retired, self._retired_drafts = self._retired_drafts, []
+        for draft in retired:
+            if draft is not None:
+                draft.close()
 
     def _busy(self) -> list[Slot]:
         return [slot for slot in self._slots if slot.sequence is not None]
@@ -238,7 +239,9 @@ class BatchingEngine:
         if not busy:
             return
         waiting = self._prefixes.share(busy)
-        self._drafts.choose(busy, self.context.n_batch, self.n_ctx_per_slot)
+        with self._wake:
+            draft_model = self._draft_model
+        self._drafts.choose(busy, self.context.n_batch, self.n_ctx_per_slot, draft_model)
         planned = plan_batch(
             self.context, busy, waiting, with_prompts=True, prefill_chunk=self.prefill_chunk
         )

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Literal
 from lmserve.engine.types import DraftCounts
 
 if TYPE_CHECKING:
+    from lmserve.engine.draft import DraftModel
+    from lmserve.engine.sequence import Sequence
     from lmserve.engine.slots import Slot
 
 SpeculativeMode = Literal["auto", "on", "off"]
@@ -80,6 +82,16 @@ class PromptLookup:
         return []
 
 
+@dataclass
+class DraftRequest:
+    """A sequence for a draft model to draft for: its slot, all it has accepted (the prompt
+    and its tokens so far, the pending one last), and how many tokens to draft."""
+
+    seq: int
+    history: list[int]
+    count: int
+
+
 class StepCost:
     """A straight-line fit of a step's seconds against its batch size, as it runs.
 
@@ -123,6 +135,7 @@ class DraftState:
     lookup: PromptLookup
     counts: DraftCounts
     forced: bool = False  # draft whenever there is a match (mode "on"), whatever it costs
+    draft_model: str | None = None  # draft with this model, when the worker has it loaded
     verified: int = 0  # draft tokens checked (accepted + rejected)
     accepted: int = 0
     steps_since_draft: int = 0
@@ -160,12 +173,20 @@ class DraftPolicy:
         self._verified = 0.0  # engine-wide, decayed: the prior of a new sequence's rate
         self._accepted = 0.0
 
-    def start(self, prompt: list[int], request_mode: bool | None) -> DraftState | None:
-        """A new sequence's drafting state, or ``None`` if it should not draft at all."""
-        if request_mode is False or (request_mode is None and self.mode == "off"):
+    def start(
+        self, prompt: list[int], request_mode: bool | None, draft_model: str | None = None
+    ) -> DraftState | None:
+        """A new sequence's drafting state, or ``None`` if it should not draft at all.
+
+        A request that names a draft model drafts even where the server's mode is off, as
+        LM Studio's do, unless it says ``speculative: false`` too."""
+        if request_mode is False:
+            return None
+        if request_mode is None and self.mode == "off" and draft_model is None:
             return None
         forced = request_mode is True or (request_mode is None and self.mode == "on")
-        return DraftState(PromptLookup(prompt), DraftCounts(), forced=forced)
+        counts = DraftCounts(model=draft_model)
+        return DraftState(PromptLookup(prompt), counts, forced=forced, draft_model=draft_model)
 
     def settle(self, state: DraftState, drafted: int, accepted: int, rejected: int) -> None:
         state.settle(drafted, accepted, rejected)
@@ -176,8 +197,11 @@ class DraftPolicy:
         prior = (self._accepted + 1.0) / (self._verified + 2.0)
         return (state.accepted + _PRIOR_WEIGHT * prior) / (state.verified + _PRIOR_WEIGHT)
 
-    def draft_length(self, state: DraftState, batch_tokens: int, limit: int) -> int:
-        """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others."""
+    def draft_length(
+        self, state: DraftState, batch_tokens: int, limit: int, drafting_cost: float = 0.0
+    ) -> int:
+        """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others;
+        ``drafting_cost``: seconds it takes to draft a token (a draft model's), if any."""
         if limit <= 0:
             return 0
         if state.forced:
@@ -186,7 +210,7 @@ class DraftPolicy:
         fixed, per_token = self.cost.line()
         batch_tokens = max(batch_tokens, 1)
         # Tokens a second buys without drafting, times a drafted token's seconds.
-        price = batch_tokens / (fixed + per_token * batch_tokens) * per_token
+        price = batch_tokens / (fixed + per_token * batch_tokens) * (per_token + drafting_cost)
         rate = self.acceptance(state)
         best, best_gain, expected, power = 0, 0.0, 0.0, 1.0
         for k in range(1, limit + 1):
@@ -200,26 +224,45 @@ class DraftPolicy:
             return 1
         return best
 
-    def choose(self, busy: list[Slot], n_batch: int, n_ctx_per_slot: int) -> None:
-        """Give each generating sequence that may draft the draft worth checking this step."""
+    def choose(
+        self,
+        busy: list[Slot],
+        n_batch: int,
+        n_ctx_per_slot: int,
+        draft_model: DraftModel | None = None,
+    ) -> None:
+        """Give each generating sequence that may draft the draft worth checking this step:
+        from ``draft_model`` for the requests that named it, else by prompt lookup."""
         generating = [
             s for s in busy if s.sequence is not None and s.sequence.pending_token is not None
         ]
         batch_tokens = len(generating)
+        wanted: list[tuple[Sequence, DraftRequest]] = []
         for slot in generating:
             sequence = slot.sequence
             assert sequence is not None
+            sequence.draft = []
             state = sequence.drafting
             if state is None:
                 continue
             # Room: in the batch, in the slot's context, and within max_tokens (a step gives
             # at most one token more than its draft).
-            room = min(n_batch - batch_tokens, n_ctx_per_slot - len(slot.tokens) - 1)
+            room = min(n_batch - batch_tokens, n_ctx_per_slot - len(slot.tokens) - 1, MAX_DRAFT)
             limit = sequence.request.max_tokens
             if limit is not None:
                 room = min(room, limit - sequence.generated - 1)
-            draft = state.lookup.draft(min(room, MAX_DRAFT))
+            if draft_model is not None and state.draft_model == draft_model.name:
+                count = self.draft_length(state, batch_tokens, room, draft_model.seconds_per_token)
+                if count > 0:
+                    wanted.append((sequence, DraftRequest(slot.seq, state.lookup.tokens, count)))
+                    batch_tokens += count
+                continue
+            draft = state.lookup.draft(room)
             if draft:
                 draft = draft[: self.draft_length(state, batch_tokens, len(draft))]
             sequence.draft = draft
             batch_tokens += len(draft)
+        if wanted and draft_model is not None:
+            drafts = draft_model.propose([request for _, request in wanted])
+            for sequence, request in wanted:
+                sequence.draft = drafts.get(request.seq, [])

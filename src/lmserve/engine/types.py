@@ -92,6 +92,9 @@ class GenerationRequest:
     # Speculative decoding by prompt lookup: None as the engine decides (its mode), False never,
     # True whenever the text so far offers a draft.
     speculative: bool | None = None
+    # A draft model (its name as the worker loaded it: see EngineWorker.load_draft) to draft
+    # with instead of prompt lookup.
+    draft_model: str | None = None
     number: int = field(default_factory=lambda: next(_request_numbers))
     label: str | None = None  # the API's id of the request it serves, for the server log
 
@@ -141,6 +144,7 @@ class DraftCounts:
     accepted: int = 0
     rejected: int = 0
     ignored: int = 0
+    model: str | None = None  # the draft model's name; None: drafted by prompt lookup
 
     def add(self, drafted: int, accepted: int, rejected: int) -> None:
         self.total += drafted
@@ -303,6 +307,7 @@ class EngineError(RuntimeError):
     - :class:`EngineClosedError`: the engine is closing or closed (unload, shutdown).
     - :class:`EngineCrashedError`: the engine's worker process died.
     - :class:`GrammarError`: llama.cpp could not parse a grammar.
+    - :class:`DraftModelError`: a draft model's vocabulary is not the model's.
     - :class:`WorkerStartError`: a worker process could not load its model.
     """
 
@@ -321,6 +326,10 @@ class EngineCrashedError(EngineClosedError):
 
 class GrammarError(EngineError, ValueError):
     """llama.cpp could not parse the grammar."""
+
+
+class DraftModelError(EngineError, ValueError):
+    """A draft model cannot draft for the model: its vocabulary is another."""
 
 
 class WorkerStartError(EngineError):

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from lmserve.engine import wire
+from lmserve.engine.draft import DraftModel
 from lmserve.engine.embeddings import Embedder
 from lmserve.engine.llama import (
     ContextConfig,
@@ -140,9 +141,12 @@ class Worker:
             "tokenize_prompt": self._tokenize_prompt,
             "detokenize": self._detokenize,
             "snapshot": self._snapshot,
+            "embed": self._embed,
+            "load_draft": self._load_draft,
         }
         self._embedder: Embedder | None = None
         self._embedding_lock = threading.Lock()  # one context: one input at a time
+        self._draft_lock = threading.Lock()  # one draft model loads at a time
         model = self.model
         self.info = WorkerInfo(
             pid=os.getpid(),
@@ -197,12 +201,15 @@ class Worker:
             )
 
     def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
-        if method == "embed":
+        if method in ("embed", "load_draft"):  # slow: off the reading thread
             # Beside generation (a context of its own), never on the reading thread, and in a
             # thread that ends afterwards (see in_passing_thread: a long-lived one would slow
             # every later decode).
             threading.Thread(
-                target=self._answer, args=(call_id, self._embed, args), name="embed", daemon=True
+                target=self._answer,
+                args=(call_id, self._calls[method], args),
+                name="embed",
+                daemon=True,
             ).start()
         else:
             self._answer(call_id, self._calls[method], args)
@@ -242,6 +249,27 @@ class Worker:
             crash_if_injected("embed")
             embedder = self._embedder
             return [embedder.embed(tokens).astype("<f4").tobytes() for tokens in token_lists]
+
+    def _load_draft(self, name: str, path: str) -> None:
+        """Load a draft model for requests that name it, in place of the one loaded before;
+        :class:`lmserve.engine.draft.DraftModelError` if its vocabulary is another."""
+        with self._draft_lock:
+            current = self.engine.draft_model
+            if current is not None and (current.name, current.path) == (name, path):
+                return
+            spec = self.spec
+            config = ContextConfig(
+                n_slots=spec.n_slots,
+                n_ctx_per_slot=self.engine.n_ctx_per_slot,
+                n_batch=spec.n_batch,
+                n_threads=spec.n_threads,
+            )
+            try:
+                # Weight repacking as the self-check chose it for this CPU.
+                draft = DraftModel(name, path, self.model, config, repack=spec.repack)
+            except ModelLoadError as exc:  # its class lives beside llama.cpp: not for the server
+                raise EngineError(f"the draft model did not load: {exc}") from None
+            self.engine.install_draft(draft)
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,15 @@ class ModelNotFound(LookupError):
         self.known = known
 
 
+class DraftModelRefused(ValueError):
+    """A draft model cannot draft for a model: it is not downloaded (``code``
+    ``draft_model_not_found``) or its vocabulary is another (``draft_model_incompatible``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ModelCapacityError(RuntimeError):
     """Loading would exceed the model count or memory limit and nothing can be evicted."""
 

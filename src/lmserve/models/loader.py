@@ -33,6 +33,7 @@ class LoadOptions:
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
     gpu: str | None = None  # see lmserve.config.check_gpu_setting
     repack: str | None = None  # see lmserve.config.check_repack_setting
+    draft_model: str | None = None  # a downloaded model to draft with (speculative decoding)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # requests between model lookup and their last event
+    draft_model: str | None = None  # the draft model its worker has loaded, if any
 
     @property
     def vocab(self) -> WorkerInfo:

@@ -23,6 +23,7 @@ from lmserve.config import ModelDefaults, Settings, default_memory_budget
 from lmserve.engine.exits import WorkerExit
 from lmserve.models.catalog import Catalog, CatalogEntry
 from lmserve.models.crashes import CrashHistory
+from lmserve.models.drafts import attach_draft
 from lmserve.models.errors import (
     ModelCapacityError,
     ModelCrashedError,
@@ -205,19 +206,23 @@ class ModelManager:
     # -- explicit management -----------------------------------------------------------------
     async def load(self, name: str, options: LoadOptions | None = None) -> LoadedModel:
         """Load ``name`` (``lmserve load``, the native API); an instance with the same
-        identifier that is already loaded is returned as it is."""
+        identifier that is already loaded is returned as it is (with its TTL and draft model
+        updated, if the load gives them)."""
         options = options or LoadOptions()
         entry = self.resolve_entry(name)
         if entry is None:
             raise ModelNotFound(name, [self.catalog.public_id(e) for e in self.catalog.entries])
         identifier = options.identifier or self.catalog.public_id(entry)
-        existing = self._loaded.get(identifier)
-        if existing is not None:
-            if options.ttl is not None:
-                existing.ttl = options.ttl
-            return existing
-        self.crashes.forgive(identifier)
-        return await self._load_once(entry, options, jit=False, ttl=options.ttl)
+        loaded = self._loaded.get(identifier)
+        if loaded is None:
+            self.crashes.forgive(identifier)
+            loaded = await self._load_once(entry, options, jit=False, ttl=options.ttl)
+        elif options.ttl is not None:
+            loaded.ttl = options.ttl
+        if options.draft_model is not None:
+            await attach_draft(self, loaded, options.draft_model)
+            loaded.options = replace(loaded.options, draft_model=options.draft_model)
+        return loaded
 
     async def unload(self, identifier: str, reason: str = "the model was unloaded") -> None:
         model = self._loaded.pop(identifier, None)

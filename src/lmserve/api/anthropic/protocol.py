@@ -146,3 +146,4 @@ class MessagesRequest(CountTokensRequest):
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
     speculative: bool | None = None
+    draft_model: str | None = Field(default=None, min_length=1)

@@ -181,6 +181,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             "stream": body.stream,
             "ttl": body.ttl,
             "speculative": body.speculative,
+            "draft_model": body.draft_model,
         }
     messages = chat_messages(body)
     return build_chat_request(

@@ -113,4 +113,5 @@ class ConversationTurn(ChatTurn, Generic[V]):
             "stream": body.stream,
             "ttl": body.ttl,
             "speculative": body.speculative,
+            "draft_model": body.draft_model,
         }

@@ -41,6 +41,7 @@ from lmserve.engine.types import (
     QueueFullError,
 )
 from lmserve.models.errors import (
+    DraftModelRefused,
     ModelCapacityError,
     ModelCrashedError,
     ModelLoadFailed,
@@ -246,6 +247,8 @@ def api_error_for(exc: Exception) -> APIError:
             f"The model '{exc.name}' does not exist or is not loaded. Available: {known}.",
             param="model",
         )
+    if isinstance(exc, DraftModelRefused):
+        return InvalidRequestError(str(exc), param="draft_model", code=exc.code)
     if isinstance(exc, GrammarError):
         return InvalidRequestError(
             f"The output constraint could not be compiled into a grammar: {exc}.",
@@ -286,6 +289,7 @@ def api_error_for(exc: Exception) -> APIError:
 
 _MAPPED = (
     APIError,
+    DraftModelRefused,
     RequestValidationError,
     UnicodeError,
     ModelNotFound,

@@ -68,6 +68,7 @@ class Prepared:
     # Chat only: the template opened a <think> block at the end of the prompt.
     starts_in_reasoning: bool = False
     speculative: bool | None = None  # see GenerationRequest.speculative
+    draft_model: str | None = None  # loaded into the model's worker by start_generation
 
     @classmethod
     def of(
@@ -122,6 +123,7 @@ class Prepared:
                         turn_end=self.turn_end,
                         logprobs=self.logprobs,
                         speculative=self.speculative,
+                        draft_model=self.draft_model,
                         label=self.request_id,
                     )
                 )
@@ -220,12 +222,13 @@ def stats_of(finished: Finished) -> dict[str, Any]:
     }
 
 
-def draft_stats(finished: Finished) -> dict[str, int]:
+def draft_stats(finished: Finished) -> dict[str, Any]:
     """LM Studio's speculative-decoding counts, for a request that drafted."""
     drafts = finished.drafts
     if drafts is None:
         return {}
     return {
+        **({"draft_model": drafts.model} if drafts.model else {}),
         "total_draft_tokens_count": drafts.total,
         "accepted_draft_tokens_count": drafts.accepted,
         "rejected_draft_tokens_count": drafts.rejected,

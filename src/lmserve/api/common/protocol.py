@@ -159,6 +159,8 @@ class GenerationRequestFields(RequestModel):
     # lmserve's: speculative decoding by prompt lookup for this request; null as the server's
     # --speculative says, false never (for comparison), true whenever the text offers a draft.
     speculative: bool | None = None
+    # LM Studio's: a downloaded model of the same vocabulary that drafts tokens for this one.
+    draft_model: str | None = Field(default=None, min_length=1)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

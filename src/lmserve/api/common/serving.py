@@ -30,6 +30,7 @@ from lmserve.api.common.streaming import (
     unless_disconnected,
 )
 from lmserve.logbus import LogBus
+from lmserve.models.drafts import attach_draft
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
@@ -104,6 +105,11 @@ async def start_generation(
             models.release(model)
 
     try:
+        # The request's draft model, else the one the model was loaded with (--draft-model).
+        draft_model = body.draft_model or model.options.draft_model
+        if draft_model is not None:
+            wanted = body.speculative is not False
+            draft_model = await attach_draft(models, model, draft_model) if wanted else None
         try:
             prepared = await turn.prepare(body, model)
         except ContextLengthExceededError as exc:
@@ -114,6 +120,7 @@ async def start_generation(
             model = refitted  # the one release() releases
             prepared = await turn.prepare(body, model)
         check_choices(len(prepared.prompt_tokens) * prepared.n)
+        prepared.draft_model = draft_model
         generation = make(prepared, logs)
     except BaseException:
         release()

@@ -25,6 +25,7 @@ class LoadConfig(RequestModel):
     identifier: str | None = Field(default=None, min_length=1, max_length=200)
     gpu: str | None = None
     repack: str | None = None
+    draft_model: str | None = Field(default=None, min_length=1)  # LM Studio's draftModel
 
     @field_validator("gpu")
     @classmethod
@@ -52,6 +53,7 @@ class LoadRequest(LoadConfig):
             ttl=merged.get("ttl"),
             gpu=merged.get("gpu"),
             repack=merged.get("repack"),
+            draft_model=merged.get("draft_model"),
         )
 
 
@@ -91,6 +93,7 @@ class NativeChatRequest(RequestModel):
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
     speculative: bool | None = None  # see GenerationRequestFields.speculative
+    draft_model: str | None = Field(default=None, min_length=1)
 
     @field_validator("previous_response_id")
     @classmethod

@@ -62,6 +62,7 @@ def instance(model: LoadedModel) -> dict[str, Any]:
             "slots_busy": model.engine.busy_slots,
             "queue_depth": model.engine.queue_depth,
             "engine_pid": model.engine.pid,
+            "draft_model": model.draft_model,
         },
     }
 

@@ -230,6 +230,7 @@ class ResponsesRequest(RequestModel):
     seed: bounds.Seed | None = None
     ttl: bounds.TTL | None = None
     speculative: bool | None = None  # see GenerationRequestFields.speculative
+    draft_model: str | None = Field(default=None, min_length=1)  # LM Studio's
 
     @property
     def wants_logprobs(self) -> bool:
