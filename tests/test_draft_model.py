@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import llama_cpp
+import lmstudio as lms
 import pytest
 
 from lmserve.models.default import GEMMA3_270M
@@ -197,3 +198,23 @@ def test_load_with_a_draft_model_drafts_for_every_request(
     # No draft_model in the request: the one it was loaded with.
     stats = chat(http, PROMPTS[0], model="drafted", speculative=True)["stats"]
     assert stats["draft_model"] == draft and stats["accepted_draft_tokens_count"] > 0
+
+
+def test_lm_studio_sdk_predicts_with_a_draft_model(
+    http: httpx.Client, drafts_server: Server
+) -> None:
+    """LM Studio's Python SDK: ``draftModel`` in the prediction config, and its stats."""
+    draft = draft_id(http, REQUANTIZED)
+    with lms.Client(f"127.0.0.1:{drafts_server.port}") as sdk:
+        model = sdk.llm.model(MODEL_ID)
+        config = {"temperature": 0.0, "maxTokens": 60, "draftModel": draft}
+        result = model.respond(PROMPTS[0], config=config)
+    stats = result.stats
+    assert stats.used_draft_model_key == draft
+    assert stats.total_draft_tokens_count and stats.accepted_draft_tokens_count
+    counted = (
+        stats.accepted_draft_tokens_count
+        + (stats.rejected_draft_tokens_count or 0)
+        + (stats.ignored_draft_tokens_count or 0)
+    )
+    assert counted == stats.total_draft_tokens_count

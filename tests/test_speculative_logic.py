@@ -124,3 +124,12 @@ def test_modes_and_the_per_request_switch() -> None:
         on.settle(state, drafted=4, accepted=0, rejected=1)
     assert on.draft_length(state, batch_tokens=8, limit=MAX_DRAFT) == MAX_DRAFT
     assert on.draft_length(state, batch_tokens=8, limit=0) == 0
+
+
+def test_a_named_draft_model_drafts_at_every_step_unless_turned_off() -> None:
+    state = DraftPolicy("off").start([1, 2], None, "a-draft")
+    assert state is not None and state.forced and state.draft_model == "a-draft"
+    assert state.counts.model == "a-draft"
+    assert DraftPolicy("auto").start([1, 2], False, "a-draft") is None
+    lookup = DraftPolicy("auto").start([1, 2], None)
+    assert lookup is not None and lookup.counts.model is None and not lookup.forced

@@ -10,8 +10,6 @@ greedily: a fixed proposal, checked by sampling from the target as without it (s
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel
@@ -50,16 +48,9 @@ class DraftModel:
             self.model.close()
             raise
         self._held: list[list[int]] = [[] for _ in range(config.n_slots)]
-        self.seconds = 0.0  # spent drafting, for the cost of a drafted token
-        self.drafted = 0
-
-    @property
-    def seconds_per_token(self) -> float:
-        return self.seconds / self.drafted if self.drafted else 0.0
 
     def propose(self, requests: list[DraftRequest]) -> dict[int, list[int]]:
         """Greedy drafts of ``count`` tokens following each request's history, by slot."""
-        started = time.perf_counter()
         ctx, n_batch = self.context, self.context.n_batch
         drafts: dict[int, list[int]] = {}
         active: list[DraftRequest] = []
@@ -103,8 +94,6 @@ class DraftModel:
                 if len(draft) < request.count:
                     still.append(request)
             active = still
-        self.seconds += time.perf_counter() - started
-        self.drafted += sum(len(draft) for draft in drafts.values())
         return drafts
 
     def _reset(self, seq: int) -> None:

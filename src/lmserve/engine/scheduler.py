@@ -162,11 +162,10 @@ class BatchingEngine:
 
     def install_draft(self, draft: DraftModel | None) -> None:
         """Draft with ``draft`` from the next step on (for the requests that name it); the
-        draft model it replaces is freed once no step uses it."""
+        draft model it replaces is freed after the step that may be using it."""
         with self._wake:
             previous, self._draft_model = self._draft_model, draft
             self._retired_drafts.append(previous)
-            self._wake.notify()
 
     def close(self, reason: str = "the server is shutting down") -> None:
         """Stop: requests still running or waiting end with an error saying ``reason``."""
@@ -239,8 +238,8 @@ class BatchingEngine:
         if not busy:
             return
         waiting = self._prefixes.share(busy)
-        with self._wake:
-            draft_model = self._draft_model
+        # Read once: a draft model installed meanwhile is used from the next step on.
+        draft_model = self._draft_model
         self._drafts.choose(busy, self.context.n_batch, self.n_ctx_per_slot, draft_model)
         planned = plan_batch(
             self.context, busy, waiting, with_prompts=True, prefill_chunk=self.prefill_chunk

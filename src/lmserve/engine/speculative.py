@@ -178,13 +178,16 @@ class DraftPolicy:
     ) -> DraftState | None:
         """A new sequence's drafting state, or ``None`` if it should not draft at all.
 
-        A request that names a draft model drafts even where the server's mode is off, as
-        LM Studio's do, unless it says ``speculative: false`` too."""
+        A request that names a draft model drafts at every step, whatever the server's mode,
+        as LM Studio's do (the user chose that model to draft), unless it also says
+        ``speculative: false``."""
         if request_mode is False:
             return None
         if request_mode is None and self.mode == "off" and draft_model is None:
             return None
-        forced = request_mode is True or (request_mode is None and self.mode == "on")
+        forced = request_mode is True or (
+            request_mode is None and (self.mode == "on" or draft_model is not None)
+        )
         counts = DraftCounts(model=draft_model)
         return DraftState(PromptLookup(prompt), counts, forced=forced, draft_model=draft_model)
 
@@ -197,11 +200,8 @@ class DraftPolicy:
         prior = (self._accepted + 1.0) / (self._verified + 2.0)
         return (state.accepted + _PRIOR_WEIGHT * prior) / (state.verified + _PRIOR_WEIGHT)
 
-    def draft_length(
-        self, state: DraftState, batch_tokens: int, limit: int, drafting_cost: float = 0.0
-    ) -> int:
-        """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others;
-        ``drafting_cost``: seconds it takes to draft a token (a draft model's), if any."""
+    def draft_length(self, state: DraftState, batch_tokens: int, limit: int) -> int:
+        """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others."""
         if limit <= 0:
             return 0
         if state.forced:
@@ -210,7 +210,7 @@ class DraftPolicy:
         fixed, per_token = self.cost.line()
         batch_tokens = max(batch_tokens, 1)
         # Tokens a second buys without drafting, times a drafted token's seconds.
-        price = batch_tokens / (fixed + per_token * batch_tokens) * (per_token + drafting_cost)
+        price = batch_tokens / (fixed + per_token * batch_tokens) * per_token
         rate = self.acceptance(state)
         best, best_gain, expected, power = 0, 0.0, 0.0, 1.0
         for k in range(1, limit + 1):
@@ -252,7 +252,7 @@ class DraftPolicy:
             if limit is not None:
                 room = min(room, limit - sequence.generated - 1)
             if draft_model is not None and state.draft_model == draft_model.name:
-                count = self.draft_length(state, batch_tokens, room, draft_model.seconds_per_token)
+                count = self.draft_length(state, batch_tokens, room)
                 if count > 0:
                     wanted.append((sequence, DraftRequest(slot.seq, state.lookup.tokens, count)))
                     batch_tokens += count

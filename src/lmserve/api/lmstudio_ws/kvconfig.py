@@ -3,8 +3,9 @@
 A stack is layers of ``{key, value}`` fields, the later layer winning (``apiOverride`` from the
 SDK call, then ``completeModeFormatting`` for a text completion).  Prediction keys become the
 fields of a chat (or text) completion request, whose bounds then apply as on every surface;
-load keys become :class:`LoadOptions`.  Keys lmserve has no use for (speculative decoding,
-CPU threads, reasoning parsing, context overflow policy...) are accepted and ignored.  A
+load keys become :class:`LoadOptions`.  Keys lmserve has no use for (the draft length
+settings of speculative decoding, CPU threads, reasoning parsing, context overflow
+policy...) are accepted and ignored.  A
 checkbox value is ``{"checked", "value"}``; unchecked means the setting is off.
 """
 
@@ -95,6 +96,8 @@ def prediction(config: dict[str, Any]) -> Prediction:
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
             raise _bad(PREDICTION + "stopStrings", "a list of strings", value)
         out["stop"] = value or None
+    if isinstance(draft := get("speculativeDecoding.draftModel"), str) and draft:
+        out["draft_model"] = draft
     _structured(get("structured"), result)
     _tools(get("tools"), result)
     if isinstance(system := get("systemPrompt"), str) and system.strip():

@@ -201,6 +201,7 @@ class PredictionStream:
             "totalTokensCount": finished.prompt_tokens + finished.completion_tokens,
         }
         if finished.drafts is not None:
+            stats["usedDraftModelKey"] = finished.drafts.model
             stats["totalDraftTokensCount"] = finished.drafts.total
             stats["acceptedDraftTokensCount"] = finished.drafts.accepted
             stats["rejectedDraftTokensCount"] = finished.drafts.rejected

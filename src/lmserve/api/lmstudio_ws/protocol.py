@@ -213,6 +213,11 @@ class SpecifierParameter(Frame):
     specifier: ModelSpecifier
 
 
+class PreloadDraftParameter(Frame):
+    specifier: ModelSpecifier
+    draftModelKey: str = Field(min_length=1)
+
+
 class TokenizeParameter(Frame):
     specifier: ModelSpecifier
     inputString: str

@@ -16,7 +16,7 @@ from typing import Any
 from lmserve.api.common.chat import build_chat_request, prepare_chat
 from lmserve.api.common.embeddings import create_embeddings
 from lmserve.api.common.protocol import EmbeddingRequest
-from lmserve.api.lmstudio_ws.errors import no_model_matching, unsupported
+from lmserve.api.lmstudio_ws.errors import no_model_matching
 from lmserve.api.lmstudio_ws.history import chat_messages
 from lmserve.api.lmstudio_ws.info import (
     find_instance,
@@ -35,12 +35,14 @@ from lmserve.api.lmstudio_ws.protocol import (
     LoadModelParameter,
     ModelInfoParameter,
     PredictParameter,
+    PreloadDraftParameter,
     SpecifierParameter,
     TokenizeParameter,
     UnloadParameter,
 )
 from lmserve.api.lmstudio_ws.session import VOID, ChannelEndpoint, Context, Namespace, Rpc
 from lmserve.api.lmstudio_ws.system import system_namespaces
+from lmserve.models.drafts import attach_draft
 
 logger = logging.getLogger("lmserve.api")
 
@@ -117,8 +119,11 @@ async def embed_string(ctx: Context, param: EmbedParameter) -> Any:
     return {"embedding": answer["data"][0]["embedding"]}
 
 
-async def refuse_draft_model(ctx: Context, _: Any) -> Any:
-    raise unsupported("Speculative decoding (draft models)")
+async def preload_draft_model(ctx: Context, param: PreloadDraftParameter) -> Any:
+    """Load a draft model into the model's worker ahead of the predictions that name it."""
+    async with ctx.models.using(wanted_name(param.specifier, ctx.models, "llm")) as model:
+        await attach_draft(ctx.models, model, param.draftModelKey)
+    return VOID
 
 
 def _model_namespace() -> tuple[dict[str, Rpc], dict[str, ChannelEndpoint]]:
@@ -141,7 +146,7 @@ def namespaces() -> dict[str, Namespace]:
     """Every namespace's endpoints; ``repository`` and ``plugins`` have none here."""
     llm_rpcs, llm_channels = _model_namespace()
     llm_rpcs["applyPromptTemplate"] = Rpc(ApplyTemplateParameter, apply_prompt_template)
-    llm_rpcs["preloadDraftModel"] = Rpc(None, refuse_draft_model)
+    llm_rpcs["preloadDraftModel"] = Rpc(PreloadDraftParameter, preload_draft_model)
     llm_channels["predict"] = ChannelEndpoint(PredictParameter, predict)
     embedding_rpcs, embedding_channels = _model_namespace()
     embedding_rpcs["embedString"] = Rpc(EmbedParameter, embed_string)
