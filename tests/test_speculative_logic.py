@@ -6,6 +6,8 @@ test_speculative.py.
 
 from __future__ import annotations
 
+import random
+
 from lmserve.engine.speculative import MAX_DRAFT, DraftPolicy, PromptLookup, StepCost
 from lmserve.engine.types import DraftCounts
 
@@ -106,10 +108,33 @@ def test_policy_under_load_needs_a_higher_acceptance_rate() -> None:
     policy = _policy_with_cpu_costs()
     state = policy.start([1, 2, 3], None)
     assert state is not None
-    for _ in range(40):  # 70 % of checked draft tokens kept
-        policy.settle(state, drafted=10, accepted=7, rejected=3)
-    assert policy.draft_length(state, batch_tokens=1, limit=8) > 0
+    chance = random.Random(7)
+    for _ in range(200):  # each token kept with probability 0.7, whatever came before
+        accepted = 0
+        while accepted < 8 and chance.random() < 0.7:
+            accepted += 1
+        policy.settle(state, drafted=8, accepted=accepted, rejected=int(accepted < 8))
+    assert 0 < policy.draft_length(state, batch_tokens=1, limit=8) < 8
     assert policy.draft_length(state, batch_tokens=16, limit=8) == 0
+
+
+def test_policy_sees_that_guesses_come_in_runs() -> None:
+    """Half the drafts fail at their first token, the rest are kept whole (a passage being
+    copied, then not): with the same overall rate as tokens kept one by one at 0.55, long
+    drafts pay here and not there."""
+    runs, independent = _policy_with_cpu_costs(), _policy_with_cpu_costs()
+    in_runs, one_by_one = runs.start([1, 2], None), independent.start([1, 2], None)
+    assert in_runs is not None and one_by_one is not None
+    chance = random.Random(3)
+    for index in range(200):
+        whole = index % 2 == 0
+        runs.settle(in_runs, drafted=8, accepted=8 if whole else 0, rejected=0 if whole else 1)
+        accepted = 0
+        while accepted < 8 and chance.random() < 0.55:
+            accepted += 1
+        independent.settle(one_by_one, drafted=8, accepted=accepted, rejected=int(accepted < 8))
+    assert runs.draft_length(in_runs, batch_tokens=1, limit=8) == 8
+    assert independent.draft_length(one_by_one, batch_tokens=1, limit=8) <= 2
 
 
 def test_modes_and_the_per_request_switch() -> None:

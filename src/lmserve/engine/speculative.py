@@ -22,7 +22,7 @@ is usually none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from lmserve.engine.types import DraftCounts
@@ -136,8 +136,11 @@ class DraftState:
     counts: DraftCounts
     forced: bool = False  # draft whenever there is a match (mode "on"), whatever it costs
     draft_model: str | None = None  # draft with this model, when the worker has it loaded
-    verified: int = 0  # draft tokens checked (accepted + rejected)
-    accepted: int = 0
+    # By position in a draft: how often a token there was checked (those before it all
+    # kept), and kept.  Guesses come in runs (a copied passage), so a token whose
+    # predecessor was kept is likelier to be kept itself than the first of a draft.
+    checked: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
+    kept: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
     steps_since_draft: int = 0
     probe_gap: int = _FIRST_PROBE_GAP
     probing: bool = False  # the current draft is a probe
@@ -145,8 +148,7 @@ class DraftState:
     def settle(self, drafted: int, accepted: int, rejected: int) -> None:
         """Count the outcome of a draft of ``drafted`` tokens."""
         self.counts.add(drafted, accepted, rejected)
-        self.verified += accepted + rejected
-        self.accepted += accepted
+        count_positions(self.checked, self.kept, accepted, rejected)
         if drafted:
             self.steps_since_draft = 0
         if self.probing:
@@ -157,21 +159,32 @@ class DraftState:
             )
 
 
+def count_positions(
+    checked: list[float] | list[int], kept: list[float] | list[int], accepted: int, rejected: int
+) -> None:
+    """Add a draft's outcome to counts by position: the first ``accepted`` tokens checked and
+    kept, the next one checked and rejected (if ``rejected``)."""
+    for position in range(min(accepted + rejected, MAX_DRAFT)):
+        checked[position] += 1
+        kept[position] += position < accepted
+
+
 class DraftPolicy:
     """How many tokens to draft for a sequence in a step, from costs and acceptance rates.
 
-    With acceptance rate ``a`` (each draft token kept with probability ``a``, given those
-    before it were), a draft of ``k`` tokens yields on average ``a + a^2 + ... + a^k`` tokens
-    beyond the one a step always gives, and adds ``k`` tokens' cost to the step.  That is worth
-    it when those tokens come cheaper than the batch's own: the step's tokens per second
-    without the draft, times the draft's added seconds.
+    With ``a[i]`` the rate at which a draft's token ``i`` is kept given those before it
+    were, a draft of ``k`` tokens yields on average ``a[0] + a[0]a[1] + ... + a[0]...a[k-1]``
+    tokens beyond the one a step always gives, and adds ``k`` tokens' cost to the step.  That
+    is worth it when those tokens come cheaper than the batch's own: the step's tokens per
+    second without the draft, times the draft's added seconds.
     """
 
     def __init__(self, mode: SpeculativeMode = "auto") -> None:
         self.mode = mode
         self.cost = StepCost()
-        self._verified = 0.0  # engine-wide, decayed: the prior of a new sequence's rate
-        self._accepted = 0.0
+        # Engine-wide, decayed: the prior of a sequence's own rates.
+        self._checked = [0.0] * MAX_DRAFT
+        self._kept = [0.0] * MAX_DRAFT
 
     def start(
         self, prompt: list[int], request_mode: bool | None, draft_model: str | None = None
@@ -193,12 +206,21 @@ class DraftPolicy:
 
     def settle(self, state: DraftState, drafted: int, accepted: int, rejected: int) -> None:
         state.settle(drafted, accepted, rejected)
-        self._verified = self._verified * 0.99 + accepted + rejected
-        self._accepted = self._accepted * 0.99 + accepted
+        if accepted + rejected:
+            self._checked = [value * 0.99 for value in self._checked]
+            self._kept = [value * 0.99 for value in self._kept]
+            count_positions(self._checked, self._kept, accepted, rejected)
 
-    def acceptance(self, state: DraftState) -> float:
-        prior = (self._accepted + 1.0) / (self._verified + 2.0)
-        return (state.accepted + _PRIOR_WEIGHT * prior) / (state.verified + _PRIOR_WEIGHT)
+    def acceptance(self, state: DraftState) -> list[float]:
+        """The rate at which ``state``'s draft tokens are kept, by position in a draft."""
+        rates = []
+        for position in range(MAX_DRAFT):
+            prior = (self._kept[position] + 1.0) / (self._checked[position] + 2.0)
+            rates.append(
+                (state.kept[position] + _PRIOR_WEIGHT * prior)
+                / (state.checked[position] + _PRIOR_WEIGHT)
+            )
+        return rates
 
     def draft_length(self, state: DraftState, batch_tokens: int, limit: int) -> int:
         """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others."""
@@ -211,10 +233,10 @@ class DraftPolicy:
         batch_tokens = max(batch_tokens, 1)
         # Tokens a second buys without drafting, times a drafted token's seconds.
         price = batch_tokens / (fixed + per_token * batch_tokens) * per_token
-        rate = self.acceptance(state)
+        rates = self.acceptance(state)
         best, best_gain, expected, power = 0, 0.0, 0.0, 1.0
-        for k in range(1, limit + 1):
-            power *= rate
+        for k in range(1, min(limit, MAX_DRAFT) + 1):
+            power *= rates[k - 1]
             expected += power
             gain = expected - price * k
             if gain > best_gain:
