@@ -9,7 +9,7 @@ concurrent clients, the same prompts, aggregate tokens/s with and without, alter
 by round.  Targets (issue 16): >= 1.8x on the repeating prompts, >= 1.0x on the story, >=
 0.98x at 8 clients.
 
-    python bench/speculative.py [--rounds 3] [--tokens 300] [--mode auto|on]
+    python bench/speculative.py [--rounds 3] [--tokens 300] [--mode auto|on] [--load-only]
 """
 
 from __future__ import annotations
@@ -173,9 +173,9 @@ async def one(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> d
     return response.json()
 
 
-async def single_stream(server: harness.RunningServer, rounds: int, tokens: int) -> None:
+async def single_stream(server: harness.RunningServer, rounds: int, tokens: int, mode: str) -> None:
     print(f"single stream, temperature 0, up to {tokens} tokens, {rounds} alternated rounds")
-    print("| prompt | tokens | off tok/s | on tok/s | ratio | drafted | accepted |")
+    print(f"| prompt | tokens | off tok/s | {mode} tok/s | ratio | drafted | accepted |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     async with httpx.AsyncClient(timeout=900.0) as client:
         for name in PROMPTS:
@@ -199,7 +199,9 @@ async def single_stream(server: harness.RunningServer, rounds: int, tokens: int)
             )
 
 
-async def under_load(server: harness.RunningServer, rounds: int, tokens: int, clients: int) -> None:
+async def under_load(
+    server: harness.RunningServer, rounds: int, tokens: int, clients: int, mode: str
+) -> None:
     names = list(PROMPTS)
     figures: dict[bool, list[float]] = {False: [], True: []}
     async with httpx.AsyncClient(
@@ -222,16 +224,17 @@ async def under_load(server: harness.RunningServer, rounds: int, tokens: int, cl
     off, on = statistics.median(figures[False]), statistics.median(figures[True])
     print(f"\n{clients} clients, aggregate tok/s (request to last token), {rounds} rounds")
     rounded = {key: [round(value, 1) for value in values] for key, values in figures.items()}
-    print(f"off: {rounded[False]}  on: {rounded[True]}")
-    print("| clients | off tok/s | on tok/s | ratio |\n|---:|---:|---:|---:|")
+    print(f"off: {rounded[False]}  {mode}: {rounded[True]}")
+    print(f"| clients | off tok/s | {mode} tok/s | ratio |\n|---:|---:|---:|---:|")
     print(f"| {clients} | {off:.1f} | {on:.1f} | {on / off:.3f}x |")
 
 
-async def main_async(rounds: int, tokens: int, clients: int, mode: str) -> None:
+async def main_async(rounds: int, tokens: int, clients: int, mode: str, single: bool) -> None:
     with harness.lmserve(parallel=clients, extra=("--speculative", mode)) as server:
         await harness.warm_up(server)
-        await single_stream(server, rounds, tokens)
-        await under_load(server, rounds, tokens, clients)
+        if single:
+            await single_stream(server, rounds, tokens, mode)
+        await under_load(server, rounds, tokens, clients, mode)
 
 
 def main() -> None:
@@ -242,8 +245,9 @@ def main() -> None:
     parser.add_argument(
         "--mode", choices=("auto", "on"), default="auto", help="the server's --speculative"
     )
+    parser.add_argument("--load-only", action="store_true", help="skip the single stream")
     args = parser.parse_args()
-    asyncio.run(main_async(args.rounds, args.tokens, args.clients, args.mode))
+    asyncio.run(main_async(args.rounds, args.tokens, args.clients, args.mode, not args.load_only))
 
 
 if __name__ == "__main__":

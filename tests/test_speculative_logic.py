@@ -81,10 +81,16 @@ def test_policy_drafts_long_for_a_sequence_whose_drafts_are_kept() -> None:
     assert state is not None and not state.forced
     for _ in range(30):
         policy.settle(state, drafted=8, accepted=8, rejected=0)
-    assert policy.draft_length(state, batch_tokens=1, limit=8) == 8
-    # Under a full batch the same tokens are cheaper to generate without drafting... unless
-    # nearly every draft token is kept, as here.
-    assert policy.draft_length(state, batch_tokens=8, limit=8) > 0
+    assert policy.draft_length(state, generating=1, limit=8) == 8
+    # Beside 7 sequences that do not draft, its draft costs llama.cpp a second pass over the
+    # weights: not worth it even when every token is kept...
+    assert policy.draft_length(state, generating=8, limit=8) == 0
+    # ...but when all 8 sequences have such drafts, of the same length, it is.
+    k, chosen = policy.plan([(state, 8)] * 8, generating=8)
+    assert k > 1 and chosen == list(range(8))
+    k, chosen = policy.plan([(state, 8)] * 8, generating=9)  # one does not draft
+    assert k > 1 and len(chosen) == 8
+    assert policy.plan([(state, 8)], generating=9) == (0, [])  # eight do not
 
 
 def test_policy_stops_drafting_when_drafts_fail_and_probes_now_and_then() -> None:
@@ -95,7 +101,7 @@ def test_policy_stops_drafting_when_drafts_fail_and_probes_now_and_then() -> Non
         policy.settle(state, drafted=4, accepted=0, rejected=1)
     lengths = []
     for _ in range(100):
-        length = policy.draft_length(state, batch_tokens=1, limit=8)
+        length = policy.draft_length(state, generating=1, limit=8)
         lengths.append(length)
         if length:
             policy.settle(state, drafted=length, accepted=0, rejected=1)
@@ -114,8 +120,8 @@ def test_policy_under_load_needs_a_higher_acceptance_rate() -> None:
         while accepted < 8 and chance.random() < 0.7:
             accepted += 1
         policy.settle(state, drafted=8, accepted=accepted, rejected=int(accepted < 8))
-    assert 0 < policy.draft_length(state, batch_tokens=1, limit=8) < 8
-    assert policy.draft_length(state, batch_tokens=16, limit=8) == 0
+    assert 0 < policy.draft_length(state, generating=1, limit=8) < 8
+    assert policy.draft_length(state, generating=16, limit=8) == 0
 
 
 def test_policy_sees_that_guesses_come_in_runs() -> None:
@@ -133,8 +139,8 @@ def test_policy_sees_that_guesses_come_in_runs() -> None:
         while accepted < 8 and chance.random() < 0.55:
             accepted += 1
         independent.settle(one_by_one, drafted=8, accepted=accepted, rejected=int(accepted < 8))
-    assert runs.draft_length(in_runs, batch_tokens=1, limit=8) == 8
-    assert independent.draft_length(one_by_one, batch_tokens=1, limit=8) <= 2
+    assert runs.draft_length(in_runs, generating=1, limit=8) == 8
+    assert independent.draft_length(one_by_one, generating=1, limit=8) <= 2
 
 
 def test_modes_and_the_per_request_switch() -> None:
@@ -147,8 +153,8 @@ def test_modes_and_the_per_request_switch() -> None:
     assert state is not None and state.forced
     for _ in range(30):
         on.settle(state, drafted=4, accepted=0, rejected=1)
-    assert on.draft_length(state, batch_tokens=8, limit=MAX_DRAFT) == MAX_DRAFT
-    assert on.draft_length(state, batch_tokens=8, limit=0) == 0
+    assert on.draft_length(state, generating=8, limit=MAX_DRAFT) == MAX_DRAFT
+    assert on.draft_length(state, generating=8, limit=0) == 0
 
 
 def test_a_named_draft_model_drafts_at_every_step_unless_turned_off() -> None:

@@ -281,9 +281,11 @@ class BatchingEngine:
         picks = [self._sample(slot) for slot in ready]
         now = time.perf_counter()
         stats.sample_seconds += now - sample_started
-        if not prompt_tokens:
-            # Drafting competes with generation steps only: a prompt chunk's tokens cost
-            # less each (one long matrix product), and would make drafts look cheap.
+        one_pass = len({len(s.sequence.draft) for s in ready if s.sequence is not None}) <= 1
+        if not prompt_tokens and one_pass:
+            # The cost of one pass over the weights, as generation steps pay it: a prompt
+            # chunk's tokens cost less each (one long matrix product), and drafts of unequal
+            # lengths split the step into several passes (see DraftPolicy.plan).
             self._drafts.cost.observe(self.context.batch_size, now - decode_started)
         for slot, tokens, logprobs in picks:
             self._accept(slot, tokens, logprobs, now)

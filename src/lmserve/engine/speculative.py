@@ -222,29 +222,64 @@ class DraftPolicy:
             )
         return rates
 
-    def draft_length(self, state: DraftState, batch_tokens: int, limit: int) -> int:
-        """Tokens to draft for ``state``'s sequence in a step of ``batch_tokens`` others."""
+    def expected_tokens(self, state: DraftState, limit: int) -> list[float]:
+        """Tokens a draft of 1, 2... ``limit`` tokens adds on average, for ``state``'s
+        sequence."""
+        rates = self.acceptance(state)
+        curve, total, power = [], 0.0, 1.0
+        for position in range(min(limit, MAX_DRAFT)):
+            power *= rates[position]
+            total += power
+            curve.append(total)
+        return curve
+
+    def plan(
+        self, candidates: list[tuple[DraftState, int]], generating: int
+    ) -> tuple[int, list[int]]:
+        """Which candidates draft, and how many tokens each: ``(k, indices)``.
+
+        ``candidates``: sequences that have a draft of up to so many tokens; ``generating``:
+        sequences in the step.  llama.cpp splits a step's batch so that each pass over the
+        weights takes as many tokens from every sequence in it (its equal split, for separate
+        KV streams), so sequences with drafts of different lengths, or drafting beside
+        sequences that do not, cost a pass each, the fixed part of a step again.  So every
+        drafter drafts the same ``k`` tokens, and fewer than all pay that fixed part once.
+        """
+        fixed, per_token = self.cost.line()
+        # Tokens a second gives without drafting.
+        rate = generating / (fixed + per_token * generating)
+        curves = [self.expected_tokens(state, limit) for state, limit in candidates]
+        best_value, best_k, best_m = 0.0, 0, 0
+        for k in range(1, MAX_DRAFT + 1):
+            gains = sorted((curve[k - 1] for curve in curves if len(curve) >= k), reverse=True)
+            total = 0.0
+            for m, gain in enumerate(gains, 1):
+                total += gain
+                seconds = per_token * m * k + (fixed if m < generating else 0.0)
+                if total - rate * seconds > best_value:
+                    best_value, best_k, best_m = total - rate * seconds, k, m
+        if best_k == 0:
+            return 0, []
+        eligible = [i for i, curve in enumerate(curves) if len(curve) >= best_k]
+        eligible.sort(key=lambda i: curves[i][best_k - 1], reverse=True)
+        return best_k, eligible[:best_m]
+
+    def draft_length(self, state: DraftState, generating: int, limit: int) -> int:
+        """Tokens to draft for ``state``'s sequence, the only one with a draft among
+        ``generating`` sequences; a 1-token probe now and then for a lone sequence whose
+        drafts do not pay (its text may have come to a part that repeats)."""
         if limit <= 0:
             return 0
         if state.forced:
             return limit
         state.steps_since_draft += 1
-        fixed, per_token = self.cost.line()
-        batch_tokens = max(batch_tokens, 1)
-        # Tokens a second buys without drafting, times a drafted token's seconds.
-        price = batch_tokens / (fixed + per_token * batch_tokens) * per_token
-        rates = self.acceptance(state)
-        best, best_gain, expected, power = 0, 0.0, 0.0, 1.0
-        for k in range(1, min(limit, MAX_DRAFT) + 1):
-            power *= rates[k - 1]
-            expected += power
-            gain = expected - price * k
-            if gain > best_gain:
-                best, best_gain = k, gain
-        if best == 0 and state.steps_since_draft >= state.probe_gap:
-            state.probing = True  # the sequence may have reached text that repeats
+        k, chosen = self.plan([(state, limit)], generating)
+        if chosen:
+            return k
+        if generating == 1 and state.steps_since_draft >= state.probe_gap:
+            state.probing = True
             return 1
-        return best
+        return 0
 
     def choose(
         self,
@@ -260,6 +295,7 @@ class DraftPolicy:
         ]
         batch_tokens = len(generating)
         wanted: list[tuple[Sequence, DraftRequest]] = []
+        candidates: list[tuple[Sequence, list[int]]] = []
         for slot in generating:
             sequence = slot.sequence
             assert sequence is not None
@@ -273,17 +309,36 @@ class DraftPolicy:
             limit = sequence.request.max_tokens
             if limit is not None:
                 room = min(room, limit - sequence.generated - 1)
+            if room <= 0:
+                continue
             if draft_model is not None and state.draft_model == draft_model.name:
-                count = self.draft_length(state, batch_tokens, room)
-                if count > 0:
-                    wanted.append((sequence, DraftRequest(slot.seq, state.lookup.tokens, count)))
-                    batch_tokens += count
+                wanted.append((sequence, DraftRequest(slot.seq, state.lookup.tokens, room)))
+                batch_tokens += room
                 continue
             draft = state.lookup.draft(room)
-            if draft:
-                draft = draft[: self.draft_length(state, batch_tokens, len(draft))]
-            sequence.draft = draft
-            batch_tokens += len(draft)
+            if not draft:
+                continue
+            if state.forced:
+                sequence.draft = draft
+                batch_tokens += len(draft)
+            else:
+                candidates.append((sequence, draft))
+        if len(candidates) == 1:
+            sequence, draft = candidates[0]
+            assert sequence.drafting is not None
+            sequence.draft = draft[
+                : self.draft_length(sequence.drafting, len(generating), len(draft))
+            ]
+        elif candidates:
+            states = []
+            for sequence, draft in candidates:
+                assert sequence.drafting is not None
+                sequence.drafting.steps_since_draft += 1
+                states.append((sequence.drafting, len(draft)))
+            k, chosen = self.plan(states, len(generating))
+            for index in chosen:
+                sequence, draft = candidates[index]
+                sequence.draft = draft[:k]
         if wanted and draft_model is not None:
             drafts = draft_model.propose([request for _, request in wanted])
             for sequence, request in wanted:
