@@ -272,14 +272,24 @@ class DraftPolicy:
             return 0
         if state.forced:
             return limit
-        state.steps_since_draft += 1
-        k, chosen = self.plan([(state, limit)], generating)
-        if chosen:
-            return k
-        if generating == 1 and state.steps_since_draft >= state.probe_gap:
-            state.probing = True
-            return 1
-        return 0
+        k, chosen = self.decide([(state, limit)], generating)
+        return k if chosen else 0
+
+    def decide(
+        self, candidates: list[tuple[DraftState, int]], generating: int
+    ) -> tuple[int, list[int]]:
+        """:meth:`plan` for this step, counting it as a step without a draft for each
+        candidate, and with a 1-token probe now and then for a lone sequence whose drafts
+        do not pay (its text may have come to a part that repeats)."""
+        for state, _ in candidates:
+            state.steps_since_draft += 1
+        k, chosen = self.plan(candidates, generating)
+        if not chosen and generating == 1 and len(candidates) == 1:
+            state = candidates[0][0]
+            if state.steps_since_draft >= state.probe_gap:
+                state.probing = True
+                return 1, [0]
+        return k, chosen
 
     def choose(
         self,
@@ -295,7 +305,7 @@ class DraftPolicy:
         ]
         batch_tokens = len(generating)
         wanted: list[tuple[Sequence, DraftRequest]] = []
-        candidates: list[tuple[Sequence, list[int]]] = []
+        candidates: list[tuple[Sequence, DraftState, list[int]]] = []
         for slot in generating:
             sequence = slot.sequence
             assert sequence is not None
@@ -322,22 +332,12 @@ class DraftPolicy:
                 sequence.draft = draft
                 batch_tokens += len(draft)
             else:
-                candidates.append((sequence, draft))
-        if len(candidates) == 1:
-            sequence, draft = candidates[0]
-            assert sequence.drafting is not None
-            sequence.draft = draft[
-                : self.draft_length(sequence.drafting, len(generating), len(draft))
-            ]
-        elif candidates:
-            states = []
-            for sequence, draft in candidates:
-                assert sequence.drafting is not None
-                sequence.drafting.steps_since_draft += 1
-                states.append((sequence.drafting, len(draft)))
-            k, chosen = self.plan(states, len(generating))
+                candidates.append((sequence, state, draft))
+        if candidates:
+            planned = [(state, len(draft)) for _, state, draft in candidates]
+            k, chosen = self.decide(planned, len(generating))
             for index in chosen:
-                sequence, draft = candidates[index]
+                sequence, _, draft = candidates[index]
                 sequence.draft = draft[:k]
         if wanted and draft_model is not None:
             drafts = draft_model.propose([request for _, request in wanted])
