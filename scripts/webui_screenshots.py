@@ -13,21 +13,15 @@ and the same conversation 390 pixels wide. Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's root
+from tests.chromium import launch_chromium
+
 QUESTION = "Write a Python function that returns the square of a number, with a short note."
 
 
@@ -48,9 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+        browser = launch_chromium(playwright)
         desk = browser.new_context(base_url=args.url, viewport={"width": 1280, "height": 800})
         page = desk.new_page()
         ready(page)

@@ -15,23 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.chromium import CHROMIUM, launch_chromium
 from tests.conftest import Server, running_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Debian's Chromium, never a browser download; the networking flags keep it from trying to
-# reach Google on a closed network.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Runs in every document before the page's own scripts: records every CSP violation (the
 # Trusted Types ones included), so a test can assert there was none.
 WATCH_VIOLATIONS = """
@@ -51,7 +39,7 @@ def launch(playwright: Any) -> Any:
         if os.environ.get("LMSERVE_REQUIRE_BROWSER"):
             pytest.fail(reason)
         pytest.skip(reason)
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    return launch_chromium(playwright)
 
 
 class LogRecords:
