@@ -70,32 +70,32 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path, default_mo
         with (
             httpx.Client(base_url=server.base_url, timeout=120) as http,
             http.stream("GET", "/lmserve/log/stream") as log_stream,
-            http.stream(
-                "POST", "/v1/chat/completions", json={**LONG, "max_tokens": 400, "stream": True}
-            ) as stream,
         ):
             records = log_stream.iter_lines()
-            assert next(records) == ": subscribed"
-            lines = stream.iter_lines()
-            assert next(lines).startswith("data: ")  # generating now
-            children = children_of(server.process.pid)
-            sent = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            # New work is refused while the stream goes on; /health says so.
-            with httpx.Client(base_url=server.base_url, timeout=10) as other:
-                deadline = time.monotonic() + 10
-                while (health := other.get("/health")).status_code == 200:
-                    assert time.monotonic() < deadline, "SIGTERM did not start the drain"
-                    time.sleep(0.01)
-                refused = other.post("/v1/chat/completions", json={**LONG, "max_tokens": 2})
-            assert refused.status_code == 503
-            assert refused.json()["error"]["code"] == "shutting_down"
-            assert refused.json()["error"]["type"] == "server_error"
-            assert health.status_code == 503 and health.json()["status"] == "shutting_down"
-            assert server.process.poll() is None  # still draining
-            # A log stream never ends by itself; the drain ends it rather than wait on it.
-            assert [line for line in records if line.startswith("data: ")]  # the prompt
-            rest = [line for line in lines if line]
+            assert next(records) == ": subscribed"  # before the request, so its prompt is seen
+            with http.stream(
+                "POST", "/v1/chat/completions", json={**LONG, "max_tokens": 400, "stream": True}
+            ) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("data: ")  # generating now
+                children = children_of(server.process.pid)
+                sent = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                # New work is refused while the stream goes on; /health says so.
+                with httpx.Client(base_url=server.base_url, timeout=10) as other:
+                    deadline = time.monotonic() + 10
+                    while (health := other.get("/health")).status_code == 200:
+                        assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+                        time.sleep(0.01)
+                    refused = other.post("/v1/chat/completions", json={**LONG, "max_tokens": 2})
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "shutting_down"
+                assert refused.json()["error"]["type"] == "server_error"
+                assert health.status_code == 503 and health.json()["status"] == "shutting_down"
+                assert server.process.poll() is None  # still draining
+                # A log stream never ends by itself; the drain ends it rather than wait on it.
+                assert [line for line in records if line.startswith("data: ")]  # the prompt
+                rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         chunks = [json.loads(line[6:]) for line in rest[:-1]]
         finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]

@@ -56,16 +56,46 @@ class LogBus:
         for queue in self._subscribers:
             queue.put_nowait(None)
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        if self._closed:
-            return
+    def subscribe(self) -> Subscription:
+        """Start keeping records for a new subscriber, from this call on.
+
+        Registering happens here, not at the first iteration, so a caller can say "subscribed"
+        to its client and be sure no record published after that is missed.  Use it as a
+        context manager so the subscription ends even if it is never iterated.
+        """
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._subscribers.add(queue)
-        try:
-            while True:
-                record = await queue.get()
-                if record is None:
-                    return
-                yield record
-        finally:
-            self._subscribers.discard(queue)
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
+        return Subscription(self, queue)
+
+    def _unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._subscribers.discard(queue)
+
+
+class Subscription:
+    """The records published since :meth:`LogBus.subscribe`, until the bus closes."""
+
+    def __init__(self, bus: LogBus, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._bus = bus
+        self._queue = queue
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._bus._unsubscribe(self._queue)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        record = await self._queue.get()
+        if record is None:
+            self.close()
+            raise StopAsyncIteration
+        return record

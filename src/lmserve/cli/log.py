@@ -52,8 +52,11 @@ def log_stream(
             if response.status_code != 200:
                 response.read()
                 raise click.ClickException(api_error_message(response))
-            click.echo(f"Streaming logs from {_base_url(host, port)} (Ctrl-C to stop)", err=True)
             for line in response.iter_lines():
+                if line == ": subscribed":  # from here on, no record is missed
+                    click.echo(
+                        f"Streaming logs from {_base_url(host, port)} (Ctrl-C to stop)", err=True
+                    )
                 if not line.startswith("data: "):
                     continue
                 record = json.loads(line[6:])

@@ -51,10 +51,12 @@ async def log_stream(request: Request) -> EventStreamResponse:
     logs: LogBus = request.app.state.logs
 
     async def events() -> AsyncIterator[bytes]:
-        # A comment line first, so the client knows it is subscribed before any request runs.
-        yield b": subscribed\n\n"
-        async for record in logs.subscribe():
-            yield f"data: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
+        with logs.subscribe() as records:
+            # A comment line once subscribed: a client that reads it before sending a request
+            # is sure to see that request's records.
+            yield b": subscribed\n\n"
+            async for record in records:
+                yield f"data: {json.dumps(record, ensure_ascii=False)}\n\n".encode()
 
     return EventStreamResponse(events())
 

@@ -60,8 +60,10 @@ async def alive(ctx: Context, _: Any, channel: Channel) -> None:
 async def stream_logs(ctx: Context, _: Any, channel: Channel) -> None:
     """The prompts models receive, as LM Studio's diagnostics log events, until ``stop``."""
 
+    records = ctx.logs.subscribe()  # now, so what is predicted from here on is sent
+
     async def forward() -> None:
-        async for record in ctx.logs.subscribe():
+        async for record in records:
             if record["type"] != "llm.prediction.input":
                 continue
             model = ctx.models.find_loaded(record["model"])
@@ -79,6 +81,7 @@ async def stream_logs(ctx: Context, _: Any, channel: Channel) -> None:
     try:
         await asyncio.wait({forwarding, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        records.close()
         for task in (forwarding, stop):
             task.cancel()
         await asyncio.wait({forwarding, stop})
