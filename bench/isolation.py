@@ -6,7 +6,12 @@ same options, and drives one at a time: one streaming client, then 8, in alterna
 for ``--trials`` trials, so the machine's drifting speed weighs on both alike.  Prints the
 median aggregate tokens/s of each and their ratio.
 
+The baseline leaves flash attention to llama.cpp (on, for a CPU); this tree's default turns
+it off for the default model.  ``--flash-attention on`` gives this tree the baseline's
+kernels, so that the ratio is what the worker processes alone cost.
+
     python bench/isolation.py [--baseline 347e617] [--trials 4] [--parallel 8]
+        [--flash-attention auto|on|off]
 """
 
 from __future__ import annotations
@@ -60,19 +65,25 @@ def main() -> None:
     parser.add_argument("--baseline", default=IN_PROCESS_ENGINE, help="git revision to compare")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
     clients = [1, 8]
     rounds = {1: 4, 8: 2}
     print(
         f"SmolLM2-135M-Instruct Q4_1, {harness.NEW_TOKENS} new tokens per request, "
         f"{harness.threads()} threads, --parallel {args.parallel}, median of {args.trials} "
-        f"alternating trials; worker processes (this tree) vs in-process ({args.baseline})",
+        f"alternating trials; worker processes (this tree, flash attention "
+        f"{args.flash_attention}) vs in-process ({args.baseline})",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="lmserve-baseline-") as folder:
         source = export_source(args.baseline, Path(folder))
         with (
-            harness.lmserve(parallel=args.parallel, name="worker") as ours,
+            harness.lmserve(
+                parallel=args.parallel,
+                name="worker",
+                extra=["--flash-attention", args.flash_attention],
+            ) as ours,
             harness.lmserve(parallel=args.parallel, source=source, name="in-process") as theirs,
         ):
             figures = asyncio.run(measure([ours, theirs], clients, args.trials, rounds))

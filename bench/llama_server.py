@@ -91,11 +91,15 @@ def build(version: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def running(
-    binary: Path, parallel: int, context_per_slot: int, repack: bool
+    binary: Path,
+    parallel: int,
+    context_per_slot: int,
+    repack: bool,
+    flash_attention: str = "auto",
 ) -> Iterator[harness.RunningServer]:
     """llama-server on the default model with lmserve's settings: ``parallel`` slots of
     ``context_per_slot`` tokens each (``-c`` is their total), the same threads for prompts
-    and generation, and the same repack setting."""
+    and generation, and the same repack setting; ``flash_attention`` is its ``-fa``."""
     port = harness.free_port()
     command = [
         str(binary),
@@ -115,6 +119,8 @@ def running(
         str(harness.threads()),
         "--alias",
         "smollm2",
+        "--flash-attn",
+        flash_attention,
     ]
     if not repack:
         command.append("--no-repack")

@@ -9,7 +9,12 @@ order alternating, so the machine's drifting speed weighs on both alike.  Prints
 then per client count the median tokens/s and time to first token of each and the median of
 the per-round ratios, and the issue's targets.
 
+By default each server makes its own flash-attention choice (lmserve's ``auto`` turns it
+off on a CPU for the default model's 64-wide heads, where llama.cpp's CPU kernel is slower;
+llama-server's ``auto`` turns it on); ``--flash-attention on|off`` sets it on both.
+
     python bench/vs_llama_server.py [--rounds 3] [--clients 1 2 4 8] [--repack off]
+        [--flash-attention auto|on|off]
 """
 
 from __future__ import annotations
@@ -74,13 +79,20 @@ def main() -> None:
         default="off",
         help="llama.cpp's weight repacking on both (off works on every CPU, AMX included)",
     )
+    parser.add_argument(
+        "--flash-attention",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="on both; auto: each server's own default choice",
+    )
     args = parser.parse_args()
 
     binary = llama_server.build()
     print(
         f"SmolLM2-135M-Instruct Q4_1, {harness.NEW_TOKENS} new tokens per request, "
         f"{harness.threads()} threads, {args.parallel} slots of {CONTEXT_PER_SLOT} tokens, "
-        f"repack {args.repack}, {args.requests} requests per client, {args.rounds} rounds; "
+        f"repack {args.repack}, flash attention {args.flash_attention}, "
+        f"{args.requests} requests per client, {args.rounds} rounds; "
         f"lmserve (this tree) vs {binary}",
         flush=True,
     )
@@ -89,9 +101,11 @@ def main() -> None:
         harness.lmserve(
             parallel=args.parallel,
             context_length=CONTEXT_PER_SLOT,
-            extra=["--repack", args.repack],
+            extra=["--repack", args.repack, "--flash-attention", args.flash_attention],
         ) as ours,
-        llama_server.running(binary, args.parallel, CONTEXT_PER_SLOT, repack) as theirs,
+        llama_server.running(
+            binary, args.parallel, CONTEXT_PER_SLOT, repack, args.flash_attention
+        ) as theirs,
     ):
         pairs = asyncio.run(measure(ours, theirs, args.clients, args.rounds, args.requests))
 

@@ -393,17 +393,22 @@ def test_load_new_instance_with_config_and_ttl(empty_server: tuple[Server, int |
             MODEL_ID,
             "small",
             ttl=600,
-            config={"contextLength": 1024},
+            config={"contextLength": 1024, "flashAttention": True},
             on_load_progress=progress.append,
         )
         brief = client.llm.load_new_instance(MODEL_ID, ttl=2, config={"contextLength": 512})
         assert progress == [0.0, 1.0]
         assert small.identifier == "small" and small.get_context_length() == 1024
+        assert small.get_load_config().flash_attention is True
         assert brief.identifier in {MODEL_ID, f"{MODEL_ID}:2"}  # :2 if one is loaded already
         assert brief.get_context_length() == 512
         models = httpx.get(f"{server.base_url}/api/v1/models", timeout=10).json()["models"]
         ttls = {i["id"]: i["config"]["ttl"] for m in models for i in m["loaded_instances"]}
         assert ttls["small"] == 600 and ttls[brief.identifier] == 2
+        flash = {
+            i["id"]: i["config"]["flash_attention"] for m in models for i in m["loaded_instances"]
+        }
+        assert flash["small"] is True
         deadline = time.monotonic() + 15  # its two-second TTL unloads the idle one
         while brief.identifier in loaded() and time.monotonic() < deadline:
             time.sleep(0.5)

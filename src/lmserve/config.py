@@ -60,6 +60,21 @@ def check_repack_setting(value: str) -> str:
     return value
 
 
+FLASH_ATTENTION_SETTINGS = ("auto", "on", "off")
+FLASH_ATTENTION_HELP = (
+    "llama.cpp's flash attention: auto (off on a CPU for models with attention heads under "
+    "128 wide, where llama.cpp's CPU kernel is the slower one; llama.cpp decides otherwise), "
+    "on, or off."
+)
+
+
+def check_flash_attention_setting(value: str) -> str:
+    """``value`` if it is a flash attention setting (auto, on, off), else ``ValueError``."""
+    if value not in FLASH_ATTENTION_SETTINGS:
+        raise ValueError(f"the flash attention setting must be auto, on or off, not {value!r}")
+    return value
+
+
 SPECULATIVE_SETTINGS = ("auto", "on", "off")
 SPECULATIVE_HELP = (
     "Speculative decoding by prompt lookup: auto (draft from the text so far where the "
@@ -107,6 +122,7 @@ class ModelDefaults:
     # GPU offload: "auto" puts every layer on the GPU when llama.cpp was built with one.
     gpu: str = "auto"
     repack: str = "auto"  # see REPACK_HELP
+    flash_attention: str = "auto"  # see FLASH_ATTENTION_HELP
     speculative: str = "auto"  # see SPECULATIVE_HELP
     prediction: PredictionDefaults = PredictionDefaults()
 

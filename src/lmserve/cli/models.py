@@ -17,7 +17,13 @@ from lmserve.cli.common import (
     interactive,
     table,
 )
-from lmserve.config import GPU_SETTINGS_HELP, REPACK_HELP, REPACK_SETTINGS
+from lmserve.config import (
+    FLASH_ATTENTION_HELP,
+    FLASH_ATTENTION_SETTINGS,
+    GPU_SETTINGS_HELP,
+    REPACK_HELP,
+    REPACK_SETTINGS,
+)
 from lmserve.models.catalog import Catalog, CatalogEntry
 from lmserve.paths import models_dir
 
@@ -183,6 +189,12 @@ def pick_model(name: str, yes: bool) -> str:
     help=REPACK_HELP + " Default: the server's.",
 )
 @click.option(
+    "--flash-attention",
+    type=click.Choice(FLASH_ATTENTION_SETTINGS),
+    default=None,
+    help=FLASH_ATTENTION_HELP + " Default: the server's.",
+)
+@click.option(
     "--draft-model",
     default=None,
     help="A downloaded model of the same vocabulary to draft tokens for this one "
@@ -198,6 +210,7 @@ def load_model(
     gpu: str | None,
     parallel: int | None,
     repack: str | None,
+    flash_attention: str | None,
     draft_model: str | None,
     yes: bool,
     host: str | None,
@@ -214,6 +227,7 @@ def load_model(
         ("gpu", gpu),
         ("parallel", parallel),
         ("repack", repack),
+        ("flash_attention", {"on": True, "off": False}.get(flash_attention or "auto")),
         ("draft_model", draft_model),
     ):
         if value is not None:
@@ -228,6 +242,9 @@ def load_model(
     if "repack" in config:
         state = "on" if config["repack"] else "off"
         click.echo(f"Weight repacking {state}: {config.get('repack_reason')}.")
+    if config.get("flash_attention_reason"):
+        state = {True: "on", False: "off"}.get(config.get("flash_attention"), "auto")
+        click.echo(f"Flash attention {state}: {config['flash_attention_reason']}.")
     if config.get("draft_model"):
         click.echo(f"Draft model: {config['draft_model']}.")
 

@@ -16,6 +16,8 @@ from lmserve.config import (
     DEFAULT_HOST,
     DEFAULT_JIT_TTL,
     DEFAULT_PORT,
+    FLASH_ATTENTION_HELP,
+    FLASH_ATTENTION_SETTINGS,
     GPU_SETTINGS_HELP,
     REPACK_HELP,
     REPACK_SETTINGS,
@@ -110,6 +112,13 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             type=click.Choice(REPACK_SETTINGS),
             help=REPACK_HELP,
+        ),
+        click.option(
+            "--flash-attention",
+            default="auto",
+            show_default=True,
+            type=click.Choice(FLASH_ATTENTION_SETTINGS),
+            help=FLASH_ATTENTION_HELP,
         ),
         click.option(
             "--speculative",
@@ -313,6 +322,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             threads=int(options["threads"]),  # type: ignore[arg-type]
             gpu=str(options.get("gpu") or "auto"),
             repack=str(options.get("repack") or "auto"),
+            flash_attention=str(options.get("flash_attention") or "auto"),
             speculative=str(options.get("speculative") or "auto"),
             prediction=prediction_from_options(options),
         ),

@@ -42,6 +42,7 @@ class WorkerSpec:
     max_queue: int = 64
     gpu: str = "auto"  # see lmserve.config.check_gpu_setting
     repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU)
+    flash_attention: str = "auto"  # see lmserve.config.FLASH_ATTENTION_HELP
     self_check: bool = True
     speculative: str = "auto"  # see lmserve.engine.speculative.SpeculativeMode
     log_level: int = logging.INFO
@@ -66,6 +67,8 @@ class WorkerInfo:
     fim_tokens: tuple[int, int, int] | None
     gpu_layers: int  # asked of llama.cpp (-1: all)
     gpu_offload: bool  # whether this build can offload at all
+    flash_attention: bool | None  # None: left to llama.cpp
+    flash_attention_reason: str
 
 
 Sender = Callable[[tuple[Any, ...]], None]

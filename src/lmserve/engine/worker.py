@@ -32,6 +32,7 @@ from lmserve.engine.llama import (
     LlamaContext,
     LlamaModel,
     ModelLoadError,
+    choose_flash_attention,
     gpu_offload_supported,
     in_passing_thread,
 )
@@ -110,12 +111,11 @@ class Worker:
         crash_if_injected("load")
         offloaded = gpu_layers(spec.gpu, spec.n_layers)
         self.model = LlamaModel(spec.path, n_gpu_layers=offloaded, repack=spec.repack)
-        config = ContextConfig(
-            n_slots=spec.n_slots,
-            n_ctx_per_slot=spec.n_ctx_per_slot,
-            n_batch=spec.n_batch,
-            n_threads=spec.n_threads,
+        on_gpu = offloaded != 0 and gpu_offload_supported()
+        self.flash_attention, self.flash_attention_reason = choose_flash_attention(
+            spec.flash_attention, self.model.head_size, on_gpu
         )
+        config = self.context_config(spec.n_ctx_per_slot)
         try:
             self.context = LlamaContext(self.model, config)
             if spec.self_check:
@@ -164,6 +164,19 @@ class Worker:
             fim_tokens=model.fim_tokens(),
             gpu_layers=offloaded,
             gpu_offload=gpu_offload_supported(),
+            flash_attention=self.flash_attention,
+            flash_attention_reason=self.flash_attention_reason,
+        )
+
+    def context_config(self, n_ctx_per_slot: int) -> ContextConfig:
+        """The llama.cpp context settings of this worker's model (and of its draft model)."""
+        spec = self.spec
+        return ContextConfig(
+            n_slots=spec.n_slots,
+            n_ctx_per_slot=n_ctx_per_slot,
+            n_batch=spec.n_batch,
+            n_threads=spec.n_threads,
+            flash_attention=self.flash_attention,
         )
 
     # -- messages ------------------------------------------------------------------------------
@@ -258,12 +271,7 @@ class Worker:
             if current is not None and (current.name, current.path) == (name, path):
                 return
             spec = self.spec
-            config = ContextConfig(
-                n_slots=spec.n_slots,
-                n_ctx_per_slot=self.engine.n_ctx_per_slot,
-                n_batch=spec.n_batch,
-                n_threads=spec.n_threads,
-            )
+            config = self.context_config(self.engine.n_ctx_per_slot)
             try:
                 # Weight repacking as the self-check chose it for this CPU.
                 draft = DraftModel(name, path, self.model, config, repack=spec.repack)

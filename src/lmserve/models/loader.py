@@ -33,6 +33,7 @@ class LoadOptions:
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
     gpu: str | None = None  # see lmserve.config.check_gpu_setting
     repack: str | None = None  # see lmserve.config.check_repack_setting
+    flash_attention: str | None = None  # see lmserve.config.check_flash_attention_setting
     draft_model: str | None = None  # a downloaded model to draft with (speculative decoding)
 
 
@@ -140,6 +141,7 @@ def load_instance(
             max_queue=defaults.max_queue,
             gpu=gpu,
             repack=repack,
+            flash_attention=options.flash_attention or defaults.flash_attention,
             self_check=self_check,
             speculative=defaults.speculative,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
@@ -163,6 +165,8 @@ def load_instance(
         # Layers llama.cpp was asked to put on a GPU (-1: all); 0 on a CPU-only build.
         "gpu_layers": info.gpu_layers,
         **repack.describe(),
+        "flash_attention": info.flash_attention,
+        "flash_attention_reason": info.flash_attention_reason,
     }
     if changed := defaults.prediction.describe():
         # Only what the server was told: the rest are LM Studio's defaults.
@@ -197,6 +201,12 @@ def load_instance(
         identifier,
         "on" if repack.enabled else "off",
         repack.reason,
+    )
+    logger.info(
+        "%s: flash attention %s: %s",
+        identifier,
+        {True: "on", False: "off"}.get(info.flash_attention, "auto"),
+        info.flash_attention_reason,
     )
     if changed:
         logger.info(

@@ -53,8 +53,13 @@ class LoadRequest(LoadConfig):
             ttl=merged.get("ttl"),
             gpu=merged.get("gpu"),
             repack=merged.get("repack"),
+            flash_attention=_on_off(merged.get("flash_attention")),
             draft_model=merged.get("draft_model"),
         )
+
+
+def _on_off(value: bool | None) -> str | None:
+    return None if value is None else ("on" if value else "off")
 
 
 class UnloadRequest(RequestModel):

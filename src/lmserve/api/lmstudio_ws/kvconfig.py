@@ -170,7 +170,8 @@ def with_system_prompt(messages: list[ChatMessage], system: str | None) -> list[
 def load_options(
     config: dict[str, Any], domain: str, *, identifier: str | None, ttl_ms: int | None
 ) -> LoadOptions:
-    """The ``<domain>.load.*`` keys lmserve honours: context length and GPU offload."""
+    """The ``<domain>.load.*`` keys lmserve honours: context length, GPU offload and flash
+    attention."""
     prefix = f"{domain}.load."
     context = config.get(prefix + "contextLength")
     if context is not None:
@@ -185,11 +186,15 @@ def load_options(
             raise _bad(
                 prefix + "llama.acceleration.offloadRatio", '"max", "off" or 0-1', gpu
             ) from exc
+    flash_attention = config.get(prefix + "llama.flashAttention")
+    if flash_attention is not None and not isinstance(flash_attention, bool):
+        raise _bad(prefix + "llama.flashAttention", "true or false", flash_attention)
     return LoadOptions(
         identifier=identifier,
         context_length=context,
         ttl=ttl_ms / 1000 if ttl_ms is not None else None,
         gpu=gpu,
+        flash_attention=None if flash_attention is None else ("on" if flash_attention else "off"),
     )
 
 
@@ -200,6 +205,7 @@ def load_config(model: LoadedModel, domain: str) -> dict[str, Any]:
     fields: list[dict[str, Any]] = [
         {"key": prefix + "contextLength", "value": model.n_ctx},
         {"key": prefix + "llama.evalBatchSize", "value": model.config.get("eval_batch_size")},
+        {"key": prefix + "llama.flashAttention", "value": model.config.get("flash_attention")},
     ]
     if gpu != "auto":
         ratio: Any = float(gpu) if gpu not in {"max", "off"} else gpu
