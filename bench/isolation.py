@@ -6,9 +6,8 @@ same options, and drives one at a time: one streaming client, then 8, in alterna
 for ``--trials`` trials, so the machine's drifting speed weighs on both alike.  Prints the
 median aggregate tokens/s of each and their ratio.
 
-The baseline leaves flash attention to llama.cpp (on, for a CPU); this tree's default turns
-it off for the default model.  ``--flash-attention on`` gives this tree the baseline's
-kernels, so that the ratio is what the worker processes alone cost.
+``--flash-attention`` is passed to this tree (the baseline always leaves it to llama.cpp,
+which is what ``auto`` does).
 
     python bench/isolation.py [--baseline 347e617] [--trials 4] [--parallel 8]
         [--flash-attention auto|on|off]

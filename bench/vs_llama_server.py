@@ -9,9 +9,8 @@ order alternating, so the machine's drifting speed weighs on both alike.  Prints
 then per client count the median tokens/s and time to first token of each and the median of
 the per-round ratios, and the issue's targets.
 
-By default each server makes its own flash-attention choice (lmserve's ``auto`` turns it
-off on a CPU for the default model's 64-wide heads, where llama.cpp's CPU kernel is slower;
-llama-server's ``auto`` turns it on); ``--flash-attention on|off`` sets it on both.
+Flash attention is each server's default (llama.cpp's choice, on for a CPU) unless
+``--flash-attention on|off`` sets it on both.
 
     python bench/vs_llama_server.py [--rounds 3] [--clients 1 2 4 8] [--repack off]
         [--flash-attention auto|on|off]
@@ -83,7 +82,7 @@ def main() -> None:
         "--flash-attention",
         choices=["auto", "on", "off"],
         default="auto",
-        help="on both; auto: each server's own default choice",
+        help="on both; auto: llama.cpp's choice in each",
     )
     args = parser.parse_args()
 

@@ -7,8 +7,9 @@ the same tokens for the same seed (each sampled token still takes one draw of th
 random stream), the same grammar, penalties, stop strings, limits and log-probabilities.
 
 One caveat is llama.cpp's, measured here: its CPU attention rounds differently when a step
-holds several tokens of one sequence than when it holds one, once the context passes 256
-tokens (logits then differ by up to about 0.9; below that they are bit for bit the same).
+holds several tokens of one sequence than when it holds one (logits differ by up to about
+0.9): with flash attention on (llama.cpp's choice, the default) once the context passes 256
+tokens, with it off at any context length.
 So a long greedy answer may take the other branch where the model is nearly tied between two
 tokens, as it may when the same prompt is read in different chunks; the comparisons below
 allow exactly that and nothing else.

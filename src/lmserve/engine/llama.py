@@ -148,18 +148,6 @@ class LlamaModel:
     def handle(self) -> C.llama_model_p:
         return self._model
 
-    @property
-    def head_size(self) -> int | None:
-        """Width of an attention head (of its keys), from the file's metadata."""
-        arch = self.architecture
-        key_length = self.metadata(f"{arch}.attention.key_length")
-        if key_length is not None:
-            return int(key_length)
-        heads = self.metadata(f"{arch}.attention.head_count")
-        if heads is None or not heads.isdigit() or int(heads) == 0:
-            return None
-        return self.n_embd // int(heads)
-
     def token_text(self, token: int) -> str:
         """The vocabulary's text of ``token`` (special tokens included), e.g. ``<|im_end|>``."""
         if token < 0:
@@ -232,27 +220,17 @@ class LlamaModel:
             self._model = None
 
 
-# Below this head width llama.cpp's CPU flash-attention kernel, which visits the cache one
-# cell at a time, loses to the matrix products of plain attention.  Measured here (2 cores,
-# one 1-token step at 1,000 cached tokens): SmolLM2-135M, 64-wide heads, 31 ms with it and
-# 17 ms without; Gemma 3 270M, 256-wide, 27 ms with it and 30 ms without.
-_CPU_FLASH_ATTENTION_MIN_HEAD = 128
+def choose_flash_attention(setting: str) -> tuple[bool | None, str]:
+    """(flash attention on, off or ``None`` for llama.cpp's own choice; why) for a load.
 
-
-def choose_flash_attention(
-    setting: str, head_size: int | None, on_gpu: bool
-) -> tuple[bool | None, str]:
-    """(flash attention on, off or ``None`` for llama.cpp's own choice; why) for a model."""
-    if setting != "auto":
-        return setting == "on", f"set to {setting}"
-    if on_gpu:
-        return None, "llama.cpp's choice for a GPU"
-    if head_size is not None and head_size < _CPU_FLASH_ATTENTION_MIN_HEAD:
-        return False, (
-            f"off on a CPU for {head_size}-wide attention heads, where llama.cpp's CPU "
-            "kernel is slower"
-        )
-    return None, "llama.cpp's choice"
+    ``auto`` is llama.cpp's choice (on, for a CPU), not the faster one for every model: with
+    it off, llama.cpp's CPU attention rounds a step of several tokens of one sequence
+    differently from steps of one, so an answer would depend on how its prompt was split
+    into steps (batched with others or alone, partly cached or not).
+    """
+    if setting == "auto":
+        return None, "llama.cpp's choice"
+    return setting == "on", f"set to {setting}"
 
 
 @dataclass(frozen=True)

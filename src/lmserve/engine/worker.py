@@ -111,9 +111,8 @@ class Worker:
         crash_if_injected("load")
         offloaded = gpu_layers(spec.gpu, spec.n_layers)
         self.model = LlamaModel(spec.path, n_gpu_layers=offloaded, repack=spec.repack)
-        on_gpu = offloaded != 0 and gpu_offload_supported()
         self.flash_attention, self.flash_attention_reason = choose_flash_attention(
-            spec.flash_attention, self.model.head_size, on_gpu
+            spec.flash_attention
         )
         config = self.context_config(spec.n_ctx_per_slot)
         try:
