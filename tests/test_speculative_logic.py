@@ -93,6 +93,16 @@ def test_policy_drafts_long_for_a_sequence_whose_drafts_are_kept() -> None:
     assert policy.plan([(state, 8)], generating=9) == (0, [])  # eight do not
 
 
+def test_a_sequence_whose_short_drafts_are_all_kept_tries_longer_ones() -> None:
+    # Only the first position of a draft has a record: later ones take after it.
+    policy = _policy_with_cpu_costs()
+    state = policy.start([1, 2, 3], None)
+    assert state is not None
+    for _ in range(30):
+        policy.settle(state, drafted=1, accepted=1, rejected=0)
+    assert policy.draft_length(state, generating=1, limit=8) == 8
+
+
 def test_policy_stops_drafting_when_drafts_fail_and_probes_now_and_then() -> None:
     policy = _policy_with_cpu_costs()
     state = policy.start([1, 2, 3], None)
@@ -141,6 +151,35 @@ def test_policy_sees_that_guesses_come_in_runs() -> None:
         independent.settle(one_by_one, drafted=8, accepted=accepted, rejected=int(accepted < 8))
     assert runs.draft_length(in_runs, generating=1, limit=8) == 8
     assert independent.draft_length(one_by_one, generating=1, limit=8) <= 2
+
+
+def test_policy_tells_drafts_from_long_matches_from_drafts_from_short_ones() -> None:
+    """A copied passage matches 4 tokens back and is kept; words that merely recur match 2
+    and are not: each kind of draft is judged by its own record, in this sequence and, for a
+    new one, across the engine."""
+    policy = _policy_with_cpu_costs()
+    state = policy.start([1, 2, 3], None)
+    assert state is not None
+    for _ in range(30):
+        state.match = 4
+        policy.settle(state, drafted=8, accepted=8, rejected=0)
+        state.match = 2
+        policy.settle(state, drafted=8, accepted=0, rejected=1)
+    for fresh in (state, policy.start([4, 5, 6], None)):
+        assert fresh is not None
+        fresh.match = 4
+        assert policy.draft_length(fresh, generating=1, limit=8) == 8
+        fresh.match = 2
+        fresh.steps_since_draft = 0  # not due for a probe
+        assert policy.draft_length(fresh, generating=1, limit=8) == 0
+
+
+def test_lookup_says_how_long_its_match_was() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 3, 4])
+    assert lookup.draft(2) == [5, 9] and lookup.match == 2  # ...3, 4 matched
+    lookup.extend([5, 9])  # now ...3, 4, 5, 9 as before, whose match continues with 3
+    assert lookup.draft(1) == [3] and lookup.match == 4
+    assert PromptLookup([1, 2, 3]).draft(4) == []
 
 
 def test_modes_and_the_per_request_switch() -> None:

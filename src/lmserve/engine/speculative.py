@@ -52,6 +52,7 @@ class PromptLookup:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens: list[int] = []
         self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in _NGRAM_SIZES}
+        self.match = 0  # the n of the last draft's match (0: none)
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
@@ -71,6 +72,7 @@ class PromptLookup:
     def draft(self, limit: int) -> list[int]:
         """Up to ``limit`` tokens that followed an earlier occurrence of the history's end."""
         history = self.tokens
+        self.match = 0
         if limit <= 0:
             return []
         for n, ends in self._ends.items():
@@ -78,6 +80,7 @@ class PromptLookup:
                 continue
             start = ends.get(tuple(history[-n:]))
             if start is not None:
+                self.match = n
                 return history[start : start + limit]
         return []
 
@@ -136,11 +139,9 @@ class DraftState:
     counts: DraftCounts
     forced: bool = False  # draft whenever there is a match (mode "on"), whatever it costs
     draft_model: str | None = None  # draft with this model, when the worker has it loaded
-    # By position in a draft: how often a token there was checked (those before it all
-    # kept), and kept.  Guesses come in runs (a copied passage), so a token whose
-    # predecessor was kept is likelier to be kept itself than the first of a draft.
-    checked: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
-    kept: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
+    # How its drafts fared, by the length of the match they came from (0: a draft model's).
+    fared: dict[int, PositionCounts] = field(default_factory=dict)
+    match: int = 0  # the match length of the draft now proposed
     steps_since_draft: int = 0
     probe_gap: int = _FIRST_PROBE_GAP
     probing: bool = False  # the current draft is a probe
@@ -148,7 +149,7 @@ class DraftState:
     def settle(self, drafted: int, accepted: int, rejected: int) -> None:
         """Count the outcome of a draft of ``drafted`` tokens."""
         self.counts.add(drafted, accepted, rejected)
-        count_positions(self.checked, self.kept, accepted, rejected)
+        self.fared.setdefault(self.match, PositionCounts()).add(accepted, rejected)
         if drafted:
             self.steps_since_draft = 0
         if self.probing:
@@ -159,14 +160,24 @@ class DraftState:
             )
 
 
-def count_positions(
-    checked: list[float] | list[int], kept: list[float] | list[int], accepted: int, rejected: int
-) -> None:
-    """Add a draft's outcome to counts by position: the first ``accepted`` tokens checked and
-    kept, the next one checked and rejected (if ``rejected``)."""
-    for position in range(min(accepted + rejected, MAX_DRAFT)):
-        checked[position] += 1
-        kept[position] += position < accepted
+@dataclass
+class PositionCounts:
+    """By position in a draft: how often a token there was checked (those before it all
+    kept), and kept.  Guesses come in runs (a copied passage), so a token whose predecessor
+    was kept is likelier to be kept itself than the first of a draft."""
+
+    checked: list[float] = field(default_factory=lambda: [0.0] * MAX_DRAFT)
+    kept: list[float] = field(default_factory=lambda: [0.0] * MAX_DRAFT)
+
+    def add(self, accepted: int, rejected: int, decay: float = 1.0) -> None:
+        """Count a draft's outcome: the first ``accepted`` tokens checked and kept, the next
+        one checked and rejected (if ``rejected``); older counts weigh ``decay`` as much."""
+        if decay != 1.0:
+            self.checked = [value * decay for value in self.checked]
+            self.kept = [value * decay for value in self.kept]
+        for position in range(min(accepted + rejected, MAX_DRAFT)):
+            self.checked[position] += 1
+            self.kept[position] += position < accepted
 
 
 class DraftPolicy:
@@ -182,9 +193,10 @@ class DraftPolicy:
     def __init__(self, mode: SpeculativeMode = "auto") -> None:
         self.mode = mode
         self.cost = StepCost()
-        # Engine-wide, decayed: the prior of a sequence's own rates.
-        self._checked = [0.0] * MAX_DRAFT
-        self._kept = [0.0] * MAX_DRAFT
+        # Engine-wide, decayed, by match length: the prior of a sequence's own rates.  A
+        # draft from a 4-token match is kept far more often than one from a 2-token match
+        # (a passage being copied, against words that merely recur).
+        self._fared: dict[int, PositionCounts] = {}
 
     def start(
         self, prompt: list[int], request_mode: bool | None, draft_model: str | None = None
@@ -207,19 +219,24 @@ class DraftPolicy:
     def settle(self, state: DraftState, drafted: int, accepted: int, rejected: int) -> None:
         state.settle(drafted, accepted, rejected)
         if accepted + rejected:
-            self._checked = [value * 0.99 for value in self._checked]
-            self._kept = [value * 0.99 for value in self._kept]
-            count_positions(self._checked, self._kept, accepted, rejected)
+            fared = self._fared.setdefault(state.match, PositionCounts())
+            fared.add(accepted, rejected, decay=0.99)
 
     def acceptance(self, state: DraftState) -> list[float]:
-        """The rate at which ``state``'s draft tokens are kept, by position in a draft."""
-        rates = []
+        """The rate at which the tokens of ``state``'s proposed draft will be kept, by
+        position in the draft, from drafts of the same match length."""
+        prior = self._fared.get(state.match) or PositionCounts()
+        own = state.fared.get(state.match) or PositionCounts()
+        rates: list[float] = []
+        previous = 0.5
         for position in range(MAX_DRAFT):
-            prior = (self._kept[position] + 1.0) / (self._checked[position] + 2.0)
-            rates.append(
-                (state.kept[position] + _PRIOR_WEIGHT * prior)
-                / (state.checked[position] + _PRIOR_WEIGHT)
+            # A position seldom checked takes after the one before it (guesses come in
+            # runs), so that a sequence whose short drafts are all kept tries longer ones.
+            expected = (prior.kept[position] + previous) / (prior.checked[position] + 1.0)
+            previous = (own.kept[position] + _PRIOR_WEIGHT * expected) / (
+                own.checked[position] + _PRIOR_WEIGHT
             )
+            rates.append(previous)
         return rates
 
     def expected_tokens(self, state: DraftState, limit: int) -> list[float]:
@@ -322,10 +339,12 @@ class DraftPolicy:
             if room <= 0:
                 continue
             if draft_model is not None and state.draft_model == draft_model.name:
+                state.match = 0
                 wanted.append((sequence, DraftRequest(slot.seq, state.lookup.tokens, room)))
                 batch_tokens += room
                 continue
             draft = state.lookup.draft(room)
+            state.match = state.lookup.match
             if not draft:
                 continue
             if state.forced:
