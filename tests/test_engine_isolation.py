@@ -32,7 +32,8 @@ from tests.conftest import (
 )
 
 # Bans <|endoftext|> and <|im_end|>: a request runs until it is stopped or killed.
-NO_END = {"0": -100, "2": -100}
+NO_END = {"0": -100, "2": -100}  # SmolLM2's end tokens
+GEMMA_NO_END = {"1": -100, "106": -100, "212": -100}  # Gemma 3's
 
 
 @pytest.fixture()
@@ -203,8 +204,10 @@ def test_a_killed_worker_fails_its_requests_at_once_and_the_server_goes_on(
             stream.thread.join(10)
         for run in plain:
             run.thread.join(10)
-        other = chat(server, GEMMA_ID)  # another loaded model keeps answering
-        after = chat(server)  # and the crashed one is loaded again for its next request
+        # Another loaded model keeps answering (Gemma is a base model: without its end
+        # tokens banned, a sampled answer may end before its first word).
+        other = chat(server, GEMMA_ID, logit_bias=GEMMA_NO_END)
+        after = chat(server, logit_bias=NO_END)  # the crashed model, loaded again for it
     for stream in streams:
         assert stream.error is None and stream.ended_at is not None
         assert stream.ended_at - killed_at < 1.0, f"a stream took {stream.ended_at - killed_at}"
