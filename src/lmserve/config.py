@@ -69,13 +69,6 @@ FLASH_ATTENTION_HELP = (
 )
 
 
-def check_flash_attention_setting(value: str) -> str:
-    """``value`` if it is a flash attention setting (auto, on, off), else ``ValueError``."""
-    if value not in FLASH_ATTENTION_SETTINGS:
-        raise ValueError(f"the flash attention setting must be auto, on or off, not {value!r}")
-    return value
-
-
 SPECULATIVE_SETTINGS = ("auto", "on", "off")
 SPECULATIVE_HELP = (
     "Speculative decoding by prompt lookup: auto (draft from the text so far where the "

@@ -33,7 +33,7 @@ class LoadOptions:
     ttl: float | None = None  # idle seconds before unloading; None: never (or the JIT default)
     gpu: str | None = None  # see lmserve.config.check_gpu_setting
     repack: str | None = None  # see lmserve.config.check_repack_setting
-    flash_attention: str | None = None  # see lmserve.config.check_flash_attention_setting
+    flash_attention: str | None = None  # auto, on or off: see lmserve.config.FLASH_ATTENTION_HELP
     draft_model: str | None = None  # a downloaded model to draft with (speculative decoding)
 
 
