@@ -204,8 +204,7 @@ def test_a_killed_worker_fails_its_requests_at_once_and_the_server_goes_on(
             stream.thread.join(10)
         for run in plain:
             run.thread.join(10)
-        # Another loaded model keeps answering (Gemma is a base model: without its end
-        # tokens banned, a sampled answer may end before its first word).
+        # Another loaded model keeps answering (its end tokens banned, all 8 tokens asked).
         other = chat(server, GEMMA_ID, logit_bias=GEMMA_NO_END)
         after = chat(server, logit_bias=NO_END)  # the crashed model, loaded again for it
     for stream in streams:
@@ -218,7 +217,9 @@ def test_a_killed_worker_fails_its_requests_at_once_and_the_server_goes_on(
     for run in plain:
         assert run.response is not None and run.response.status_code == 500
         assert run.response.json()["error"]["code"] == "engine_crashed"
-    assert other.status_code == 200 and other.json()["choices"][0]["message"]["content"]
+    # Base Gemma's sampled tokens may all be special ones (<start_of_turn>...), which render
+    # as nothing: that it generated them is the answer.
+    assert other.status_code == 200 and other.json()["usage"]["completion_tokens"] == 8
     assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"]
     assert health.codes and set(health.codes) == {200}, sorted(set(health.codes))
     assert engine_pid(server, MODEL_ID) != pid and not pid_alive(pid)
