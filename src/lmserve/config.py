@@ -69,6 +69,11 @@ FLASH_ATTENTION_HELP = (
 )
 
 
+def flash_attention_setting(enabled: bool | None) -> str | None:
+    """The setting for LM Studio's boolean ``flash_attention``: on, off, or ``None`` (unsaid)."""
+    return None if enabled is None else ("on" if enabled else "off")
+
+
 SPECULATIVE_SETTINGS = ("auto", "on", "off")
 SPECULATIVE_HELP = (
     "Speculative decoding by prompt lookup: auto (draft from the text so far where the "

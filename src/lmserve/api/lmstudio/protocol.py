@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import ChatCompletionRequest, CompletionRequest, RequestModel
-from lmserve.config import check_gpu_setting, check_repack_setting
+from lmserve.config import check_gpu_setting, check_repack_setting, flash_attention_setting
 from lmserve.models.loader import LoadOptions
 
 # -- v1: models ---------------------------------------------------------------------------------
@@ -53,13 +53,9 @@ class LoadRequest(LoadConfig):
             ttl=merged.get("ttl"),
             gpu=merged.get("gpu"),
             repack=merged.get("repack"),
-            flash_attention=_on_off(merged.get("flash_attention")),
+            flash_attention=flash_attention_setting(merged.get("flash_attention")),
             draft_model=merged.get("draft_model"),
         )
-
-
-def _on_off(value: bool | None) -> str | None:
-    return None if value is None else ("on" if value else "off")
 
 
 class UnloadRequest(RequestModel):

@@ -18,7 +18,7 @@ from lmserve.api.common.generation import Prepared
 from lmserve.api.common.protocol import ChatMessage
 from lmserve.api.lmstudio_ws.errors import SDKError
 from lmserve.api.lmstudio_ws.protocol import KvStack
-from lmserve.config import check_gpu_setting
+from lmserve.config import check_gpu_setting, flash_attention_setting
 from lmserve.models.loader import LoadedModel, LoadOptions
 
 PREDICTION = "llm.prediction."
@@ -194,7 +194,7 @@ def load_options(
         context_length=context,
         ttl=ttl_ms / 1000 if ttl_ms is not None else None,
         gpu=gpu,
-        flash_attention=None if flash_attention is None else ("on" if flash_attention else "off"),
+        flash_attention=flash_attention_setting(flash_attention),
     )
 
 
