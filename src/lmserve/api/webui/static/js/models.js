@@ -87,24 +87,30 @@ export class Models {
     );
   }
 
+  // Each action refreshes the list before it reports its outcome, so that when the status
+  // says a model is loaded or unloaded, the panel already shows it.
   async load(key) {
     this.onStatus(`Loading ${key}…`);
+    let outcome;
     try {
       const answer = await json('/api/v1/models/load', { method: 'POST', body: { model: key } });
-      this.onStatus(`Loaded ${answer.model_instance_id} in ${answer.load_time_seconds} s.`);
+      outcome = [`Loaded ${answer.model_instance_id} in ${answer.load_time_seconds} s.`, false];
     } catch (error) {
-      this.onStatus(`Could not load ${key}: ${error.message}`, true);
+      outcome = [`Could not load ${key}: ${error.message}`, true];
     }
     await this.refresh();
+    this.onStatus(...outcome);
   }
 
   async unload(id) {
+    let outcome;
     try {
       await json('/api/v1/models/unload', { method: 'POST', body: { instance_id: id } });
-      this.onStatus(`Unloaded ${id}.`);
+      outcome = [`Unloaded ${id}.`, false];
     } catch (error) {
-      this.onStatus(`Could not unload ${id}: ${error.message}`, true);
+      outcome = [`Could not unload ${id}: ${error.message}`, true];
     }
     await this.refresh();
+    this.onStatus(...outcome);
   }
 }
