@@ -106,6 +106,45 @@ def wait_ready(server: RunningServer, path: str, timeout: float = 180.0) -> None
     raise RuntimeError(f"{server.name} did not become ready")
 
 
+def _log_tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+@contextlib.contextmanager
+def started(
+    name: str,
+    command: Sequence[str],
+    port: int,
+    model: str,
+    ready_path: str = "/health",
+    env: dict[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """Run ``command`` (a server listening on ``port``) until the block ends, its output kept in
+    a temporary log.  If the block fails, or the server has died, says which server it was,
+    how it ended and the last lines of its log: a benchmark that stops on "server
+    disconnected" would otherwise not say whose."""
+    with tempfile.TemporaryDirectory(prefix="lmserve-bench-log-") as folder:
+        log_path = Path(folder) / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = RunningServer(name, f"http://127.0.0.1:{port}", model, process)
+        try:
+            wait_ready(server, ready_path)
+            yield server
+        except BaseException:
+            state = f"exited with {process.returncode}" if process.poll() is not None else "running"
+            print(
+                f"\n{name} ({state}); the last lines of its log:\n{_log_tail(log_path)}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
+        finally:
+            stop(process)
+
+
 @contextlib.contextmanager
 def lmserve(
     parallel: int = 8,
@@ -127,36 +166,27 @@ def lmserve(
         target.parent.mkdir(parents=True)
         os.link(model_path(model), target)
         port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lmserve",
-                "serve",
-                "--port",
-                str(port),
-                "--parallel",
-                str(parallel),
-                "--context-length",
-                str(context_length),
-                "--threads",
-                str(threads()),
-                "--log-level",
-                "warning",
-                "--model",
-                model_id,
-                *extra,
-            ],
-            env={**env, "LMSERVE_HOME": home},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = RunningServer(name, f"http://127.0.0.1:{port}", model_id, process)
-        try:
-            wait_ready(server, "/health")
+        command = [
+            sys.executable,
+            "-m",
+            "lmserve",
+            "serve",
+            "--port",
+            str(port),
+            "--parallel",
+            str(parallel),
+            "--context-length",
+            str(context_length),
+            "--threads",
+            str(threads()),
+            "--log-level",
+            "warning",
+            "--model",
+            model_id,
+            *extra,
+        ]
+        with started(name, command, port, model_id, env={**env, "LMSERVE_HOME": home}) as server:
             yield server
-        finally:
-            stop(process)
 
 
 @contextlib.contextmanager
@@ -167,39 +197,31 @@ def llama_cpp_python_server(context_length: int = 4096) -> Iterator[RunningServe
     except ImportError as exc:
         raise SystemExit("llama-cpp-python's server is missing: pip install -e '.[bench]'") from exc
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model_path()),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            str(context_length),
-            "--n_threads",
-            str(threads()),
-            "--n_threads_batch",
-            str(threads()),
-            "--model_alias",
-            "smollm2",
-            # By default it aborts a running stream when the next request arrives; we want it
-            # to serve every request, one after another, as a user of it would configure.
-            "--interrupt_requests",
-            "False",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RunningServer("llama-cpp-python", f"http://127.0.0.1:{port}", "smollm2", process)
-    try:
-        wait_ready(server, "/v1/models")
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(context_length),
+        "--n_threads",
+        str(threads()),
+        "--n_threads_batch",
+        str(threads()),
+        "--model_alias",
+        "smollm2",
+        # By default it aborts a running stream when the next request arrives; we want it
+        # to serve every request, one after another, as a user of it would configure.
+        "--interrupt_requests",
+        "False",
+    ]
+    with started("llama-cpp-python", command, port, "smollm2", ready_path="/v1/models") as server:
         yield server
-    finally:
-        stop(process)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -124,10 +124,5 @@ def running(
     ]
     if not repack:
         command.append("--no-repack")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = harness.RunningServer("llama-server", f"http://127.0.0.1:{port}", "smollm2", process)
-    try:
-        harness.wait_ready(server, "/health")
+    with harness.started("llama-server", command, port, "smollm2") as server:
         yield server
-    finally:
-        harness.stop(process)
