@@ -4,7 +4,8 @@ Starts this tree's lmserve and a baseline tree's (``--baseline``, a git revision
 the last commit whose engine ran in the server process), both on the default model with the
 same options, and drives one at a time: one streaming client, then 8, in alternating order
 for ``--trials`` trials, so the machine's drifting speed weighs on both alike.  Prints the
-median aggregate tokens/s of each and their ratio.
+median aggregate tokens/s of each, their ratio, and the median of the per-trial ratios
+(each trial's pair ran back to back, so its ratio is the least touched by the drift).
 
 ``--flash-attention`` is passed to this tree (the baseline always leaves it to llama.cpp,
 which is what ``auto`` does).
@@ -41,16 +42,18 @@ def export_source(revision: str, into: Path) -> Path:
 
 async def measure(
     servers: list[harness.RunningServer], clients: list[int], trials: int, rounds: dict[int, int]
-) -> dict[str, dict[int, list[float]]]:
+) -> dict[str, dict[int, list[harness.LoadFigures]]]:
     for server in servers:
         await harness.warm_up(server)
-    figures: dict[str, dict[int, list[float]]] = {s.name: {c: [] for c in clients} for s in servers}
+    figures: dict[str, dict[int, list[harness.LoadFigures]]] = {
+        s.name: {c: [] for c in clients} for s in servers
+    }
     for trial in range(trials):
         for count in clients:
             order = servers if (trial + count) % 2 == 0 else servers[::-1]
             for server in order:
                 result = await harness.run_load(server, count, rounds[count])
-                figures[server.name][count].append(result.aggregate_tps)
+                figures[server.name][count].append(result)
                 print(
                     f"  trial {trial + 1}, {count} clients, {server.name:12s}: "
                     f"{result.aggregate_tps:6.1f} tok/s, TTFT {result.median_ttft:.3f} s",
@@ -87,12 +90,19 @@ def main() -> None:
         ):
             figures = asyncio.run(measure([ours, theirs], clients, args.trials, rounds))
     print()
-    print("| clients | worker process tok/s | in-process tok/s | ratio |")
-    print("|---:|---:|---:|---:|")
+    print("| clients | worker process tok/s | in-process tok/s | ratio | median of trial ratios |")
+    print("|---:|---:|---:|---:|---:|")
     for count in clients:
-        ours_tps = statistics.median(figures["worker"][count])
-        theirs_tps = statistics.median(figures["in-process"][count])
-        print(f"| {count} | {ours_tps:.1f} | {theirs_tps:.1f} | {ours_tps / theirs_tps:.3f}x |")
+        ours, theirs = figures["worker"][count], figures["in-process"][count]
+        ours_tps = statistics.median(f.aggregate_tps for f in ours)
+        theirs_tps = statistics.median(f.aggregate_tps for f in theirs)
+        per_trial = statistics.median(
+            a.aggregate_tps / b.aggregate_tps for a, b in zip(ours, theirs, strict=True)
+        )
+        print(
+            f"| {count} | {ours_tps:.1f} | {theirs_tps:.1f} | {ours_tps / theirs_tps:.3f}x "
+            f"| {per_trial:.3f}x |"
+        )
 
 
 if __name__ == "__main__":
