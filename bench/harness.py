@@ -122,8 +122,8 @@ def started(
     env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Run ``command`` (a server listening on ``port``) until the block ends, its output kept in
-    a temporary log.  If the block fails, or the server has died, says which server it was,
-    how it ended and the last lines of its log: a benchmark that stops on "server
+    a temporary log.  If the block raises, says which server it was, whether it is still
+    running or how it ended, and the last lines of its log: a benchmark that stops on "server
     disconnected" would otherwise not say whose."""
     with tempfile.TemporaryDirectory(prefix="lmserve-bench-log-") as folder:
         log_path = Path(folder) / f"{name}.log"
@@ -133,7 +133,7 @@ def started(
         try:
             wait_ready(server, ready_path)
             yield server
-        except BaseException:
+        except Exception:  # not Ctrl-C: stopping a bench by hand needs no server logs
             state = f"exited with {process.returncode}" if process.poll() is not None else "running"
             print(
                 f"\n{name} ({state}); the last lines of its log:\n{_log_tail(log_path)}\n",
