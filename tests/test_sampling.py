@@ -3,6 +3,8 @@ what llama.cpp's own logit-bias and penalties samplers give over the whole vocab
 
 from __future__ import annotations
 
+import ctypes
+
 import llama_cpp as C
 import numpy as np
 import pytest
@@ -67,11 +69,12 @@ def test_bias_and_penalties_match_llama_cpps_samplers(settings: dict[str, object
     for token in generated:
         adjustments.accept(token)
     ours = logits.copy()
-    adjustments.apply(ours)
+    row = ours.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # as llama.cpp's logits come
+    adjustments.apply(row)
     theirs = llama_cpps(params, prompt[-params.repeat_last_n :] + generated, logits)
     assert np.array_equal(ours, theirs)  # bit for bit, -inf included
     assert not np.array_equal(ours, logits)
-    adjustments.restore(ours)
+    adjustments.restore(row)
     assert np.array_equal(ours, logits)  # the model's own values, for log-probabilities
 
 
