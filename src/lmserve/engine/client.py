@@ -53,6 +53,7 @@ logger = logging.getLogger("lmserve.engine")
 START_TIMEOUT = 300.0  # seconds: large models on slow disks take a while even memory-mapped
 CLOSE_TIMEOUT = 30.0
 _STDERR_LINES = 80  # kept for the reason of a crash
+_READ_SIZE = 1 << 16  # bytes a read of the worker's socket takes at most
 
 
 class EngineWorker:
@@ -87,6 +88,7 @@ class EngineWorker:
         self.queue_depth = 0
         here, theirs = multiprocessing.Pipe(duplex=True)
         self._connection = here
+        self._messages = wire.MessageReader()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "lmserve.engine.worker", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
@@ -215,30 +217,33 @@ class EngineWorker:
     def _attach(self) -> None:
         fd = self._connection.fileno()
         self._loop.add_reader(fd, self._readable)
-        # uvloop makes the socket non-blocking; a message is read (and written) whole, so a
-        # large one, half arrived, must wait for its rest instead of failing half read.
+        # uvloop makes the socket non-blocking, but writes to the worker must not fail on a
+        # full buffer.  Reads do not block either way: the loop calls _readable only when
+        # bytes are waiting, and one read takes what is there, a message half arrived waits
+        # in the reader for its rest.
         os.set_blocking(fd, True)
 
     def _readable(self) -> None:
         """On the event loop: every message that has arrived (usually one engine step's)."""
         try:
-            while True:
-                message = self._connection.recv()
-                kind = message[0]
-                if kind == wire.EVENTS:
-                    self.busy_slots, self.queue_depth = message[2], message[3]
-                    self._deliver(message[1])
-                elif kind == wire.REPLY:
-                    self._settle(message[1], message[2], message[3])
-                if not self._connection.poll(0):
-                    return
-        except (EOFError, OSError):
+            data = os.read(self._connection.fileno(), _READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:  # the worker closed its end: it exited or died
             self._loop.remove_reader(self._connection.fileno())
             self._connection.close()
             # Waiting for the process to be reaped must not hold up the event loop.
             threading.Thread(
                 target=self._ended, name=f"worker-end-{self.name}", daemon=True
             ).start()
+            return
+        for message in self._messages.feed(data):
+            kind = message[0]
+            if kind == wire.EVENTS:
+                self.busy_slots, self.queue_depth = message[2], message[3]
+                self._deliver(message[1])
+            elif kind == wire.REPLY:
+                self._settle(message[1], message[2], message[3])
 
     def _deliver(self, items: list[tuple[int, Event]]) -> None:
         with self._lock:
