@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,7 +267,7 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     started = time.perf_counter()
     first = last = None
     chunks = 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+    async with _opened_stream(client, url + "/v1/chat/completions", body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -282,6 +282,27 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     if first is None or last is None:
         raise RuntimeError("no content streamed")
     return RequestResult(first - started, chunks, last - first, started, last)
+
+
+@contextlib.asynccontextmanager
+async def _opened_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> AsyncIterator[httpx.Response]:
+    """A streamed POST whose response has begun.  Sent again, once, if the server closed the
+    kept-alive connection just as the request went out: llama-server closes it after some
+    streamed answers, and a client that reuses it at that instant gets "Server disconnected
+    without sending a response" (the request never reached the server)."""
+    for attempt in (1, 2):
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(client.stream("POST", url, json=body))
+            except httpx.RemoteProtocolError as exc:
+                if attempt == 2 or "without sending a response" not in str(exc):
+                    raise
+                print(f"  (sent again after: {exc})", file=sys.stderr, flush=True)
+                continue
+            yield response
+            return
 
 
 @dataclass
