@@ -205,7 +205,18 @@ def test_a_killed_worker_fails_its_requests_at_once_and_the_server_goes_on(
         for run in plain:
             run.thread.join(10)
         # Another loaded model keeps answering (its end tokens banned, all 8 tokens asked).
-        other = chat(server, GEMMA_ID, logit_bias=GEMMA_NO_END)
+        # A plain completion: Gemma has no chat template of its own, and under the ChatML
+        # fallback it may write "<|im_end|>" as text, which ends a chat turn early.
+        other = httpx.post(
+            f"{server.api_url}/completions",
+            json={
+                "model": GEMMA_ID,
+                "prompt": "Tell me a long story about a ship.",
+                "max_tokens": 8,
+                "logit_bias": GEMMA_NO_END,
+            },
+            timeout=120,
+        )
         after = chat(server, logit_bias=NO_END)  # the crashed model, loaded again for it
     for stream in streams:
         assert stream.error is None and stream.ended_at is not None
@@ -302,6 +313,32 @@ def test_a_crash_while_loading_is_a_clear_error_and_the_next_load_works(
     assert set(health.codes) <= {200, 503} and 0 not in health.codes
     faults.write_text("")
     assert chat(server, GEMMA_ID).status_code == 200
+    assert server.process.poll() is None
+
+
+def test_a_bug_in_the_engine_loop_fails_its_request_and_the_model_is_loaded_again(
+    tmp_path: Path, servers: list[Server], default_model_file: Path
+) -> None:
+    faults = tmp_path / "faults"
+    faults.write_text("engine-bug")  # read when a worker starts: the first one has the bug
+    home = home_with_models(tmp_path, default_model_file)
+    server = start_server(home, env={**os.environ, FAULTS_VARIABLE: f"@{faults}"})
+    servers.append(server)
+    faults.write_text("")
+    first = engine_pid(server, MODEL_ID)
+    with HealthWatch(server) as health:
+        failed = chat(server)
+        # The worker exits after failing its requests; the model is loaded again, bug-free.
+        wait_for(lambda: not pid_alive(first), what="the worker with the bug to exit")
+        again = chat(server, logit_bias=NO_END)
+    assert failed.status_code == 500
+    assert "internal error" in failed.json()["error"]["message"]
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 8
+    assert engine_pid(server, MODEL_ID) != first
+    assert set(health.codes) == {200}
+    log = server.log()
+    assert "RuntimeError: a bug injected by the tests" in log  # the traceback, for a report
+    assert "exited with status 70" in log
     assert server.process.poll() is None
 
 

@@ -55,6 +55,9 @@ def llama_cpps(params: SamplingParams, history: list[int], logits: np.ndarray) -
         {"repeat_penalty": 1.0, "presence_penalty": 1.5, "repeat_last_n": 16},
         {"repeat_penalty": 0.8, "logit_bias": ((7, 3.5), (11, -100.0), (3000, -2.25))},
         {"repeat_penalty": 1.0, "logit_bias": ((5, 100.0),)},
+        # The API allows any repeat_penalty above 0; this one is 0 in float32, and a seen
+        # token's positive logit becomes +inf, as C's division by zero makes it.
+        {"repeat_penalty": 1e-50, "frequency_penalty": 0.25},
     ],
 )
 def test_bias_and_penalties_match_llama_cpps_samplers(settings: dict[str, object]) -> None:

@@ -9,6 +9,10 @@ import re
 import signal
 from dataclasses import dataclass
 
+# A bug in the engine loop (a Python exception, logged with its traceback): the worker exits
+# with this status (sysexits' EX_SOFTWARE) so that the server loads the model again.
+ENGINE_BUG_STATUS = 70
+
 _ASSERTION = re.compile(r"GGML_ASSERT\((.{1,300}?)\) failed")
 
 
@@ -39,6 +43,8 @@ def crash_reason(returncode: int, stderr: str) -> str:
     assertion = _ASSERTION.search(stderr)
     if assertion:
         return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"
+    if returncode == ENGINE_BUG_STATUS:
+        return "an internal error stopped the engine (the server's log has the details)"
     # The kernel's out-of-memory killer sends SIGKILL, as does kill -9.
     hint = " (out of memory, or killed by hand)" if returncode == -signal.SIGKILL else ""
     return f"the engine process {exit_description(returncode)}{hint}"

@@ -18,6 +18,8 @@ import numpy as np
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.types import GrammarError, SamplingParams, TokenLogprob
 
+_INF = float("inf")
+
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"; never pass it on
 # A row of llama.cpp's logits, indexed in place.
 FloatPointer: TypeAlias = "ctypes._Pointer[ctypes.c_float]"
@@ -138,11 +140,16 @@ class _Adjustments:
             saved.append((token, value))
             logits[token] = value + bias
         repeat = self._repeat
+        # A penalty that rounds to 0 in float32 (the API allows any above 0): C's x / 0 is
+        # +inf for x > 0 and NaN for NaN, which is x * inf; Python's would raise.
         deducts = self._frequency != 0.0 or self._presence != 0.0
         for token, count in self._counts.items():
             value = logits[token]
             saved.append((token, value))
-            logits[token] = value * repeat if value <= 0 else value / repeat
+            if value <= 0:
+                logits[token] = value * repeat
+            else:
+                logits[token] = value / repeat if repeat else value * _INF
             if deducts:
                 logits[token] = logits[token] - self._deduction(count)
 

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from lmserve.engine.draft import DraftModel
@@ -77,7 +78,11 @@ class BatchingEngine:
         name: str = "model",
         outbox: StepOutbox | None = None,
         speculative: SpeculativeMode = "auto",
+        on_internal_error: Callable[[], None] | None = None,
     ) -> None:
+        """``on_internal_error`` runs on the engine thread after a bug in the loop has failed
+        every request (the worker process exits there, so that the server loads the model
+        again); without it the engine stays closed."""
         self.model = model
         self.context = context
         self.n_slots = n_slots
@@ -99,6 +104,7 @@ class BatchingEngine:
         self._wake = threading.Condition()
         self._running = True
         self._closing_reason = "the engine stopped after an internal error"
+        self._on_internal_error = on_internal_error
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -198,6 +204,8 @@ class BatchingEngine:
         finally:
             # Closed (unload, shutdown): the requests may be tried again, unlike after a bug.
             self._fail_everything(self._closing_reason, unavailable=not crashed)
+        if crashed and self._on_internal_error is not None:
+            self._on_internal_error()
 
     def _free_retired_drafts(self) -> None:
         with self._wake:

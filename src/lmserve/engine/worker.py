@@ -27,6 +27,7 @@ from typing import Any
 from lmserve.engine import wire
 from lmserve.engine.draft import DraftModel
 from lmserve.engine.embeddings import Embedder
+from lmserve.engine.exits import ENGINE_BUG_STATUS
 from lmserve.engine.llama import (
     ContextConfig,
     LlamaContext,
@@ -37,7 +38,12 @@ from lmserve.engine.llama import (
     in_passing_thread,
 )
 from lmserve.engine.scheduler import BatchingEngine
-from lmserve.engine.selfcheck import SelfCheckFailed, crash_if_injected, self_check
+from lmserve.engine.selfcheck import (
+    SelfCheckFailed,
+    crash_if_injected,
+    injected_faults,
+    self_check,
+)
 from lmserve.engine.types import EngineError, Event, Finished, GenerationRequest
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 
@@ -102,6 +108,23 @@ class _PipeOutbox:
         self._send((wire.EVENTS, items, busy, waiting))
 
 
+def _exit_after_engine_bug() -> None:
+    """The engine loop failed (logged) and its requests are told: end the process, so that the
+    server sees an engine that died and loads the model again, instead of keeping an engine
+    that refuses every request."""
+    sys.stderr.flush()
+    os._exit(ENGINE_BUG_STATUS)
+
+
+def _inject_engine_bug(engine: BatchingEngine) -> None:
+    """Fault injection for the tests: the engine's first step raises, as a bug in it would."""
+
+    def step() -> None:
+        raise RuntimeError("a bug injected by the tests (LMSERVE_FAULT_INJECTION=engine-bug)")
+
+    engine._step = step  # type: ignore[method-assign]
+
+
 class Worker:
     """The loaded model, its engine, and the handlers of the server's messages."""
 
@@ -132,8 +155,11 @@ class Worker:
             name=spec.name,
             outbox=self.outbox,
             speculative=spec.speculative,  # type: ignore[arg-type]
+            on_internal_error=_exit_after_engine_bug,
         )
         self.outbox.engine = self.engine
+        if "engine-bug" in injected_faults():
+            _inject_engine_bug(self.engine)
         self._requests: dict[int, _RemoteRequest] = {}
         self._calls = {
             "tokenize": self._tokenize,
