@@ -159,6 +159,16 @@ def test_penalties_change_the_greedy_text(client: OpenAI, penalty: dict[str, Any
     assert text(client, PATTERN, temperature=0, max_tokens=30, **params) != base
 
 
+def test_a_repeat_penalty_too_small_for_float32_is_served(client: OpenAI) -> None:
+    # Above 0, as the bound asks, but 0 in float32: a seen token's positive logit divides
+    # by zero, which C makes +inf (so a token of the prompt comes next; often the turn's end
+    # marker, which stops at once) and plain Python arithmetic would raise on.
+    tiny = ask(client, PATTERN, temperature=0, max_tokens=8, extra_body={"repeat_penalty": 1e-50})
+    assert tiny.choices[0].finish_reason in ("stop", "length")
+    assert tiny.usage is not None and tiny.usage.completion_tokens >= 1
+    assert text(client, PATTERN, temperature=0, max_tokens=8)  # and the model serves on
+
+
 def test_messages_are_what_the_model_answers(client: OpenAI) -> None:
     a = text(client, "What is the capital of France?", temperature=0)
     b = text(client, "Name three fruits.", temperature=0)
