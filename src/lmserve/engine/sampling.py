@@ -140,8 +140,6 @@ class _Adjustments:
             saved.append((token, value))
             logits[token] = value + bias
         repeat = self._repeat
-        # A penalty that rounds to 0 in float32 (the API allows any above 0): C's x / 0 is
-        # +inf for x > 0 and NaN for NaN, which is x * inf; Python's would raise.
         deducts = self._frequency != 0.0 or self._presence != 0.0
         for token, count in self._counts.items():
             value = logits[token]
@@ -149,6 +147,8 @@ class _Adjustments:
             if value <= 0:
                 logits[token] = value * repeat
             else:
+                # A penalty that is 0 in float32 (the API allows any above 0): C's x / 0 is
+                # +inf for x > 0 and NaN for NaN, which is x * inf; Python's would raise.
                 logits[token] = value / repeat if repeat else value * _INF
             if deducts:
                 logits[token] = logits[token] - self._deduction(count)
