@@ -26,7 +26,13 @@ import {
 } from './settings.js';
 import { pendingAnswer, renderConversation } from './view.js';
 
-const state = { conversation: null, generating: null, list: [] };
+// `loaded`: the page has its data (the model list, the conversation a reload reopens);
+// `queued`: a message waits for that.
+const state = { conversation: null, generating: null, list: [], loaded: false, queued: false };
+let markLoaded;
+const loaded = new Promise((resolve) => {
+  markLoaded = resolve;
+});
 const logs = new LogStream();
 const models = new Models({ onStatus: status, onChange: settingsChanged });
 
@@ -78,6 +84,16 @@ function renderList() {
       ),
     ),
   );
+}
+
+// A message sent before the page has its data waits for it, the Send button busy meanwhile.
+function setQueued(queued) {
+  state.queued = queued;
+  const button = $('send');
+  button.disabled = queued;
+  button.setAttribute('aria-busy', String(queued));
+  button.textContent = queued ? 'Sending…' : 'Send';
+  if (queued) status('Waiting for the list of models…');
 }
 
 function setBusy(busy) {
@@ -141,7 +157,15 @@ async function remove(item) {
 
 async function send() {
   const text = $('input').value;
-  if (!text.trim() || state.generating) return;
+  if (!text.trim() || state.generating || state.queued) return;
+  if (!state.loaded) {
+    // Which model to ask is not known yet: the message waits (a request needs a model).
+    setQueued(true);
+    await loaded;
+    setQueued(false);
+    status('');
+    if (state.generating) return;
+  }
   const conversation = state.conversation;
   conversation.settings = currentSettings();
   await conversation.save(text.trim().split('\n')[0].slice(0, 60));
@@ -151,7 +175,7 @@ async function send() {
     role: 'user',
     content: text,
   });
-  $('input').value = '';
+  if ($('input').value === text) $('input').value = ''; // not what was typed since
   await answer(question.id);
 }
 
@@ -184,16 +208,21 @@ async function answer(parentId) {
   const history = conversation.path().map(({ role, content, tool_calls: calls }) =>
     calls?.length ? { role, content, tool_calls: calls } : { role, content },
   );
-  const body = requestBody(conversation.settings, history);
   const controller = new AbortController();
   state.generating = controller;
   setBusy(true);
+  let model = conversation.settings.model;
   let failure = null;
   try {
     render();
     await refreshList();
-    const pending = pendingAnswer($('messages'), body.model);
     status('');
+    // Never a request without a model: the conversation's, else the picker's once the list
+    // is known; with none, the page says so where the answer would be.
+    model = await models.pick(model);
+    if (!model) throw new Error(models.missing());
+    const body = requestBody({ ...conversation.settings, model }, history);
+    const pending = pendingAnswer($('messages'), model);
     // The rendered prompt comes from the log stream: be subscribed before asking.
     await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
     const result = await generate(body, controller.signal, pending.update);
@@ -220,7 +249,7 @@ async function answer(parentId) {
   render();
   answerDone();
   if (failure) {
-    pendingAnswer($('messages'), body.model).fail(failure.message); // shown, not stored
+    pendingAnswer($('messages'), model).fail(failure.message); // shown, not stored
     status(failure.message, true);
     return;
   }
@@ -368,6 +397,8 @@ async function init() {
   await run(() => models.refresh(state.conversation.settings.model));
   await run(refreshList);
   if (id) await run(() => openConversation(id));
+  state.loaded = true;
+  markLoaded();
   document.documentElement.dataset.ready = 'true'; // for tests: the page has loaded its data
 }
 

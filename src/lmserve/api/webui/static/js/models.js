@@ -2,6 +2,9 @@
 // lists the downloaded models with their loaded instances; load and unload are
 // POST /api/v1/models/load and /unload. A downloaded model that is not loaded can still be
 // picked: the server loads it just in time when a message names it.
+//
+// Until the first list has come, the page does not know what to ask: `ready` resolves when
+// it has (or could not be had), and `pick` waits for it.
 
 import { json } from './api.js';
 import { $, fill, h } from './dom.js';
@@ -9,6 +12,11 @@ import { $, fill, h } from './dom.js';
 export class Models {
   constructor({ onStatus, onChange }) {
     this.list = [];
+    this.known = false; // the first list has come (or failed to)
+    this.error = null; // why the last list could not be had
+    this.ready = new Promise((resolve) => {
+      this.markKnown = resolve;
+    });
     this.onStatus = onStatus;
     this.onChange = onChange; // the user picked another model
     $('model-select').addEventListener('change', () => this.onChange($('model-select').value));
@@ -19,10 +27,34 @@ export class Models {
     try {
       const answer = await json('/api/v1/models');
       this.list = answer.models.filter((model) => model.type === 'llm');
+      this.error = null;
     } catch (error) {
+      this.error = error.message;
       this.onStatus(`Could not list the models: ${error.message}`, true);
     }
     this.render(selected ?? $('model-select').value);
+    this.known = true;
+    this.markKnown();
+  }
+
+  /** The model a request goes to, once the list is known: `wanted` (a conversation's own),
+   * else the picker's, else the first loaded or downloaded one; '' when there is none. */
+  async pick(wanted) {
+    await this.ready;
+    if (wanted) return wanted;
+    // None known: look again, in case one was downloaded or loaded since the list came.
+    if (!this.fallback()) await this.refresh();
+    return $('model-select').value || this.fallback();
+  }
+
+  /** What the page says where an answer would be, when there is no model to ask. */
+  missing() {
+    if (this.error) return `No model to ask: the model list could not be had (${this.error}).`;
+    return (
+      'No model is loaded or downloaded. Download one in a terminal with “lmserve get ' +
+      'smollm2” (or any publisher/repo), then load it in the models panel (Settings) or ' +
+      'send again: a downloaded model loads when a message names it.'
+    );
   }
 
   /** The ids a request may name: loaded instances first, then downloaded models. */
