@@ -64,7 +64,9 @@ BAD_BODIES = {
     "logit_bias_token_out_of_vocab": ({**GOOD, "logit_bias": {"99999999": 5}}, "logit_bias"),
     # Bounded in the schema, so the error names the entry.
     "logit_bias_value_out_of_range": ({**GOOD, "logit_bias": {"10": 500}}, "logit_bias.10"),
-    "model_missing": ({"messages": GOOD["messages"]}, "model"),
+    # A missing or null model is served by the one loaded (test_unnamed_model.py); an empty
+    # name is no name.
+    "model_empty": ({**GOOD, "model": ""}, "model"),
 }
 
 

@@ -84,8 +84,10 @@ def target(tmp_path_factory: pytest.TempPathFactory, default_model_file: Path) -
     }
     env.pop("HF_TOKEN", None)
     # One llama.cpp thread: two spin on each other when the machine is busy with other work,
-    # and three-token answers gain nothing from a second.
-    server = start_server(home, "--api-key", KEY, "--threads", "1", env=env)
+    # and three-token answers gain nothing from a second.  A body that names no model is
+    # served by the one loaded, so a route fuzzed with a body of its own may generate: 16
+    # tokens at most where it sets no limit.
+    server = start_server(home, "--api-key", KEY, "--threads", "1", "--max-tokens", "16", env=env)
     headers = {"Authorization": f"Bearer {KEY}"}
     try:
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:

@@ -604,7 +604,7 @@ def test_an_unknown_model_is_404(client: OpenAI) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": "Hi"}, "model"),
+        ({"model": "", "input": "Hi"}, "model"),  # no model at all: test_unnamed_model.py
         ({"model": MODEL_ID, "input": "Hi", "temperature": 3}, "temperature"),
         ({"model": MODEL_ID, "input": "Hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": MODEL_ID, "input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),

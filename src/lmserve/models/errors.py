@@ -1,6 +1,7 @@
 """What the model layer raises, for the API layer to map onto HTTP answers.
 
 - :class:`ModelNotFound`: no loaded or downloaded model has the name (404).
+- :class:`NoModelNamed`: a request names no model, and not exactly one is loaded (400).
 - :class:`ModelCapacityError`: the model count or memory limit leaves no room (503).
 - :class:`ModelLoadFailed`: llama.cpp could not load the file (500).
 - :class:`ModelCrashedError`: the model's engine crashed and waits out its back-off (503).
@@ -18,6 +19,43 @@ class ModelNotFound(LookupError):
         super().__init__(name)
         self.name = name
         self.known = known
+
+
+class NoModelNamed(LookupError):
+    """A request names no model, and there is not exactly one loaded model to serve it.
+
+    ``candidates``: the loaded models of the kind asked for (several, or none), called
+    ``what`` ("chat model"...); ``loaded``: every loaded model; ``downloaded``: those a request
+    could name instead (loaded just in time when ``jit``).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        candidates: list[str],
+        loaded: list[str],
+        downloaded: list[str],
+        jit: bool,
+    ) -> None:
+        self.candidates = candidates
+        self.loaded = loaded
+        if candidates:
+            super().__init__(
+                f"No model was named, and {len(candidates)} {what}s are loaded: "
+                f"{', '.join(candidates)}. Name one of them."
+            )
+            return
+        if loaded:
+            situation = f"no {what} is loaded (loaded: {', '.join(loaded)})"
+        else:
+            situation = "none is loaded" if downloaded else "none is loaded or downloaded"
+        if downloaded and jit:
+            advice = f"Name a downloaded one, which loads it ({', '.join(downloaded)})"
+        elif downloaded:
+            advice = f"Load one with 'lmserve load' (downloaded: {', '.join(downloaded)})"
+        else:
+            advice = "Download one with 'lmserve get', then load it with 'lmserve load'"
+        super().__init__(f"No model was named, and {situation}. {advice}.")
 
 
 class DraftModelRefused(ValueError):

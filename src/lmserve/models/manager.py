@@ -39,6 +39,7 @@ from lmserve.models.loader import (
     plan_context,
 )
 from lmserve.models.repack import VerdictCache
+from lmserve.models.unnamed import sole_model
 from lmserve.paths import selfcheck_file
 
 logger = logging.getLogger("lmserve.models")
@@ -134,12 +135,17 @@ class ModelManager:
         return list(dict.fromkeys(names))
 
     # -- use by requests ---------------------------------------------------------------------
-    async def acquire(self, name: str, ttl: float | None = None) -> LoadedModel:
-        """The model a request names, loading it just in time if it is downloaded.
+    async def acquire(
+        self, name: str | None, ttl: float | None = None, kind: str = "llm"
+    ) -> LoadedModel:
+        """The model a request names, loading it just in time if it is downloaded; for a
+        request that names none (``None``), the one loaded (:func:`unnamed.sole_model`).
 
         The caller must :meth:`release` it when the request is over; until then it is never
         evicted or unloaded by TTL.
         """
+        if name is None:
+            name = sole_model(self, kind)
         model = self.find_loaded(name)
         if model is None:
             pending = self._pending_load(name)
@@ -196,8 +202,10 @@ class ModelManager:
         return refitted
 
     @contextlib.asynccontextmanager
-    async def using(self, name: str, ttl: float | None = None) -> AsyncIterator[LoadedModel]:
-        model = await self.acquire(name, ttl)
+    async def using(
+        self, name: str | None, ttl: float | None = None, kind: str = "llm"
+    ) -> AsyncIterator[LoadedModel]:
+        model = await self.acquire(name, ttl, kind)
         try:
             yield model
         finally:

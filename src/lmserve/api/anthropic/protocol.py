@@ -114,7 +114,7 @@ class OutputConfig(RequestModel):
 class CountTokensRequest(RequestModel):
     """What ``/v1/messages/count_tokens`` takes: a request without the sampling settings."""
 
-    model: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
     messages: list[Message] = Field(min_length=1, max_length=bounds.MAX_MESSAGES)
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)

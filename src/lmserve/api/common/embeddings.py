@@ -50,7 +50,7 @@ def _encode(vector: Any, encoding: str) -> list[float] | str:
 
 
 async def create_embeddings(body: EmbeddingRequest, models: ModelManager) -> dict[str, Any]:
-    async with models.using(body.model, body.ttl) as model:
+    async with models.using(body.model, body.ttl, kind="embeddings") as model:
         token_lists = await _token_lists(body, model)
         dimensions = model.vocab.n_embd
         if body.dimensions is not None and body.dimensions != dimensions:

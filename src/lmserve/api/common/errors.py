@@ -46,6 +46,7 @@ from lmserve.models.errors import (
     ModelCrashedError,
     ModelLoadFailed,
     ModelNotFound,
+    NoModelNamed,
 )
 from lmserve.models.hub import QuantizationNotFound
 from lmserve.models.references import DownloadError, InvalidModelReference
@@ -247,6 +248,9 @@ def api_error_for(exc: Exception) -> APIError:
             f"The model '{exc.name}' does not exist or is not loaded. Available: {known}.",
             param="model",
         )
+    if isinstance(exc, NoModelNamed):
+        # The loaded models are named: one of them is what the request should say.
+        return InvalidRequestError(str(exc), param="model", code="missing_required_parameter")
     if isinstance(exc, DraftModelRefused):
         return InvalidRequestError(str(exc), param="draft_model", code=exc.code)
     if isinstance(exc, GrammarError):
@@ -293,6 +297,7 @@ _MAPPED = (
     RequestValidationError,
     UnicodeError,
     ModelNotFound,
+    NoModelNamed,
     TemplateRenderError,
     GrammarError,
     QueueFullError,

@@ -136,7 +136,8 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 class GenerationRequestFields(RequestModel):
     """Fields shared by chat and text completions, in the order of OpenAI's reference."""
 
-    model: str = Field(min_length=1)
+    # Missing or null: the one model loaded serves it (models/unnamed.py), on every surface.
+    model: str | None = Field(default=None, min_length=1)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
         default=None, max_length=MAX_LOGIT_BIAS
@@ -275,7 +276,7 @@ class ChatCompletion(Completion):
 # ``/v1/embeddings`` and LM Studio's ``/api/v0/embeddings``, in OpenAI's order.
 class EmbeddingRequest(RequestModel):
     input: str | list[str] | list[Token] | list[list[Token]]
-    model: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
     dimensions: int | None = Field(default=None, ge=1, le=65536)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None

@@ -73,7 +73,7 @@ class DownloadRequest(RequestModel):
 class NativeChatRequest(RequestModel):
     """The request fields in the order of LM Studio's reference."""
 
-    model: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
     input: str = Field(min_length=1)
     system_prompt: str | None = None
     integrations: list[Any] | None = Field(default=None, max_length=64)

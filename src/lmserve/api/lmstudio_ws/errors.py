@@ -43,12 +43,13 @@ def _capped(text: str) -> str:
 
 
 def no_model_matching(
-    query: dict[str, Any], loaded: list[str], what: str | None = None
+    query: dict[str, Any], loaded: list[str], what: str | None = None, title: str | None = None
 ) -> SDKError:
-    """``generic.noModelMatchingQuery``: nothing loaded or downloaded answers to ``query``."""
+    """``generic.noModelMatchingQuery``: nothing loaded or downloaded answers to ``query``
+    (``title`` says why, when it is more than that)."""
     what = what or ", ".join(f"{key} {value!r}" for key, value in query.items()) or "any model"
     return SDKError(
-        f"No model matches the query ({what}).",
+        title or f"No model matches the query ({what}).",
         {
             "code": "generic.noModelMatchingQuery",
             "query": query,

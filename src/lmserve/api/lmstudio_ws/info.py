@@ -16,8 +16,10 @@ from typing import Any, Literal
 from lmserve.api.lmstudio_ws.errors import no_model_matching
 from lmserve.api.lmstudio_ws.protocol import InstanceSpecifier, ModelSpecifier
 from lmserve.models.catalog import CatalogEntry
+from lmserve.models.errors import NoModelNamed
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
+from lmserve.models.unnamed import sole_model
 
 Domain = Literal["llm", "embedding"]
 _BITS = re.compile(r"(\d+)")
@@ -92,7 +94,8 @@ def loaded_names(models: ModelManager) -> list[str]:
 def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain) -> str:
     """The model name a specifier gives, for the model manager to find (and load just in
     time): an instance reference or query identifier as it is, a path as the catalog reads
-    it, an empty query any loaded model of the namespace."""
+    it; an empty query (``client.llm.model()``) names none, so the one loaded model of the
+    namespace, as a REST request without ``model`` gets (:func:`unnamed.sole_model`)."""
     if isinstance(specifier, InstanceSpecifier):
         return specifier.instanceReference
     query = specifier.query
@@ -102,10 +105,10 @@ def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain)
     name = query.identifier or query.path
     if name is not None:
         return name
-    candidates = loaded_in(models, domain) or (models.loaded() if domain == "embedding" else [])
-    if not candidates:
-        raise no_model_matching(asked, loaded_names(models), f"any loaded {domain} model")
-    return candidates[0].identifier
+    try:
+        return sole_model(models, "embeddings" if domain == "embedding" else "llm")
+    except NoModelNamed as exc:
+        raise no_model_matching(asked, exc.loaded, title=str(exc)) from None
 
 
 def find_instance(

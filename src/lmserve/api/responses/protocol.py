@@ -199,7 +199,7 @@ Includable = Literal[
 class ResponsesRequest(RequestModel):
     """Fields in the order of OpenAI's reference, then lmserve's extensions."""
 
-    model: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
     input: list[InputItem] = Field(default_factory=list, max_length=bounds.MAX_MESSAGES)
     # What else the response should carry. Only the output's log-probabilities exist here;
     # the rest are accepted (clients such as Codex send them) and have nothing to add.
