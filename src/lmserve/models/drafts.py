@@ -4,28 +4,26 @@ beside it, to draft tokens it then checks (LM Studio's ``draft_model``)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from lmserve.engine.types import DraftModelError
+from lmserve.models.catalog import CatalogEntry
 from lmserve.models.errors import DraftModelRefused
 from lmserve.models.loader import LoadedModel
-
-if TYPE_CHECKING:
-    from lmserve.models.manager import ModelManager
 
 logger = logging.getLogger("lmserve.models")
 
 
-async def attach_draft(models: ModelManager, model: LoadedModel, name: str) -> str:
-    """Load the downloaded model ``name`` into ``model``'s worker as its draft model, if
-    it is not already; its public name.  Raises :class:`DraftModelRefused`."""
-    entry = models.resolve_entry(name)
-    if entry is None:
+async def attach_draft(
+    model: LoadedModel, name: str, entry: CatalogEntry | None, public: str | None
+) -> str:
+    """Load the downloaded model ``name`` (its catalog ``entry`` and ``public`` name, or
+    ``None`` where it is not downloaded) into ``model``'s worker as its draft model, if it is
+    not already; its public name.  Raises :class:`DraftModelRefused`."""
+    if entry is None or public is None:
         raise DraftModelRefused(
             f"The draft model '{name}' is not downloaded (see 'lmserve ls').",
             "draft_model_not_found",
         )
-    public = models.catalog.public_id(entry)
     if model.draft_model != public:
         try:
             await model.engine.load_draft(public, str(entry.path))

@@ -134,18 +134,39 @@ class ModelManager:
             names += [self.catalog.public_id(e) for e in self.catalog.entries]
         return list(dict.fromkeys(names))
 
+    async def attach_draft(self, model: LoadedModel, name: str) -> str:
+        """Draft for ``model`` with the downloaded model ``name``
+        (:func:`lmserve.models.drafts.attach_draft`); its public name."""
+        entry = self.resolve_entry(name)
+        public = self.catalog.public_id(entry) if entry is not None else None
+        return await attach_draft(model, name, entry, public)
+
+    def present(self) -> dict[str, str]:
+        """The models loaded, being loaded or waiting to be loaded again after a crash: their
+        identifiers and catalog model types (``llm`` where the catalog no longer knows one)."""
+        found = {model.identifier: model.entry.model_type for model in self.loaded()}
+        for identifier in [*self.loading, *self.restarting]:
+            entry = self.catalog.resolve(identifier)
+            found.setdefault(identifier, entry.model_type if entry is not None else "llm")
+        return found
+
+    def sole_model(self, kind: str = "llm") -> str:
+        """The model that serves a request naming none: the one of ``kind`` present
+        (:func:`lmserve.models.unnamed.sole_model`)."""
+        return sole_model(self.present(), self.catalog, self.jit, kind)
+
     # -- use by requests ---------------------------------------------------------------------
     async def acquire(
         self, name: str | None, ttl: float | None = None, kind: str = "llm"
     ) -> LoadedModel:
         """The model a request names, loading it just in time if it is downloaded; for a
-        request that names none (``None``), the one loaded (:func:`unnamed.sole_model`).
+        request that names none (``None``), the one loaded (:meth:`sole_model`).
 
         The caller must :meth:`release` it when the request is over; until then it is never
         evicted or unloaded by TTL.
         """
         if name is None:
-            name = sole_model(self, kind)
+            name = self.sole_model(kind)
         model = self.find_loaded(name)
         if model is None:
             pending = self._pending_load(name)
@@ -228,7 +249,7 @@ class ModelManager:
         elif options.ttl is not None:
             loaded.ttl = options.ttl
         if options.draft_model is not None:
-            await attach_draft(self, loaded, options.draft_model)
+            await self.attach_draft(loaded, options.draft_model)
             loaded.options = replace(loaded.options, draft_model=options.draft_model)
         return loaded
 

@@ -30,7 +30,6 @@ from lmserve.api.common.streaming import (
     unless_disconnected,
 )
 from lmserve.logbus import LogBus
-from lmserve.models.drafts import attach_draft
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
@@ -109,7 +108,7 @@ async def start_generation(
         draft_model = body.draft_model or model.options.draft_model
         if draft_model is not None:
             wanted = body.speculative is not False
-            draft_model = await attach_draft(models, model, draft_model) if wanted else None
+            draft_model = await models.attach_draft(model, draft_model) if wanted else None
         try:
             prepared = await turn.prepare(body, model)
         except ContextLengthExceededError as exc:

@@ -19,7 +19,6 @@ from lmserve.models.catalog import CatalogEntry
 from lmserve.models.errors import NoModelNamed
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
-from lmserve.models.unnamed import sole_model
 
 Domain = Literal["llm", "embedding"]
 _BITS = re.compile(r"(\d+)")
@@ -95,7 +94,7 @@ def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain)
     """The model name a specifier gives, for the model manager to find (and load just in
     time): an instance reference or query identifier as it is, a path as the catalog reads
     it; an empty query (``client.llm.model()``) names none, so the one loaded model of the
-    namespace, as a REST request without ``model`` gets (:func:`unnamed.sole_model`)."""
+    namespace, as a REST request without ``model`` gets (``ModelManager.sole_model``)."""
     if isinstance(specifier, InstanceSpecifier):
         return specifier.instanceReference
     query = specifier.query
@@ -106,7 +105,7 @@ def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain)
     if name is not None:
         return name
     try:
-        return sole_model(models, "embeddings" if domain == "embedding" else "llm")
+        return models.sole_model("embeddings" if domain == "embedding" else "llm")
     except NoModelNamed as exc:
         raise no_model_matching(asked, exc.loaded, title=str(exc)) from None
 

@@ -42,7 +42,6 @@ from lmserve.api.lmstudio_ws.protocol import (
 )
 from lmserve.api.lmstudio_ws.session import VOID, ChannelEndpoint, Context, Namespace, Rpc
 from lmserve.api.lmstudio_ws.system import system_namespaces
-from lmserve.models.drafts import attach_draft
 
 logger = logging.getLogger("lmserve.api")
 
@@ -122,7 +121,7 @@ async def embed_string(ctx: Context, param: EmbedParameter) -> Any:
 async def preload_draft_model(ctx: Context, param: PreloadDraftParameter) -> Any:
     """Load a draft model into the model's worker ahead of the predictions that name it."""
     async with ctx.models.using(wanted_name(param.specifier, ctx.models, "llm")) as model:
-        await attach_draft(ctx.models, model, param.draftModelKey)
+        await ctx.models.attach_draft(model, param.draftModelKey)
     return VOID
 
 
