@@ -153,18 +153,23 @@ def lmserve(
     source: Path | None = None,
     name: str = "lmserve",
     model: str = "smollm2",
+    home: Path | None = None,
 ) -> Iterator[RunningServer]:
-    """lmserve on ``model`` (one of :data:`MODELS`), in a temporary home; ``extra``: more
-    ``serve`` options; ``source``: a ``src`` folder of another lmserve tree to run instead of
-    the installed one."""
+    """lmserve on ``model`` (one of :data:`MODELS`), in a temporary home (or ``home``, kept:
+    a server started again there finds what the last one left, its prompt cache's files
+    among them); ``extra``: more ``serve`` options; ``source``: a ``src`` folder of another
+    lmserve tree to run instead of the installed one."""
     model_id, wheel_model = MODELS[model]
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
-    with tempfile.TemporaryDirectory(prefix="lmserve-bench-") as home:
-        target = wheel_model.target(Path(home) / "models")
-        target.parent.mkdir(parents=True)
-        os.link(model_path(model), target)
+    with contextlib.ExitStack() as stack:
+        if home is None:
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lmserve-bench-")))
+        target = wheel_model.target(home / "models")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(model_path(model), target)
         port = free_port()
         command = [
             sys.executable,
@@ -185,7 +190,9 @@ def lmserve(
             model_id,
             *extra,
         ]
-        with started(name, command, port, model_id, env={**env, "LMSERVE_HOME": home}) as server:
+        with started(
+            name, command, port, model_id, env={**env, "LMSERVE_HOME": str(home)}
+        ) as server:
             yield server
 
 

@@ -96,15 +96,17 @@ def running(
     context_per_slot: int,
     repack: bool,
     flash_attention: str = "auto",
+    model: str = "smollm2",
 ) -> Iterator[harness.RunningServer]:
-    """llama-server on the default model with lmserve's settings: ``parallel`` slots of
-    ``context_per_slot`` tokens each (``-c`` is their total), the same threads for prompts
-    and generation, and the same repack setting; ``flash_attention`` is its ``-fa``."""
+    """llama-server on ``model`` (one of ``harness.MODELS``; served under that name) with
+    lmserve's settings: ``parallel`` slots of ``context_per_slot`` tokens each (``-c`` is
+    their total), the same threads for prompts and generation, and the same repack setting;
+    ``flash_attention`` is its ``-fa``."""
     port = harness.free_port()
     command = [
         str(binary),
         "--model",
-        str(harness.model_path()),
+        str(harness.model_path(model)),
         "--host",
         "127.0.0.1",
         "--port",
@@ -118,11 +120,11 @@ def running(
         "--threads-batch",
         str(harness.threads()),
         "--alias",
-        "smollm2",
+        model,
         "--flash-attn",
         flash_attention,
     ]
     if not repack:
         command.append("--no-repack")
-    with harness.started("llama-server", command, port, "smollm2") as server:
+    with harness.started("llama-server", command, port, model) as server:
         yield server

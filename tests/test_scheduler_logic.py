@@ -74,6 +74,9 @@ class FakeContext:
     def copy_stream(self, source: int, target: int) -> None:
         self.kv[target] = self.kv.get(source, 0)
 
+    def window_start(self, length: int) -> int:
+        return 0  # no sliding window
+
     def sample(self, chain: object, row: int) -> int:
         # Next token: the previous one plus one, so outputs are predictable ("bcd...").
         token, _, _, _ = self.rows[row]

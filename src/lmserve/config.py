@@ -82,6 +82,73 @@ SPECULATIVE_HELP = (
 )
 
 
+# KV cache types a load may set (llama-server's -ctk/-ctv, LM Studio's K and V cache
+# quantization): a quantized cache holds more tokens in the same memory.  A quantized V cache
+# needs flash attention.
+KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+KV_CACHE_TYPE_HELP = (
+    "Type of the KV cache's keys and values: f16 (the default), q8_0 (half the memory; "
+    "answers may differ slightly), q4_0, or another of "
+    + ", ".join(KV_CACHE_TYPES)
+    + ". A quantized V cache needs flash attention."
+)
+# Bytes per element, for memory estimates (a q8_0 block is 32 values in 34 bytes...).
+KV_CACHE_TYPE_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
+}
+
+
+def check_kv_cache_type(value: str) -> str:
+    """``value`` if it is a KV cache type, else ``ValueError``."""
+    if value not in KV_CACHE_TYPES:
+        raise ValueError(
+            f"the KV cache type must be one of {', '.join(KV_CACHE_TYPES)}, not {value!r}"
+        )
+    return value
+
+
+def available_memory() -> int | None:
+    """Memory the system could give now without swapping (``MemAvailable``)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return physical_memory()
+
+
+PROMPT_CACHE_RAM_CAP = 8 * 2**30  # llama-server's --cache-ram default
+PROMPT_CACHE_DISK_DEFAULT = 4 * 2**30
+PROMPT_CACHE_DISK_MIN_TOKENS = 1024
+
+
+def default_prompt_cache_ram() -> int:
+    """Each model's memory tier: an eighth of the memory available at start, at most 8 GiB
+    (llama-server keeps 8 GiB of prompt states by default)."""
+    available = available_memory() or 8 * 2**30
+    return min(PROMPT_CACHE_RAM_CAP, available // 8)
+
+
+@dataclass(frozen=True)
+class PromptCacheConfig:
+    """The prompt cache beyond the slots (lmserve.engine.prompt_cache), per loaded model:
+    its memory tier's budget and the disk tier's (shared by every model's files)."""
+
+    enabled: bool = True
+    memory_bytes: int | None = None  # None: default_prompt_cache_ram()
+    disk_bytes: int = PROMPT_CACHE_DISK_DEFAULT
+    disk_min_tokens: int = PROMPT_CACHE_DISK_MIN_TOKENS  # shorter states stay in memory only
+
+
 @dataclass(frozen=True)
 class PredictionDefaults:
     """What a request that leaves a sampling setting out gets: LM Studio's defaults, unless
@@ -123,6 +190,9 @@ class ModelDefaults:
     repack: str = "auto"  # see REPACK_HELP
     flash_attention: str = "auto"  # see FLASH_ATTENTION_HELP
     speculative: str = "auto"  # see SPECULATIVE_HELP
+    kv_cache_type_k: str = "f16"  # see KV_CACHE_TYPES
+    kv_cache_type_v: str = "f16"
+    prompt_cache: PromptCacheConfig = PromptCacheConfig()
     prediction: PredictionDefaults = PredictionDefaults()
 
 

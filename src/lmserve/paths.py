@@ -39,3 +39,8 @@ def selfcheck_file() -> Path:
 def conversations_file() -> Path:
     """The web page's conversations: one SQLite database (``lmserve.api.webui.store``)."""
     return home_dir() / "conversations.sqlite3"
+
+
+def prompt_cache_dir() -> Path:
+    """The prompt cache's disk tier: a folder of block files per model and load settings."""
+    return home_dir() / "cache" / "prompts"

@@ -149,8 +149,12 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.split()[0]}"} if key and key.strip() else {}
 
 
-def not_running(base_url: str) -> click.ClickException:
-    return click.ClickException(
+class ServerNotRunning(click.ClickException):
+    """Nothing answers at the server's address (a command may then work on the files)."""
+
+
+def not_running(base_url: str) -> ServerNotRunning:
+    return ServerNotRunning(
         f"lmserve is not running at {base_url}. Start it with: lmserve server start"
     )
 

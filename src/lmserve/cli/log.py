@@ -71,6 +71,12 @@ def log_stream(
         pass
 
 
+def _stat(name: str, value: Any) -> str:
+    if isinstance(value, dict):  # cached_tokens_from: slot, memory, disk
+        return f"{name}=(" + ", ".join(f"{k} {v}" for k, v in value.items()) + ")"
+    return f"{name}={value}"
+
+
 def _format_record(record: dict[str, Any], stats: bool) -> str:
     stamp = datetime.fromtimestamp(record.get("timestamp", 0)).strftime("%Y-%m-%d %H:%M:%S")
     lines = [
@@ -93,5 +99,5 @@ def _format_record(record: dict[str, Any], stats: bool) -> str:
         lines.append(record.get("output", ""))
         record_stats = record.get("stats") or {}
         if stats and record_stats:
-            lines.append("stats: " + ", ".join(f"{k}={v}" for k, v in record_stats.items()))
+            lines.append("stats: " + ", ".join(_stat(k, v) for k, v in record_stats.items()))
     return "\n".join(lines) + "\n"

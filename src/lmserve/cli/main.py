@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from lmserve import __version__
+from lmserve.cli.cache import cache
 from lmserve.cli.chat import chat
 from lmserve.cli.get import get
 from lmserve.cli.importing import import_model
@@ -53,3 +54,4 @@ cli.add_command(chat)
 cli.add_command(log)
 cli.add_command(get)
 cli.add_command(import_model, name="import")
+cli.add_command(cache)

@@ -21,6 +21,8 @@ from lmserve.config import (
     FLASH_ATTENTION_HELP,
     FLASH_ATTENTION_SETTINGS,
     GPU_SETTINGS_HELP,
+    KV_CACHE_TYPE_HELP,
+    KV_CACHE_TYPES,
     REPACK_HELP,
     REPACK_SETTINGS,
 )
@@ -87,8 +89,17 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
     """List the models loaded in the running server, with their slots and TTL."""
     with ServerClient(host, port, api_key=api_key) as client:
         listing = client.get("/api/v1/models")
+        caches = {
+            item["identifier"]: item["prompt_cache"]
+            for item in client.get("/lmserve/cache").get("models", [])
+        }
     instances = [
-        {"identifier": instance["id"], "model": model["key"], **instance["config"]}
+        {
+            "identifier": instance["id"],
+            "model": model["key"],
+            **instance["config"],
+            "prompt_cache": caches.get(instance["id"]),
+        }
         for model in listing["models"]
         for instance in model["loaded_instances"]
     ]
@@ -122,7 +133,26 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
         if item.get("repack_reason"):
             state = "on" if item.get("repack") else "off"
             click.echo(f"{item['identifier']}: weight repacking {state}: {item['repack_reason']}.")
+        click.echo(
+            f"{item['identifier']}: prompt cache {_prompt_cache_line(item['prompt_cache'])}."
+        )
     _echo_crashes(crashed, {item["identifier"] for item in instances})
+
+
+def _prompt_cache_line(stats: dict[str, Any] | None) -> str:
+    """Each tier's size of its budget, blocks and hits, in a few words."""
+    if not stats:
+        return "off"
+    tiers = []
+    for tier in ("memory", "disk"):
+        figures = stats.get(tier)
+        if figures:
+            tiers.append(
+                f"{tier} {human_size(figures['bytes'])} of {human_size(figures['budget_bytes'])} "
+                f"({figures['blocks']} blocks, {figures['hits']} hits, "
+                f"{figures['hit_tokens']} tokens restored)"
+            )
+    return ", ".join(tiers) if stats.get("enabled") else "off (" + ", ".join(tiers) + ")"
 
 
 def _echo_crashes(crashed: list[dict[str, Any]], loaded: set[str]) -> None:
@@ -195,6 +225,12 @@ def pick_model(name: str, yes: bool) -> str:
     help=FLASH_ATTENTION_HELP + " Default: the server's.",
 )
 @click.option(
+    "--kv-cache-type",
+    type=click.Choice(KV_CACHE_TYPES),
+    default=None,
+    help=KV_CACHE_TYPE_HELP + " Default: the server's.",
+)
+@click.option(
     "--draft-model",
     default=None,
     help="A downloaded model of the same vocabulary to draft tokens for this one "
@@ -211,6 +247,7 @@ def load_model(
     parallel: int | None,
     repack: str | None,
     flash_attention: str | None,
+    kv_cache_type: str | None,
     draft_model: str | None,
     yes: bool,
     host: str | None,
@@ -229,6 +266,7 @@ def load_model(
         ("repack", repack),
         ("flash_attention", {"on": True, "off": False}.get(flash_attention or "auto")),
         ("draft_model", draft_model),
+        ("kv_cache_type", kv_cache_type),
     ):
         if value is not None:
             body["config"][key] = value

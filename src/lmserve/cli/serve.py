@@ -19,6 +19,9 @@ from lmserve.config import (
     FLASH_ATTENTION_HELP,
     FLASH_ATTENTION_SETTINGS,
     GPU_SETTINGS_HELP,
+    KV_CACHE_TYPE_HELP,
+    KV_CACHE_TYPES,
+    PROMPT_CACHE_DISK_DEFAULT,
     REPACK_HELP,
     REPACK_SETTINGS,
     SDK_DISCOVERY_PORTS,
@@ -26,12 +29,13 @@ from lmserve.config import (
     SPECULATIVE_SETTINGS,
     ModelDefaults,
     PredictionDefaults,
+    PromptCacheConfig,
     Settings,
 )
 
 
-def parse_size(text: str) -> int:
-    """``8G``, ``512M``, ``1.5GiB`` or plain bytes."""
+def parse_size(text: str, *, zero: bool = False) -> int:
+    """``8G``, ``512M``, ``1.5GiB`` or plain bytes (``0`` too, where ``zero``)."""
     value = text.strip().upper().removesuffix("IB").removesuffix("B")
     units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     factor = units.get(value[-1:], 1)
@@ -40,7 +44,7 @@ def parse_size(text: str) -> int:
         size = float(number) * factor
     except ValueError as exc:
         raise click.BadParameter(f"not a size: {text!r} (try 8G or 512M)") from exc
-    if size <= 0:
+    if size < 0 or (size == 0 and not zero):
         raise click.BadParameter("the size must be positive")
     return int(size)
 
@@ -119,6 +123,34 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             type=click.Choice(FLASH_ATTENTION_SETTINGS),
             help=FLASH_ATTENTION_HELP,
+        ),
+        click.option(
+            "--kv-cache-type",
+            default="f16",
+            show_default=True,
+            type=click.Choice(KV_CACHE_TYPES),
+            help=KV_CACHE_TYPE_HELP,
+        ),
+        click.option(
+            "--prompt-cache-ram",
+            default=None,
+            metavar="SIZE",
+            help="Each model's memory for prompt states beyond its slots, e.g. 2G; 0 keeps "
+            "none in memory (default: an eighth of the memory available at start, at most "
+            "8 GiB).",
+        ),
+        click.option(
+            "--prompt-cache-disk",
+            default="4G",
+            show_default=True,
+            metavar="SIZE",
+            help="Disk for prompt states of 1,024 tokens or more, kept across restarts in "
+            "$LMSERVE_HOME/cache/prompts (all models together); 0: none.",
+        ),
+        click.option(
+            "--no-prompt-cache",
+            is_flag=True,
+            help="Keep no prompt states beyond the slots, in memory or on disk.",
         ),
         click.option(
             "--speculative",
@@ -324,6 +356,9 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             repack=str(options.get("repack") or "auto"),
             flash_attention=str(options.get("flash_attention") or "auto"),
             speculative=str(options.get("speculative") or "auto"),
+            kv_cache_type_k=str(options.get("kv_cache_type") or "f16"),
+            kv_cache_type_v=str(options.get("kv_cache_type") or "f16"),
+            prompt_cache=prompt_cache_from_options(options),
             prediction=prediction_from_options(options),
         ),
         jit=not options.get("no_jit"),
@@ -337,6 +372,18 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
         sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),
+    )
+
+
+def prompt_cache_from_options(options: dict[str, object]) -> PromptCacheConfig:
+    ram = options.get("prompt_cache_ram")
+    disk = options.get("prompt_cache_disk")
+    return PromptCacheConfig(
+        enabled=not options.get("no_prompt_cache"),
+        memory_bytes=parse_size(str(ram), zero=True) if ram is not None else None,
+        disk_bytes=(
+            parse_size(str(disk), zero=True) if disk is not None else PROMPT_CACHE_DISK_DEFAULT
+        ),
     )
 
 

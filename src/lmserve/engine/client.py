@@ -187,6 +187,11 @@ class EngineWorker:
         result: dict[str, Any] = await self._call("snapshot")
         return result
 
+    async def clear_prompt_cache(self, memory: bool, disk: bool) -> dict[str, int]:
+        """Empty the worker's prompt cache tiers (memory, disk or both); blocks each had."""
+        result: dict[str, int] = await self._call("clear_prompt_cache", memory, disk)
+        return result
+
     async def _call(self, method: str, *args: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._lock:

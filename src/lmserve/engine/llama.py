@@ -56,6 +56,15 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def llama_build() -> str:
+    """The llama.cpp build and the CPU features it runs with: what else, besides the model
+    and its settings, decides the bits a decode computes."""
+    _ensure_backend()
+    return (
+        f"llama-cpp-python {C.__version__}; {C.llama_print_system_info().decode(errors='replace')}"
+    )
+
+
 def drop_doubled_bos(tokens: list[int], bos_id: int) -> list[int]:
     """Many templates write ``{{ bos_token }}`` and llama.cpp adds BOS too: keep one."""
     if len(tokens) >= 2 and tokens[0] == tokens[1] == bos_id:
@@ -233,6 +242,21 @@ def choose_flash_attention(setting: str) -> tuple[bool | None, str]:
     return setting == "on", f"set to {setting}"
 
 
+# KV cache types a load may ask for (llama-server's -ctk/-ctv, LM Studio's K and V cache
+# quantization), as ggml numbers them
+# (lmserve.config.KV_CACHE_TYPES names them for the server, which never loads llama.cpp.)
+KV_CACHE_TYPES = {
+    "f32": C.GGML_TYPE_F32,
+    "f16": C.GGML_TYPE_F16,
+    "q8_0": C.GGML_TYPE_Q8_0,
+    "q5_1": C.GGML_TYPE_Q5_1,
+    "q5_0": C.GGML_TYPE_Q5_0,
+    "q4_1": C.GGML_TYPE_Q4_1,
+    "q4_0": C.GGML_TYPE_Q4_0,
+    "iq4_nl": C.GGML_TYPE_IQ4_NL,
+}
+
+
 @dataclass(frozen=True)
 class ContextConfig:
     n_slots: int
@@ -240,6 +264,8 @@ class ContextConfig:
     n_batch: int = 512
     n_threads: int = 0  # 0: all cores
     flash_attention: bool | None = None  # None: llama.cpp decides
+    type_k: str = "f16"  # see KV_CACHE_TYPES
+    type_v: str = "f16"
 
 
 class LlamaContext:
@@ -259,6 +285,12 @@ class LlamaContext:
         params.no_perf = True
         if config.flash_attention is not None:
             params.flash_attn_type = 1 if config.flash_attention else 0
+        params.type_k = KV_CACHE_TYPES[config.type_k]
+        params.type_v = KV_CACHE_TYPES[config.type_v]
+        if config.type_v not in ("f16", "f32") and config.flash_attention is False:
+            raise ModelLoadError(
+                f"a {config.type_v} V cache needs flash attention, which this load turns off"
+            )
         ctx = C.llama_init_from_model(model.handle, params)
         if not ctx:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
@@ -266,6 +298,9 @@ class LlamaContext:
         self.model = model
         self.n_batch = config.n_batch
         self.n_ctx_per_slot = C.llama_n_ctx_seq(ctx)
+        # Sliding-window attention's window (0: none): such layers need only the cells of the
+        # last n_swa positions, and a cache may have dropped older ones.
+        self.n_swa = int(C.llama_model_n_swa(model.handle))
         self._memory = C.llama_get_memory(ctx)
         self._batch = C.llama_batch_init(config.n_batch, 0, 1)
         self.batch_size = 0
@@ -298,6 +333,16 @@ class LlamaContext:
     def forget(self, seq: int, start: int = 0) -> bool:
         """Drop sequence ``seq``'s KV cells from position ``start`` on."""
         return bool(C.llama_memory_seq_rm(self._memory, seq, start, -1))
+
+    def last_position(self, seq: int) -> int:
+        """The highest position ``seq`` has a cell for (-1: none)."""
+        return int(C.llama_memory_seq_pos_max(self._memory, seq))
+
+    def window_start(self, length: int) -> int:
+        """The first position whose cells sliding-window layers attend to when decoding
+        position ``length`` (0 without such layers): llama.cpp masks a cell once it is
+        ``n_swa`` positions behind."""
+        return max(0, length - self.n_swa + 1) if self.n_swa > 0 else 0
 
     def copy_stream(self, source: int, target: int) -> None:
         """Replace ``target``'s KV stream by a copy of ``source``'s (done at the next decode).

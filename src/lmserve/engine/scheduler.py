@@ -31,8 +31,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from lmserve.engine.draft import DraftModel
+from lmserve.engine.drafting import choose_drafts
 from lmserve.engine.llama import LlamaContext, LlamaModel
 from lmserve.engine.prefix_cache import PrefixCache
+from lmserve.engine.prompt_cache.cache import PromptCache
 from lmserve.engine.sampling import resolve_seed, token_logprob
 from lmserve.engine.sequence import Sequence
 from lmserve.engine.slots import Slot, plan_batch, undo_batch
@@ -79,10 +81,12 @@ class BatchingEngine:
         outbox: StepOutbox | None = None,
         speculative: SpeculativeMode = "auto",
         on_internal_error: Callable[[], None] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         """``on_internal_error`` runs on the engine thread after a bug in the loop has failed
         every request (the worker process exits there, so that the server loads the model
-        again); without it the engine stays closed."""
+        again); without it the engine stays closed.  ``prompt_cache``: where the states of
+        released slots are kept and restored from (the engine closes it)."""
         self.model = model
         self.context = context
         self.n_slots = n_slots
@@ -97,7 +101,9 @@ class BatchingEngine:
         self._streams = Outbox()  # events of in-process streams (submit)
         self._outbox: StepOutbox = outbox or self._streams
         self.stats = EngineStats()
-        self._prefixes = PrefixCache(context, self._slots, self.stats)
+        self._prefixes = PrefixCache(context, self._slots, self.stats, prompt_cache)
+        self.prompt_cache = prompt_cache
+        self._released: list[Slot] = []  # to keep in the prompt cache once the step is out
         self._drafts = DraftPolicy(speculative)
         self._draft_model: DraftModel | None = None
         self._retired_drafts: list[DraftModel | None] = []  # freed between steps
@@ -182,6 +188,8 @@ class BatchingEngine:
         self._thread.join()
         self.install_draft(None)
         self._free_retired_drafts()
+        if self.prompt_cache is not None:
+            self.prompt_cache.close()  # finishes its disk writes
         self.context.close()
 
     # -- the engine thread ----------------------------------------------------------------------
@@ -197,6 +205,7 @@ class BatchingEngine:
                     self._admit()
                 self._step()
                 self._outbox.flush()
+                self._remember_released()
                 self._free_retired_drafts()
         except Exception:  # a bug here must not leave clients waiting forever
             logger.exception("engine loop crashed")
@@ -213,6 +222,15 @@ class BatchingEngine:
         for draft in retired:
             if draft is not None:
                 draft.close()
+
+    def _remember_released(self) -> None:
+        """Keep the states of the slots released this step in the prompt cache: after the
+        step's events are out (their requests do not wait for it), before new requests may
+        reuse the slots."""
+        released, self._released = self._released, []
+        for slot in released:
+            if slot.sequence is None:
+                self._prefixes.remember(slot)
 
     def _busy(self) -> list[Slot]:
         return [slot for slot in self._slots if slot.sequence is not None]
@@ -248,7 +266,7 @@ class BatchingEngine:
         waiting = self._prefixes.share(busy)
         # Read once: a draft model installed meanwhile is used from the next step on.
         draft_model = self._draft_model
-        self._drafts.choose(busy, self.context.n_batch, self.n_ctx_per_slot, draft_model)
+        choose_drafts(self._drafts, busy, self.context.n_batch, self.n_ctx_per_slot, draft_model)
         planned = plan_batch(
             self.context, busy, waiting, with_prompts=True, prefill_chunk=self.prefill_chunk
         )
@@ -280,6 +298,8 @@ class BatchingEngine:
             if sequence is None:
                 continue
             prompt_tokens += sequence.next_prompt_index - entry.prompt_index_before
+            if entry.prompt_index_before < len(sequence.prompt) == sequence.next_prompt_index:
+                self._prefixes.prompt_read(entry.slot)
             if sequence.row is not None:
                 ready.append(entry.slot)
             elif sequence.next_prompt_index > entry.prompt_index_before:
@@ -363,6 +383,8 @@ class BatchingEngine:
         sequence = slot.sequence
         if sequence is not None:
             sequence.finish(reason, error, unavailable=unavailable)
+            if reason != "failed":
+                self._released.append(slot)
         slot.sequence = None
         slot.last_used = time.perf_counter()
 

@@ -39,6 +39,9 @@ class Sequence:
     submitted: float = field(default_factory=time.perf_counter)
     next_prompt_index: int = 0  # first prompt token not yet in the KV cache
     cached_tokens: int = 0  # prompt tokens reused from the cache instead of computed
+    # Of those, restored from the prompt cache's memory and disk tiers (the rest were in a slot).
+    restored_from_memory: int = 0
+    restored_from_disk: int = 0
     started: bool = False  # has computed any of its own prompt tokens
     pending_token: int | None = None  # sampled, to be decoded in the next step
     # Tokens guessed to follow the pending one, decoded with it to be checked (speculation).
@@ -120,6 +123,8 @@ class Sequence:
                 prompt_tokens=len(self.prompt),
                 completion_tokens=self.generated,
                 cached_tokens=self.cached_tokens,
+                cached_from_memory=self.restored_from_memory,
+                cached_from_disk=self.restored_from_disk,
                 time_to_first_token=(first - self.submitted) if first is not None else None,
                 generation_seconds=(last - first) if first is not None and last else 0.0,
                 error=error,

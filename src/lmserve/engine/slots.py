@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmserve.engine.llama import LlamaContext
+from lmserve.engine.prompt_cache.cache import WindowCells
 from lmserve.engine.sequence import Sequence
 
 
@@ -21,6 +22,13 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # exactly what the KV stream holds
     sequence: Sequence | None = None
     last_used: float = 0.0
+    # Sliding-window layers hold real cells from this position on; below it, a restored
+    # state put zeros, which the window masks (see PromptCache): the stream may be cut back
+    # only to a length whose window starts here or later.
+    window_floor: int = 0
+    # Its sliding-window cells as they were when its request's prompt was read, for the
+    # prompt cache (the answer moves the window on).
+    prompt_window: WindowCells | None = None
 
 
 @dataclass

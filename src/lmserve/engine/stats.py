@@ -12,7 +12,8 @@ class EngineStats:
     steps: int = 0
     batch_tokens: int = 0  # tokens through llama_decode: prompt chunks and generated tokens
     generated_tokens: int = 0
-    reused_prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0  # from any cache: the slots' own, copies, the prompt cache
+    restored_prompt_tokens: int = 0  # of those, restored from the prompt cache
     stream_copies: int = 0
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0

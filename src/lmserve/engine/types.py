@@ -171,6 +171,9 @@ class Finished:
     # Failed because the engine's worker process died (a crash in llama.cpp, a kill).
     crashed: bool = False
     drafts: DraftCounts | None = None  # None: the request did not draft (speculation off)
+    # Of the cached tokens, those restored from the prompt cache's tiers (the rest: a slot's).
+    cached_from_memory: int = 0
+    cached_from_disk: int = 0
 
     @classmethod
     def failure(

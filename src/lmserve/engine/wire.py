@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lmserve.engine.prompt_cache.settings import PromptCacheSettings
+
 # server → worker
 SUBMIT = "submit"  # (SUBMIT, request id, GenerationRequest)
 CANCEL = "cancel"  # (CANCEL, request id)
@@ -47,6 +49,9 @@ class WorkerSpec:
     flash_attention: str = "auto"  # see lmserve.config.FLASH_ATTENTION_HELP
     self_check: bool = True
     speculative: str = "auto"  # see lmserve.engine.speculative.SpeculativeMode
+    type_k: str = "f16"  # the KV cache's types: see lmserve.config.KV_CACHE_TYPES
+    type_v: str = "f16"
+    prompt_cache: PromptCacheSettings | None = None  # None: no prompt cache beyond the slots
     log_level: int = logging.INFO
 
 
@@ -71,6 +76,8 @@ class WorkerInfo:
     gpu_offload: bool  # whether this build can offload at all
     flash_attention: bool | None  # None: left to llama.cpp
     flash_attention_reason: str
+    # The prompt cache's budgets, or None where it is off (or unable, for this model).
+    prompt_cache: dict[str, Any] | None = None
 
 
 Sender = Callable[[tuple[Any, ...]], None]

@@ -22,6 +22,7 @@ import sys
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from lmserve.engine import wire
@@ -36,7 +37,11 @@ from lmserve.engine.llama import (
     choose_flash_attention,
     gpu_offload_supported,
     in_passing_thread,
+    llama_build,
 )
+from lmserve.engine.prompt_cache.cache import PromptCache, probe_layout
+from lmserve.engine.prompt_cache.disk import file_sha256, known_sha256
+from lmserve.engine.prompt_cache.state import StateFormatError
 from lmserve.engine.scheduler import BatchingEngine
 from lmserve.engine.selfcheck import (
     SelfCheckFailed,
@@ -146,6 +151,7 @@ class Worker:
         except Exception:
             self.model.close()
             raise
+        self.prompt_cache = self._start_prompt_cache(offloaded)
         self.outbox = _PipeOutbox(send)
         self.engine = BatchingEngine(
             self.model,
@@ -156,6 +162,7 @@ class Worker:
             outbox=self.outbox,
             speculative=spec.speculative,  # type: ignore[arg-type]
             on_internal_error=_exit_after_engine_bug,
+            prompt_cache=self.prompt_cache,
         )
         self.outbox.engine = self.engine
         if "engine-bug" in injected_faults():
@@ -166,6 +173,7 @@ class Worker:
             "tokenize_prompt": self._tokenize_prompt,
             "detokenize": self._detokenize,
             "snapshot": self._snapshot,
+            "clear_prompt_cache": self._clear_prompt_cache,
             "embed": self._embed,
             "load_draft": self._load_draft,
         }
@@ -191,6 +199,7 @@ class Worker:
             gpu_offload=gpu_offload_supported(),
             flash_attention=self.flash_attention,
             flash_attention_reason=self.flash_attention_reason,
+            prompt_cache=self._prompt_cache_info(),
         )
 
     def context_config(self, n_ctx_per_slot: int) -> ContextConfig:
@@ -202,7 +211,70 @@ class Worker:
             n_batch=spec.n_batch,
             n_threads=spec.n_threads,
             flash_attention=self.flash_attention,
+            type_k=spec.type_k,
+            type_v=spec.type_v,
         )
+
+    def _start_prompt_cache(self, gpu_layers: int) -> PromptCache | None:
+        """The prompt cache beyond the slots, if asked for and this model's states are of a
+        form it reads; its disk tier once the model's file is identified (at once when its
+        hash is known from an earlier load, else from a thread that hashes it meanwhile)."""
+        settings = self.spec.prompt_cache
+        if settings is None:
+            return None
+        try:
+            # Decodes a token: not on this thread, which lives on (see in_passing_thread).
+            layout = in_passing_thread(probe_layout, self.context)
+        except StateFormatError as exc:
+            logger.warning("%s: no prompt cache beyond the slots: %s", self.spec.name, exc)
+            return None
+        cache = PromptCache(self.context, settings, layout)
+        if settings.disk_folder:
+            folder = Path(settings.disk_folder)
+            if known_sha256(Path(self.spec.path), folder) is not None:
+                self._attach_disk(cache, folder, gpu_layers)
+            else:
+                threading.Thread(
+                    target=self._attach_disk,
+                    args=(cache, folder, gpu_layers),
+                    name="prompt-cache-identify",
+                    daemon=True,
+                ).start()
+        return cache
+
+    def _attach_disk(self, cache: PromptCache, folder: Path, gpu_layers: int) -> None:
+        """Give ``cache`` its disk tier, keyed by everything that decides what a KV cell holds."""
+        spec = self.spec
+        try:
+            sha256 = file_sha256(Path(spec.path), folder)
+        except OSError as exc:
+            logger.warning("%s: prompt cache kept in memory only: %s", spec.name, exc)
+            return
+        facts: dict[str, object] = {
+            "gguf_sha256": sha256,
+            "llama_cpp": llama_build(),
+            "context_per_slot": self.context.n_ctx_per_slot,
+            "batch": spec.n_batch,
+            "type_k": spec.type_k,
+            "type_v": spec.type_v,
+            "flash_attention": self.flash_attention,
+            "repack": spec.repack,
+            "gpu_layers": gpu_layers,
+            "swa_full": True,
+        }
+        description = {"model": spec.name, "path": spec.path, "settings": facts}
+        cache.attach_disk(facts, description)
+
+    def _prompt_cache_info(self) -> dict[str, Any] | None:
+        cache = self.prompt_cache
+        if cache is None:
+            return None
+        settings = cache.settings
+        return {
+            "memory_bytes": settings.memory_bytes,
+            "disk_bytes": settings.disk_bytes if settings.disk_folder else 0,
+            "disk_min_tokens": settings.disk_min_tokens,
+        }
 
     # -- messages ------------------------------------------------------------------------------
     def serve(self, connection: Connection) -> None:
@@ -276,7 +348,16 @@ class Worker:
         return self.model.detokenize(tokens)
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"slots": self.engine.slots(), "stats": asdict(self.engine.stats)}
+        cache = self.prompt_cache
+        return {
+            "slots": self.engine.slots(),
+            "stats": asdict(self.engine.stats),
+            "prompt_cache": cache.stats() if cache is not None else None,
+        }
+
+    def _clear_prompt_cache(self, memory: bool, disk: bool) -> dict[str, int]:
+        cache = self.prompt_cache
+        return cache.clear(memory, disk) if cache is not None else {}
 
     def _embed(self, token_lists: list[list[int]]) -> list[bytes]:
         with self._embedding_lock:

@@ -12,13 +12,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lmserve.config import ModelDefaults, PredictionDefaults
+from lmserve.config import (
+    KV_CACHE_TYPE_BYTES,
+    ModelDefaults,
+    PredictionDefaults,
+    default_prompt_cache_ram,
+)
 from lmserve.engine.client import EngineWorker
 from lmserve.engine.exits import WorkerExit
+from lmserve.engine.prompt_cache.settings import PromptCacheSettings
 from lmserve.engine.template import ChatTemplate
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.repack import RepackChoice, VerdictCache, start_checked, verdict_facts
+from lmserve.paths import prompt_cache_dir
 
 logger = logging.getLogger("lmserve.models")
 
@@ -35,6 +42,8 @@ class LoadOptions:
     repack: str | None = None  # see lmserve.config.check_repack_setting
     flash_attention: str | None = None  # auto, on or off: see lmserve.config.FLASH_ATTENTION_HELP
     draft_model: str | None = None  # a downloaded model to draft with (speculative decoding)
+    kv_cache_type_k: str | None = None  # see lmserve.config.KV_CACHE_TYPES
+    kv_cache_type_v: str | None = None
 
 
 @dataclass
@@ -80,8 +89,10 @@ class LoadedModel:
         self.engine.close(reason)
 
 
-def estimate_memory(entry: CatalogEntry, n_ctx_total: int) -> int:
-    """Bytes the instance will take: the weights plus its f16 KV cache, plus a tenth."""
+def estimate_memory(
+    entry: CatalogEntry, n_ctx_total: int, kv_types: tuple[str, str] = ("f16", "f16")
+) -> int:
+    """Bytes the instance will take: the weights plus its KV cache, plus a tenth."""
     header = entry.header
     n_layer = int(header.arch_value("block_count") or 0)
     n_embd = int(header.arch_value("embedding_length") or 0)
@@ -89,8 +100,23 @@ def estimate_memory(entry: CatalogEntry, n_ctx_total: int) -> int:
     n_head_kv = int(header.arch_value("attention.head_count_kv") or n_head)
     key_length = int(header.arch_value("attention.key_length") or n_embd // n_head)
     value_length = int(header.arch_value("attention.value_length") or key_length)
-    kv_bytes = n_layer * n_ctx_total * n_head_kv * (key_length + value_length) * 2
+    per_k, per_v = (KV_CACHE_TYPE_BYTES[kind] for kind in kv_types)
+    kv_bytes = n_layer * n_ctx_total * n_head_kv * (key_length * per_k + value_length * per_v)
     return int((entry.size_bytes + kv_bytes) * 1.1)
+
+
+def prompt_cache_settings(defaults: ModelDefaults) -> PromptCacheSettings | None:
+    """The worker's prompt cache, as the server was told (``None``: off)."""
+    config = defaults.prompt_cache
+    if not config.enabled or (config.memory_bytes == 0 and config.disk_bytes == 0):
+        return None
+    memory = config.memory_bytes if config.memory_bytes is not None else default_prompt_cache_ram()
+    return PromptCacheSettings(
+        memory_bytes=memory,
+        disk_bytes=config.disk_bytes,
+        disk_folder=str(prompt_cache_dir()) if config.disk_bytes > 0 else None,
+        disk_min_tokens=config.disk_min_tokens,
+    )
 
 
 def fitting_context(prompt_tokens: int) -> int:
@@ -128,6 +154,11 @@ def load_instance(
     parallel, n_ctx = plan_context(entry, options, defaults)
     gpu = options.gpu or defaults.gpu
     setting = options.repack or defaults.repack
+    kv_types = (
+        options.kv_cache_type_k or defaults.kv_cache_type_k,
+        options.kv_cache_type_v or defaults.kv_cache_type_v,
+    )
+    prompt_cache = prompt_cache_settings(defaults)
 
     def start(repack: bool, self_check: bool) -> EngineWorker:
         spec = WorkerSpec(
@@ -144,6 +175,9 @@ def load_instance(
             flash_attention=options.flash_attention or defaults.flash_attention,
             self_check=self_check,
             speculative=defaults.speculative,
+            type_k=kv_types[0],
+            type_v=kv_types[1],
+            prompt_cache=prompt_cache,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
         return EngineWorker(spec, loop, on_exit=on_exit)
@@ -167,6 +201,9 @@ def load_instance(
         **repack.describe(),
         "flash_attention": info.flash_attention,
         "flash_attention_reason": info.flash_attention_reason,
+        "kv_cache_type_k": kv_types[0],
+        "kv_cache_type_v": kv_types[1],
+        "prompt_cache": info.prompt_cache,
     }
     if changed := defaults.prediction.describe():
         # Only what the server was told: the rest are LM Studio's defaults.
@@ -177,7 +214,8 @@ def load_instance(
         engine=engine,
         template=template,
         config=config,
-        memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot),
+        # Weights and KV cache; the prompt cache has a budget of its own (--prompt-cache-ram).
+        memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot, kv_types),
         options=options,
         prediction=defaults.prediction,
         repack=repack,

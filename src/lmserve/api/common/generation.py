@@ -210,6 +210,7 @@ def check_fits(model: LoadedModel, tokens: list[int], param: str, what: str) -> 
 
 def stats_of(finished: Finished) -> dict[str, Any]:
     """Per-request figures in LM Studio's ``stats`` vocabulary."""
+    restored = finished.cached_from_memory + finished.cached_from_disk
     return {
         "tokens_per_second": finished.tokens_per_second,
         "time_to_first_token": finished.time_to_first_token,
@@ -217,6 +218,13 @@ def stats_of(finished: Finished) -> dict[str, Any]:
         "stop_reason": finished.stop_reason,
         "prompt_tokens": finished.prompt_tokens,
         "cached_tokens": finished.cached_tokens,
+        # lmserve's addition: where the cached tokens came from (the prompt cache's tiers, or
+        # the slot's own cells).
+        "cached_tokens_from": {
+            "slot": finished.cached_tokens - restored,
+            "memory": finished.cached_from_memory,
+            "disk": finished.cached_from_disk,
+        },
         "completion_tokens": finished.completion_tokens,
         **draft_stats(finished),
     }

@@ -88,7 +88,14 @@ class Metrics:
         if isinstance(speed, int | float) and math.isfinite(speed):
             self.tokens_per_second.observe(model, float(speed))
 
-    def render(self, models: ModelManager, lifecycle: Lifecycle | None = None) -> str:
+    def render(
+        self,
+        models: ModelManager,
+        lifecycle: Lifecycle | None = None,
+        prompt_caches: dict[str, dict[str, Any] | None] | None = None,
+    ) -> str:
+        """The exposition; ``prompt_caches``: each loaded model's prompt cache statistics (as
+        its worker reports them: an awaited call, so the route gathers them)."""
         out = _Exposition()
         out.family("lmserve_http_requests", "counter", "HTTP requests by route and status.")
         out.samples("lmserve_http_requests_total", self.requests)
@@ -127,12 +134,43 @@ class Metrics:
             out.family(name, "gauge", help_text)
             for model in loaded:
                 out.sample(name, (("model", model.identifier),), value_of(model))
+        if prompt_caches:
+            _prompt_cache_families(out, prompt_caches)
         if lifecycle is not None:
             out.family("lmserve_requests_in_flight", "gauge", "HTTP requests being served.")
             out.sample("lmserve_requests_in_flight", (), lifecycle.in_flight)
             out.family("lmserve_draining", "gauge", "1 while the server shuts down.")
             out.sample("lmserve_draining", (), int(lifecycle.draining))
         return out.text()
+
+
+_PROMPT_CACHE_FAMILIES = (
+    ("lmserve_prompt_cache_bytes", "gauge", "Bytes of prompt states kept, by tier.", "bytes"),
+    ("lmserve_prompt_cache_budget_bytes", "gauge", "Each tier's budget.", "budget_bytes"),
+    ("lmserve_prompt_cache_blocks", "gauge", "Blocks of prompt states kept, by tier.", "blocks"),
+    (
+        "lmserve_prompt_cache_hits_total",
+        "counter",
+        "Requests that restored prompt tokens from a tier.",
+        "hits",
+    ),
+    (
+        "lmserve_prompt_cache_restored_tokens_total",
+        "counter",
+        "Prompt tokens restored from a tier instead of computed.",
+        "hit_tokens",
+    ),
+)
+
+
+def _prompt_cache_families(out: _Exposition, caches: dict[str, dict[str, Any] | None]) -> None:
+    for name, kind, help_text, field in _PROMPT_CACHE_FAMILIES:
+        out.family(name.removesuffix("_total"), kind, help_text)
+        for model, stats in sorted(caches.items()):
+            for tier in ("memory", "disk"):
+                figures = (stats or {}).get(tier)
+                if figures:
+                    out.sample(name, (("model", model), ("tier", tier)), figures[field])
 
 
 def _slots(model: LoadedModel) -> int:

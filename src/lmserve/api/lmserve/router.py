@@ -15,6 +15,7 @@ from lmserve.api.common.root import root_answer
 from lmserve.api.common.streaming import EventStreamResponse
 from lmserve.api.lmserve import service
 from lmserve.logbus import LogBus
+from lmserve.models.errors import ModelNotFound
 
 router = APIRouter()
 
@@ -45,6 +46,25 @@ async def slots(request: Request) -> dict[str, Any]:
     return {"models": await service.slots(request.app.state.models)}
 
 
+@router.get("/lmserve/cache")
+async def prompt_cache(request: Request) -> dict[str, Any]:
+    """The prompt cache beyond the slots: each loaded model's memory and disk tiers (size,
+    hits, bytes), and every model's folder of states on disk."""
+    return await service.cache_listing(request.app.state.models)
+
+
+@router.delete("/lmserve/cache")
+async def clear_prompt_cache(
+    request: Request, tier: service.CacheTier = "all", model: str | None = None
+) -> dict[str, Any]:
+    """Empty the prompt cache: ``tier`` memory, disk or all (the default); ``model``: one
+    loaded model's (else every model's, and every folder on disk)."""
+    models = request.app.state.models
+    if model is not None and model not in {m.identifier for m in models.loaded()}:
+        raise ModelNotFound(model, [m.identifier for m in models.loaded()])
+    return await service.clear_cache(models, tier, model)
+
+
 @router.get("/lmserve/log/stream")
 async def log_stream(request: Request) -> EventStreamResponse:
     """Server-sent events, one per prediction record (prompt in, output and stats out)."""
@@ -65,5 +85,6 @@ async def log_stream(request: Request) -> EventStreamResponse:
 async def metrics(request: Request) -> Response:
     """Prometheus metrics (needs the API key when keys are configured)."""
     state = request.app.state
-    text = state.metrics.render(state.models, getattr(state, "lifecycle", None))
+    caches = await service.prompt_caches(state.models)
+    text = state.metrics.render(state.models, getattr(state, "lifecycle", None), caches)
     return Response(text, media_type=CONTENT_TYPE)

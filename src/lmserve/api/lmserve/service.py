@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
+from lmserve.engine.prompt_cache.disk import clear_folders, list_folders
 from lmserve.models.manager import ModelManager
+from lmserve.paths import prompt_cache_dir
+
+CacheTier = Literal["memory", "disk", "all"]
 
 
 def health(models: ModelManager, draining: bool) -> tuple[dict[str, Any], bool]:
@@ -49,7 +53,61 @@ async def slots(models: ModelManager) -> list[dict[str, Any]]:
                 "queue_depth": model.engine.queue_depth,
                 "engine_pid": model.engine.pid,
                 "engine": snapshot["stats"],
+                "prompt_cache": snapshot.get("prompt_cache"),
                 "slots": snapshot["slots"],
             }
         )
     return report
+
+
+async def prompt_caches(models: ModelManager) -> dict[str, dict[str, Any] | None]:
+    """Each loaded model's prompt cache (``None`` where it is off): its tiers' sizes, hits and
+    bytes."""
+    loaded = models.loaded()
+    snapshots = await asyncio.gather(
+        *(model.engine.snapshot() for model in loaded), return_exceptions=True
+    )
+    return {
+        model.identifier: snapshot.get("prompt_cache")
+        for model, snapshot in zip(loaded, snapshots, strict=True)
+        if not isinstance(snapshot, BaseException)
+    }
+
+
+async def cache_listing(models: ModelManager) -> dict[str, Any]:
+    """The prompt cache: each loaded model's tiers, and every model's folder on disk."""
+    caches = await prompt_caches(models)
+    root = prompt_cache_dir()
+    config = models.defaults.prompt_cache
+    return {
+        "enabled": config.enabled,
+        "models": [{"identifier": name, "prompt_cache": stats} for name, stats in caches.items()],
+        "disk": {
+            "folder": str(root),
+            "budget_bytes": config.disk_bytes if config.enabled else 0,
+            "folders": await asyncio.to_thread(list_folders, root),
+        },
+    }
+
+
+async def clear_cache(
+    models: ModelManager, tier: CacheTier, identifier: str | None = None
+) -> dict[str, Any]:
+    """Empty the prompt cache's ``tier`` (both with ``all``), of one loaded model or of all
+    and, on disk, every model's folder; what was removed."""
+    memory, disk = tier in ("memory", "all"), tier in ("disk", "all")
+    loaded = [m for m in models.loaded() if identifier is None or m.identifier == identifier]
+    results = await asyncio.gather(
+        *(model.engine.clear_prompt_cache(memory, disk) for model in loaded),
+        return_exceptions=True,
+    )
+    cleared = {
+        model.identifier: result
+        for model, result in zip(loaded, results, strict=True)
+        if not isinstance(result, BaseException)
+    }
+    removed_files = 0
+    if disk and identifier is None:
+        # The folders of models not loaded now, too.
+        removed_files = await asyncio.to_thread(clear_folders, prompt_cache_dir())
+    return {"cleared": cleared, "removed_files": removed_files}

@@ -9,7 +9,12 @@ from pydantic import Field, field_validator
 
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import ChatCompletionRequest, CompletionRequest, RequestModel
-from lmserve.config import check_gpu_setting, check_repack_setting, flash_attention_setting
+from lmserve.config import (
+    check_gpu_setting,
+    check_kv_cache_type,
+    check_repack_setting,
+    flash_attention_setting,
+)
 from lmserve.models.loader import LoadOptions
 
 # -- v1: models ---------------------------------------------------------------------------------
@@ -26,6 +31,8 @@ class LoadConfig(RequestModel):
     gpu: str | None = None
     repack: str | None = None
     draft_model: str | None = Field(default=None, min_length=1)  # LM Studio's draftModel
+    # The KV cache's type, keys and values alike (llama-server's -ctk/-ctv).
+    kv_cache_type: str | None = None
 
     @field_validator("gpu")
     @classmethod
@@ -36,6 +43,11 @@ class LoadConfig(RequestModel):
     @classmethod
     def _repack(cls, value: str | None) -> str | None:
         return value if value is None else check_repack_setting(value)
+
+    @field_validator("kv_cache_type")
+    @classmethod
+    def _kv_cache_type(cls, value: str | None) -> str | None:
+        return value if value is None else check_kv_cache_type(value)
 
 
 class LoadRequest(LoadConfig):
@@ -55,6 +67,8 @@ class LoadRequest(LoadConfig):
             repack=merged.get("repack"),
             flash_attention=flash_attention_setting(merged.get("flash_attention")),
             draft_model=merged.get("draft_model"),
+            kv_cache_type_k=merged.get("kv_cache_type"),
+            kv_cache_type_v=merged.get("kv_cache_type"),
         )
 
 

@@ -18,7 +18,12 @@ from lmserve.api.common.generation import Prepared
 from lmserve.api.common.protocol import ChatMessage
 from lmserve.api.lmstudio_ws.errors import SDKError
 from lmserve.api.lmstudio_ws.protocol import KvStack
-from lmserve.config import check_gpu_setting, flash_attention_setting
+from lmserve.config import (
+    KV_CACHE_TYPES,
+    check_gpu_setting,
+    check_kv_cache_type,
+    flash_attention_setting,
+)
 from lmserve.models.loader import LoadedModel, LoadOptions
 
 PREDICTION = "llm.prediction."
@@ -195,7 +200,25 @@ def load_options(
         ttl=ttl_ms / 1000 if ttl_ms is not None else None,
         gpu=gpu,
         flash_attention=flash_attention_setting(flash_attention),
+        kv_cache_type_k=_cache_type(config, prefix + "llama.kCacheQuantizationType"),
+        kv_cache_type_v=_cache_type(config, prefix + "llama.vCacheQuantizationType"),
     )
+
+
+def _cache_type(config: dict[str, Any], key: str) -> str | None:
+    """A K or V cache quantization, a checkbox field (``{"checked", "value"}``): the type
+    when checked, else ``None`` (the server's)."""
+    field = config.get(key)
+    if field is None:
+        return None
+    if not isinstance(field, dict) or not isinstance(field.get("checked", False), bool):
+        raise _bad(key, '{"checked": true, "value": "q8_0"}', field)
+    if not field.get("checked"):
+        return None
+    try:
+        return check_kv_cache_type(str(field.get("value")))
+    except ValueError as exc:
+        raise _bad(key, "one of " + ", ".join(KV_CACHE_TYPES), field.get("value")) from exc
 
 
 def load_config(model: LoadedModel, domain: str) -> dict[str, Any]:
@@ -206,6 +229,17 @@ def load_config(model: LoadedModel, domain: str) -> dict[str, Any]:
         {"key": prefix + "contextLength", "value": model.n_ctx},
         {"key": prefix + "llama.evalBatchSize", "value": model.config.get("eval_batch_size")},
         {"key": prefix + "llama.flashAttention", "value": model.config.get("flash_attention")},
+        *(
+            {
+                "key": prefix + f"llama.{part}CacheQuantizationType",
+                "value": {"checked": True, "value": kind},
+            }
+            for part, kind in (
+                ("k", model.config.get("kv_cache_type_k")),
+                ("v", model.config.get("kv_cache_type_v")),
+            )
+            if kind is not None
+        ),
     ]
     if gpu != "auto":
         ratio: Any = float(gpu) if gpu not in {"max", "off"} else gpu
