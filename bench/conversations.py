@@ -92,6 +92,7 @@ class Server:
     name: str
     conversations: list[list[dict[str, str]]] = field(default_factory=list)
     turns: dict[int, list[Turn]] = field(default_factory=dict)
+    restores: list[dict[str, Any]] = field(default_factory=list)  # lmserve's cache stats
 
 
 async def ask(
@@ -112,8 +113,8 @@ async def ask(
     text = []
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    async with client.stream(
-        "POST", server.base_url + "/v1/chat/completions", json=body
+    async with harness.opened_stream(
+        client, server.base_url + "/v1/chat/completions", body
     ) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -177,15 +178,46 @@ def run_round(
             [{"role": "system", "content": system_prompt(round_, index)}]
             for index in range(conversations)
         ]
+    restores: list[dict[str, Any]] = []
     if restart:
         for turn in range(turns):
             with both_servers(binary, home) as servers:
                 asyncio.run(run_turn(servers, sides, turn, round_))
+                restores.append(prompt_cache_stats(servers[0]))
     else:
         with both_servers(binary, home) as servers:
             for turn in range(turns):
                 asyncio.run(run_turn(servers, sides, turn, round_))
+            restores.append(prompt_cache_stats(servers[0]))
+    sides[0].restores = restores
     return sides
+
+
+def prompt_cache_stats(server: harness.RunningServer) -> dict[str, Any]:
+    listing = httpx.get(server.base_url + "/lmserve/cache", timeout=30).json()
+    return listing["models"][0]["prompt_cache"]  # type: ignore[no-any-return]
+
+
+def where_restores_went(side: Server) -> str:
+    """Restores' time, per restore and per 1,000 tokens, and what it was spent on."""
+    hits = tokens = 0
+    seconds = {"restore": 0.0, "read": 0.0, "assemble": 0.0, "set": 0.0}
+    for stats in side.restores:
+        for tier in ("memory", "disk"):
+            hits += (stats.get(tier) or {}).get("hits", 0)
+            tokens += (stats.get(tier) or {}).get("hit_tokens", 0)
+        seconds["restore"] += stats["restore_seconds"]
+        for part in ("read", "assemble", "set"):
+            seconds[part] += stats[f"restore_{part}_seconds"]
+    if not tokens:
+        return "no restores"
+    per_k = {name: 1000 * value / (tokens / 1000) for name, value in seconds.items()}
+    return (
+        f"{hits} restores of {tokens / max(1, hits):.0f} tokens on average: "
+        f"{per_k['restore']:.1f} ms per 1,000 tokens in all (reading files "
+        f"{per_k['read']:.1f}, putting the state together {per_k['assemble']:.1f}, "
+        f"llama_state_seq_set_data {per_k['set']:.1f}; the rest finding the prefix)"
+    )
 
 
 def summarise(sides: list[Server], turns: list[int]) -> dict[str, float]:
@@ -211,6 +243,7 @@ def main() -> None:
     binary = llama_server.build()
     target = 0.1 if args.restart else 1.0
     checks = []
+    notes: list[str] = []
     print(
         f"{SLOTS} slots, {NEW_TOKENS} new tokens a turn, greedy; "
         + ("both servers restarted between turns" if args.restart else "servers kept up")
@@ -239,6 +272,10 @@ def main() -> None:
                         f"| {f['llama-server seconds']:.1f} |",
                         flush=True,
                     )
+                notes.append(
+                    f"{conversations} conversations, round {round_ + 1}: "
+                    + where_restores_went(sides[0])
+                )
         checks.append(
             (
                 f"turns 2+ median TTFT, lmserve / llama-server, {conversations} conversations "
@@ -248,6 +285,9 @@ def main() -> None:
                 target,
             )
         )
+    print("\nWhere lmserve's restores went:")
+    for line in notes:
+        print("- " + line)
     print()
     harness.print_checks(checks)
 

@@ -274,7 +274,7 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     started = time.perf_counter()
     first = last = None
     chunks = 0
-    async with _opened_stream(client, url + "/v1/chat/completions", body) as response:
+    async with opened_stream(client, url + "/v1/chat/completions", body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -292,7 +292,7 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any])
 
 
 @contextlib.asynccontextmanager
-async def _opened_stream(
+async def opened_stream(
     client: httpx.AsyncClient, url: str, body: dict[str, Any]
 ) -> AsyncIterator[httpx.Response]:
     """A streamed POST whose response has begun.  Sent again, once, if the server closed the

@@ -393,13 +393,21 @@ def test_load_new_instance_with_config_and_ttl(empty_server: tuple[Server, int |
             MODEL_ID,
             "small",
             ttl=600,
-            config={"contextLength": 1024, "flashAttention": True},
+            config={
+                "contextLength": 1024,
+                "flashAttention": True,
+                "llamaKCacheQuantizationType": "q8_0",
+                "llamaVCacheQuantizationType": "q8_0",
+            },
             on_load_progress=progress.append,
         )
         brief = client.llm.load_new_instance(MODEL_ID, ttl=2, config={"contextLength": 512})
         assert progress == [0.0, 1.0]
         assert small.identifier == "small" and small.get_context_length() == 1024
-        assert small.get_load_config().flash_attention is True
+        small_config = small.get_load_config()
+        assert small_config.flash_attention is True
+        assert small_config.llama_k_cache_quantization_type == "q8_0"
+        assert small_config.llama_v_cache_quantization_type == "q8_0"
         assert brief.identifier in {MODEL_ID, f"{MODEL_ID}:2"}  # :2 if one is loaded already
         assert brief.get_context_length() == 512
         models = httpx.get(f"{server.base_url}/api/v1/models", timeout=10).json()["models"]
@@ -409,6 +417,12 @@ def test_load_new_instance_with_config_and_ttl(empty_server: tuple[Server, int |
             i["id"]: i["config"]["flash_attention"] for m in models for i in m["loaded_instances"]
         }
         assert flash["small"] is True
+        kinds = {
+            i["id"]: (i["config"]["kv_cache_type_k"], i["config"]["kv_cache_type_v"])
+            for m in models
+            for i in m["loaded_instances"]
+        }
+        assert kinds["small"] == ("q8_0", "q8_0") and kinds[brief.identifier] == ("f16", "f16")
         deadline = time.monotonic() + 15  # its two-second TTL unloads the idle one
         while brief.identifier in loaded() and time.monotonic() < deadline:
             time.sleep(0.5)

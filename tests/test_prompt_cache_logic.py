@@ -160,7 +160,7 @@ def test_a_full_disk_stops_the_writes_with_one_log_line(
 ) -> None:
     from lmserve.engine.prompt_cache import disk as disk_module
 
-    def no_space(path: Path, data: bytes) -> None:
+    def no_space(path: Path, *chunks: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(disk_module, "_write_atomically", no_space)

@@ -89,7 +89,10 @@ class _Counts:
     saves: int = 0
     saved_blocks: int = 0
     misses: int = 0
-    restore_seconds: float = 0.0
+    restore_seconds: float = 0.0  # all of restoring: finding, reading files, putting together
+    read_seconds: float = 0.0  # of which reading block files
+    assemble_seconds: float = 0.0  # of which putting a state together from blocks
+    set_seconds: float = 0.0  # of which llama.cpp taking it in (llama_state_seq_set_data)
     save_seconds: float = 0.0
     memory: TierCounts = field(default_factory=TierCounts)
     disk: TierCounts = field(default_factory=TierCounts)
@@ -370,6 +373,7 @@ class PromptCache:
         with self._lock:  # the bytes as they are now: clear() may run on another thread
             held = [block.data for block in blocks]
         from_disk = [False] * len(blocks)
+        reading = time.perf_counter()
         for index, block in enumerate(blocks):
             if held[index] is not None:
                 continue
@@ -396,14 +400,21 @@ class PromptCache:
             for data, disk in zip(held, from_disk, strict=True)
             if disk and data is not None
         )
+        assembling = time.perf_counter()
         parts = self._parts(blocks, [data for data in held if data is not None], length)
         counts = [sum(part.stop - part.start for part in section) for section in parts]
         size = state_size(self.layout, counts)
         if size > self._buffer.nbytes:
             self._buffer = np.empty(int(size * 1.25), dtype=np.uint8)
         assemble(self.layout, seq, parts, self._buffer)
+        setting = time.perf_counter()
         pointer = self._buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
         read = C.llama_state_seq_set_data(self.context.handle, pointer, size, seq)
+        done = time.perf_counter()
+        with self._lock:
+            self._counts.read_seconds += assembling - reading
+            self._counts.assemble_seconds += setting - assembling
+            self._counts.set_seconds += done - setting
         if read != size or self.context.last_position(seq) != length - 1:
             logger.warning("prompt cache: llama.cpp did not take a state of %d tokens", length)
             self.context.forget(seq, 0)
@@ -490,6 +501,9 @@ class PromptCache:
                 "saves": counts.saves,
                 "misses": counts.misses,
                 "restore_seconds": round(counts.restore_seconds, 6),
+                "restore_read_seconds": round(counts.read_seconds, 6),
+                "restore_assemble_seconds": round(counts.assemble_seconds, 6),
+                "restore_set_seconds": round(counts.set_seconds, 6),
                 "save_seconds": round(counts.save_seconds, 6),
                 "memory": {
                     "bytes": self._index.memory_bytes,
