@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import statistics
 import sys
@@ -113,21 +112,13 @@ async def ask(
     text = []
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    async with harness.opened_stream(
-        client, server.base_url + "/v1/chat/completions", body
-    ) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            choices = event.get("choices") or []
-            content = choices[0].get("delta", {}).get("content") if choices else None
-            if content:
-                first = first or time.perf_counter()
-                text.append(content)
-            usage = event.get("usage") or usage
-            timings = event.get("timings") or timings
+    async for event in harness.chat_events(client, server.base_url, body):
+        content = harness.delta_text(event)
+        if content:
+            first = first or time.perf_counter()
+            text.append(content)
+        usage = event.get("usage") or usage
+        timings = event.get("timings") or timings
     ended = time.perf_counter()
     if first is None:
         raise RuntimeError(f"{server.name} streamed no content")

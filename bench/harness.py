@@ -270,22 +270,33 @@ def chat_body(
     }
 
 
+async def chat_events(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """The events of a streamed chat completion from the server at ``url``, parsed."""
+    async with opened_stream(client, url + "/v1/chat/completions", body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line[6:])
+
+
+def delta_text(event: dict[str, Any]) -> str | None:
+    """The text a chat completion chunk adds, if any."""
+    choices = event.get("choices") or []
+    return choices[0].get("delta", {}).get("content") if choices else None
+
+
 async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
     started = time.perf_counter()
     first = last = None
     chunks = 0
-    async with opened_stream(client, url + "/v1/chat/completions", body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            choices = event.get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                chunks += 1
+    async for event in chat_events(client, url, body):
+        if delta_text(event):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            chunks += 1
     if first is None or last is None:
         raise RuntimeError("no content streamed")
     return RequestResult(first - started, chunks, last - first, started, last)

@@ -203,10 +203,7 @@ def test_raw_completions_restored_alone_and_batched_answer_as_if_kept(
 
 def test_the_cache_is_listed_measured_and_cleared(servers: tuple[Server, Server]) -> None:
     cached, plain = servers
-    history = [
-        {"role": "system", "content": notes("Listed", 20)},
-        {"role": "user", "content": "Hi"},
-    ]
+    history = greeting("Listed", 20)
     chat(cached, MODEL_ID, history)
     listing = httpx.get(cached.base_url + "/lmserve/cache").json()
     stats = {item["identifier"]: item["prompt_cache"] for item in listing["models"]}[MODEL_ID]
@@ -241,10 +238,7 @@ def test_the_cache_is_listed_measured_and_cleared(servers: tuple[Server, Server]
 
 def test_the_log_stream_says_which_tier_served_the_prompt(servers: tuple[Server, Server]) -> None:
     cached, _ = servers
-    history = [
-        {"role": "system", "content": notes("Logged", 25)},
-        {"role": "user", "content": "Hi"},
-    ]
+    history = greeting("Logged", 25)
     chat(cached, MODEL_ID, history)
     for other in ("Pia", "Quy"):
         chat(cached, MODEL_ID, [{"role": "system", "content": notes(other, 10)}])
