@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from lmserve.engine.scheduler import BatchingEngine
-from lmserve.engine.slots import common_prefix_length
+from lmserve.engine.tokens import common_prefix_length
 from lmserve.engine.types import (
     Finished,
     GenerationRequest,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from lmserve.engine.llama import ContextConfig, LlamaContext, LlamaModel
-from lmserve.engine.slots import common_prefix_length
 from lmserve.engine.speculative import DraftRequest
+from lmserve.engine.tokens import common_prefix_length
 from lmserve.engine.types import DraftModelError
 
 

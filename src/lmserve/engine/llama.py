@@ -19,6 +19,8 @@ from typing import Protocol, TypeVar
 import llama_cpp as C
 import numpy as np
 
+from lmserve.config import KV_CACHE_TYPES as KV_CACHE_NAMES
+
 logger = logging.getLogger("lmserve.llama")
 
 T = TypeVar("T")
@@ -242,19 +244,9 @@ def choose_flash_attention(setting: str) -> tuple[bool | None, str]:
     return setting == "on", f"set to {setting}"
 
 
-# KV cache types a load may ask for (llama-server's -ctk/-ctv, LM Studio's K and V cache
-# quantization), as ggml numbers them
-# (lmserve.config.KV_CACHE_TYPES names them for the server, which never loads llama.cpp.)
-KV_CACHE_TYPES = {
-    "f32": C.GGML_TYPE_F32,
-    "f16": C.GGML_TYPE_F16,
-    "q8_0": C.GGML_TYPE_Q8_0,
-    "q5_1": C.GGML_TYPE_Q5_1,
-    "q5_0": C.GGML_TYPE_Q5_0,
-    "q4_1": C.GGML_TYPE_Q4_1,
-    "q4_0": C.GGML_TYPE_Q4_0,
-    "iq4_nl": C.GGML_TYPE_IQ4_NL,
-}
+# ggml's number for each KV cache type a load may ask for (lmserve.config.KV_CACHE_TYPES,
+# which the server reads without loading llama.cpp).
+KV_CACHE_TYPES = {name: getattr(C, f"GGML_TYPE_{name.upper()}") for name in KV_CACHE_NAMES}
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from lmserve.engine.llama import LlamaContext
 from lmserve.engine.prompt_cache.cache import PromptCache
-from lmserve.engine.slots import Slot, common_prefix_length
+from lmserve.engine.slots import Slot
 from lmserve.engine.stats import EngineStats
+from lmserve.engine.tokens import common_prefix_length
 
 # Copying another slot's KV stream costs about as much as computing 3 tokens (measured: 9 ms
 # for a 4096-cell stream vs 3 ms a token); below this gain, compute instead.

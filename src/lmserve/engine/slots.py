@@ -41,21 +41,6 @@ class Planned:
     pending_before: int | None
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by bisection over C-speed slice comparisons."""
-    limit = min(len(a), len(b))
-    if a[:limit] == b[:limit]:
-        return limit
-    low, high = 0, limit  # a[:low] == b[:low] and a[:high] != b[:high]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle
-    return low
-
-
 def plan_batch(
     ctx: LlamaContext,
     busy: list[Slot],

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lmserve.engine.prompt_cache.state import Layout, Part
+from lmserve.engine.tokens import common_prefix_length
 
 BLOCK_TOKENS = 256
 ROOT = bytes(16)  # the parent of a state's first block
@@ -35,15 +36,6 @@ ROOT = bytes(16)  # the parent of a state's first block
 def block_key(parent: bytes, tokens: Sequence[int]) -> bytes:
     """The name of the block holding ``tokens`` after the prefix named ``parent``."""
     return hashlib.blake2b(parent + array("i", tokens).tobytes(), digest_size=16).digest()
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
 
 
 @dataclass(eq=False)
@@ -128,9 +120,9 @@ class BlockIndex:
                     continue
             # The rest is in no whole block: the sibling that shares most with it, if any.
             best, shared = None, 0
-            rest = prompt[position:limit]
+            rest = tuple(prompt[position:limit])  # a block's tokens are a tuple
             for child in self.children.get(parent, {}).values():
-                length = common_prefix(child.tokens, rest)
+                length = common_prefix_length(child.tokens, rest)
                 if length > shared:
                     best, shared = child, length
             if best is not None:
