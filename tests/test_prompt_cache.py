@@ -283,10 +283,17 @@ def test_a_quantized_kv_cache_loads_serves_and_keeps_states_of_its_own(
     chat(cached, "smol-q8", history)
     chat(cached, "smol-q8", [{"role": "system", "content": notes("Evict", 5)}])
     assert restored(chat(cached, "smol-q8", history)) > 200
+    chat(cached, MODEL_ID, history)  # the f16 instance keeps the same tokens' state
     caches = httpx.get(cached.base_url + "/lmserve/cache").json()
     q8 = {item["identifier"]: item["prompt_cache"] for item in caches["models"]}["smol-q8"]
     f16 = {item["identifier"]: item["prompt_cache"] for item in caches["models"]}[MODEL_ID]
     assert q8["disk"]["folder"] != f16["disk"]["folder"]  # never restored into the other
+    # llama.cpp really keeps its cells as q8_0: a token's state is about half an f16 one's.
+    per_token = {
+        name: stats["memory"]["bytes"] / stats["memory"]["tokens"]
+        for name, stats in (("q8", q8), ("f16", f16))
+    }
+    assert per_token["q8"] < 0.6 * per_token["f16"], per_token
     bad = httpx.post(
         cached.base_url + "/api/v1/models/load",
         json={"model": MODEL_ID, "config": {"kv_cache_type": "q3_k"}},
