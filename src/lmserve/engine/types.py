@@ -77,12 +77,56 @@ class SamplingParams:
 _request_numbers = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """An image for a vision model, decoded: what the projector encodes.
+
+    ``id`` names it by the hash of the bytes it was sent as, so two sends of one image are
+    one image to the prefix and prompt caches, and two different images never are.
+    """
+
+    id: str  # hex digest of the image's bytes as sent
+    width: int
+    height: int
+    rgb: bytes  # width * height * 3 bytes, row by row
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+
+@dataclass(frozen=True)
+class PromptImage:
+    """Where an image sits in a tokenized prompt: ``n_pos`` positions from ``start``, which
+    the prompt's token list fills with placeholders (negative ids, never a vocabulary's),
+    derived from the image's id so that only the same image matches them."""
+
+    image: ImageInput
+    start: int
+    n_pos: int
+    n_tokens: int  # embeddings the projector makes (n_pos, but for M-RoPE projectors)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.n_pos
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt's tokens, with its images' placeholders, and where each image is."""
+
+    tokens: list[int]
+    images: tuple[PromptImage, ...] = ()
+
+
 @dataclass
 class GenerationRequest:
     """One sequence to generate: a tokenized prompt and when to stop."""
 
     prompt_tokens: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # The prompt's images, for a vision model: their placeholders are in prompt_tokens.
+    images: tuple[PromptImage, ...] = ()
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     # Text that ends the model's turn as its end-of-generation token would, not reported as a
@@ -312,6 +356,7 @@ class EngineError(RuntimeError):
     - :class:`GrammarError`: llama.cpp could not parse a grammar.
     - :class:`DraftModelError`: a draft model's vocabulary is not the model's.
     - :class:`WorkerStartError`: a worker process could not load its model.
+    - :class:`ImageError`: an image the model's projector cannot take.
     """
 
 
@@ -329,6 +374,10 @@ class EngineCrashedError(EngineClosedError):
 
 class GrammarError(EngineError, ValueError):
     """llama.cpp could not parse the grammar."""
+
+
+class ImageError(EngineError, ValueError):
+    """An image the model cannot take: no projector, or one it refused to encode."""
 
 
 class DraftModelError(EngineError, ValueError):

@@ -52,6 +52,10 @@ class WorkerSpec:
     type_k: str = "f16"  # the KV cache's types: see lmserve.config.KV_CACHE_TYPES
     type_v: str = "f16"
     prompt_cache: PromptCacheSettings | None = None  # None: no prompt cache beyond the slots
+    # A vision model's projector (mmproj GGUF), and the text that marks where each image of a
+    # rendered prompt goes (random per server process, so that no user text can forge one).
+    mmproj: str | None = None
+    media_marker: str = "<__media__>"
     log_level: int = logging.INFO
 
 
@@ -78,6 +82,8 @@ class WorkerInfo:
     flash_attention_reason: str
     # The prompt cache's budgets, or None where it is off (or unable, for this model).
     prompt_cache: dict[str, Any] | None = None
+    # Whether a projector is loaded beside the model, so that it takes images.
+    vision: bool = False
 
 
 Sender = Callable[[tuple[Any, ...]], None]

@@ -43,11 +43,35 @@ class TextContentPart(RequestModel):
     text: str
 
 
+class ImageUrl(RequestModel):
+    url: str  # a data: URL (base64), or http(s) when the server allows fetching them
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the projector decides
+
+
 class ImageContentPart(RequestModel):
-    type: Literal["image_url", "input_image", "image"]
+    """An image, as OpenAI's chat sends it; every surface's images become one of these."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+    @classmethod
+    def of(cls, url: str) -> ImageContentPart:
+        return cls(type="image_url", image_url=ImageUrl(url=url))
 
 
-ContentPart = Annotated[TextContentPart | ImageContentPart, Field(discriminator="type")]
+class OtherContentPart(RequestModel):
+    """Content no local model reads (audio, files), or another surface's type sent here."""
+
+    type: Literal["input_audio", "file", "input_image", "image"]
+
+
+ContentPart = Annotated[
+    TextContentPart | ImageContentPart | OtherContentPart, Field(discriminator="type")
+]
 
 
 class FunctionCall(RequestModel):
