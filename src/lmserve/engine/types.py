@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -75,6 +76,10 @@ class SamplingParams:
 
 
 _request_numbers = itertools.count(1)
+
+# Where each image goes in a rendered prompt: random per server process (its workers are told
+# it), as llama-server does, so that text in a message can never stand in for an image.
+MEDIA_MARKER = f"<__media_{secrets.token_hex(6)}__>"
 
 
 @dataclass(frozen=True)
