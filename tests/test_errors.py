@@ -137,7 +137,11 @@ def test_images_are_refused_clearly(http: httpx.Client) -> None:
         "/v1/chat/completions", json={**GOOD, "messages": [{"role": "user", "content": content}]}
     )
     error = assert_error(response, 400, "invalid_request_error")
-    assert error["param"] == "messages[0].content"
+    # LM Studio's words for a model that cannot see, and how to give it eyes.
+    assert "does not support images" in error["message"]
+    assert "mmproj" in error["message"]
+    assert error["param"] == "messages[0].content[1]"
+    assert error["code"] == "model_not_vision"
 
 
 def test_text_content_parts_are_accepted(http: httpx.Client) -> None:

@@ -9,7 +9,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
 DEFAULT_CONTEXT_LENGTH = 4096  # per slot, as LM Studio's default
 DEFAULT_JIT_TTL = 60 * 60.0  # LM Studio unloads an idle JIT-loaded model after 60 minutes
-DEFAULT_MAX_BODY_SIZE = 8 * 2**20  # bytes; a 4k-token chat is a few dozen KiB
+DEFAULT_MAX_BODY_SIZE = 32 * 2**20  # bytes: a 4k-token chat is a few dozen KiB, a photo as
+# base64 a few MiB: room for several images in one request
 # Seconds SIGTERM waits for requests in flight; below `lmserve server stop`'s 30 s patience.
 DEFAULT_DRAIN_TIMEOUT = 20.0
 # The loopback ports LM Studio's SDKs (1.5.0) try in turn when given no host; the server also
@@ -197,11 +198,23 @@ class ModelDefaults:
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """What the server takes of images for vision models (``lmserve serve`` flags)."""
+
+    allow_urls: bool = False  # fetch http(s) image URLs (--allow-image-urls)
+    max_bytes: int = 20 * 2**20  # per image, as sent (--max-image-size)
+    max_pixels: int = 50_000_000  # per image, width x height (--max-image-pixels)
+    max_images: int = 16  # per request (--max-images)
+    url_timeout: float = 10.0  # seconds to fetch one image URL
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     model: str | None = None  # the model to load at start; None: the default model
     draft_model: str | None = None  # the start model's draft model (speculative decoding)
+    mmproj: str | None = None  # the start model's vision projector, if not its folder's
     load_at_start: bool = True
     models: ModelDefaults = ModelDefaults()
     jit: bool = True  # load a downloaded model when a request names it
@@ -214,6 +227,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    images: ImageLimits = ImageLimits()
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off
     # The loopback port LM Studio's SDKs discover: "auto" (the first free of

@@ -12,6 +12,7 @@ from lmserve import __version__
 from lmserve.api.anthropic.errors import AnthropicErrorShape
 from lmserve.api.anthropic.router import router as anthropic_router
 from lmserve.api.common.errors import install_error_handlers
+from lmserve.api.common.images import ImageReader
 from lmserve.api.common.lifecycle import DrainGuard, Lifecycle
 from lmserve.api.common.limits import BodySizeLimit
 from lmserve.api.common.metrics import Metrics, MetricsMiddleware
@@ -19,6 +20,7 @@ from lmserve.api.common.security import APIKeyGuard, APIKeys, HostGuard, is_loop
 from lmserve.api.lmserve.router import router as lmserve_router
 from lmserve.api.lmstudio.router import router as lmstudio_router
 from lmserve.api.lmstudio.service import ChatThreads
+from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.router import router as lmstudio_ws_router
 from lmserve.api.openai.router import router as openai_router
 from lmserve.api.responses.router import router as responses_router
@@ -67,7 +69,9 @@ def create_app(
     app.state.lifecycle = Lifecycle()
     app.state.responses = ResponseStore()
     app.state.chat_threads = ChatThreads()
+    app.state.sdk_files = FileStore()  # the images LM Studio's SDKs upload
     app.state.metrics = Metrics()
+    app.state.images = ImageReader(settings.images)
     # The page's conversations: the file is opened (and created) on first use only.
     app.state.conversations = Conversations(conversations_file())
     if settings.webui:

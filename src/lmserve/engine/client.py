@@ -41,9 +41,11 @@ from lmserve.engine.types import (
     Finished,
     GenerationRequest,
     GenerationStream,
+    ImageInput,
     Outbox,
     QueueFullError,
     TextDelta,
+    TokenizedPrompt,
     WorkerStartError,
 )
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
@@ -165,6 +167,13 @@ class EngineWorker:
     async def tokenize_prompt(self, text: str) -> list[int]:
         """A rendered chat prompt's tokens: special tokens parsed, BOS added once at most."""
         result: list[int] = await self._call("tokenize_prompt", text)
+        return result
+
+    async def tokenize_images(self, text: str, images: list[ImageInput]) -> TokenizedPrompt:
+        """A rendered chat prompt with images (one media marker each): its tokens, each
+        image's placeholders in them; raises :class:`ImageError` for images the model's
+        projector cannot take (or a model without one)."""
+        result: TokenizedPrompt = await self._call("tokenize_images", text, images)
         return result
 
     async def detokenize(self, tokens: list[int]) -> str:

@@ -74,12 +74,18 @@ class PrefixCache:
         slot.prompt_window = None
         prompt = sequence.prompt
         limit = len(prompt) - 1  # the last prompt token must be decoded
-        own = min(common_prefix_length(slot.tokens, prompt), limit)
+        own = sequence.resumable(min(common_prefix_length(slot.tokens, prompt), limit))
         if not worth_reusing(own, prompt) or not self._can_resume_at(slot, own):
             own = 0
         if self.prompts is not None:
             at_least = max(own + max(_MIN_RESTORE_GAIN, own // 256), least_worth(prompt))
-            restored = self.prompts.restore(slot.seq, prompt, limit, at_least)
+            restored = self.prompts.restore(
+                slot.seq,
+                prompt,
+                limit,
+                at_least,
+                boundary=sequence.resumable if sequence.images else None,
+            )
             if restored is not None:
                 slot.tokens = list(prompt[: restored.length])
                 slot.window_floor = restored.window_floor
@@ -113,7 +119,8 @@ class PrefixCache:
         """Make ``slot`` hold the first ``length`` prompt tokens, from ``source``'s cache."""
         sequence = slot.sequence
         assert sequence is not None
-        length = min(length, len(sequence.prompt) - 1)  # the last prompt token must be decoded
+        # The last prompt token must be decoded; an image is decoded whole.
+        length = sequence.resumable(min(length, len(sequence.prompt) - 1))
         ctx = self.context
         if source is not slot:
             self.stats.stream_copies += 1
@@ -153,7 +160,7 @@ class PrefixCache:
             best, source = have, slot
             for other in self.slots:
                 if other is not slot:
-                    shared = common_prefix_length(other.tokens, sequence.prompt)
+                    shared = sequence.resumable(common_prefix_length(other.tokens, sequence.prompt))
                     if shared > best:
                         best, source = shared, other
             upcoming = max(
@@ -165,7 +172,7 @@ class PrefixCache:
                 default=0,
             )
             prompt = sequence.prompt
-            upcoming = min(upcoming, len(prompt) - 1)
+            upcoming = sequence.resumable(min(upcoming, len(prompt) - 1))
             if upcoming >= max(best, have) + _MIN_WAIT_GAIN and worth_reusing(upcoming, prompt):
                 waiting.add(slot.seq)
             elif best >= have + _MIN_COPY_GAIN and worth_reusing(best, prompt):

@@ -44,6 +44,7 @@ from lmserve.engine.types import (
     EngineClosedError,
     GenerationRequest,
     GenerationStream,
+    ImageError,
     Outbox,
     PromptProgress,
     QueueFullError,
@@ -51,6 +52,7 @@ from lmserve.engine.types import (
     StopReason,
     TokenLogprob,
 )
+from lmserve.engine.vision import Projector
 
 logger = logging.getLogger("lmserve.engine")
 
@@ -82,11 +84,13 @@ class BatchingEngine:
         speculative: SpeculativeMode = "auto",
         on_internal_error: Callable[[], None] | None = None,
         prompt_cache: PromptCache | None = None,
+        projector: Projector | None = None,
     ) -> None:
         """``on_internal_error`` runs on the engine thread after a bug in the loop has failed
         every request (the worker process exits there, so that the server loads the model
         again); without it the engine stays closed.  ``prompt_cache``: where the states of
-        released slots are kept and restored from (the engine closes it)."""
+        released slots are kept and restored from (the engine closes it).  ``projector``: a
+        vision model's, which reads the images of prompts (the engine closes it)."""
         self.model = model
         self.context = context
         self.n_slots = n_slots
@@ -103,6 +107,7 @@ class BatchingEngine:
         self.stats = EngineStats()
         self._prefixes = PrefixCache(context, self._slots, self.stats, prompt_cache)
         self.prompt_cache = prompt_cache
+        self.projector = projector
         self._released: list[Slot] = []  # to keep in the prompt cache once the step is out
         self._drafts = DraftPolicy(speculative)
         self._draft_model: DraftModel | None = None
@@ -126,8 +131,14 @@ class BatchingEngine:
         (and :class:`GrammarError` for a grammar llama.cpp cannot parse)."""
         sequence = Sequence.create(self.model, handle, resolve_seed(handle.request.sampling.seed))
         request = handle.request
+        if request.images and self.projector is None:
+            sequence.chain.close()
+            raise ImageError("this model has no projector: it does not take images")
         sequence.drafting = self._drafts.start(
-            sequence.prompt, request.speculative, request.draft_model
+            sequence.prompt,
+            request.speculative,
+            # A draft model would read an image's placeholders as tokens.
+            None if request.images else request.draft_model,
         )
         with self._wake:
             if not self._running:
@@ -190,6 +201,8 @@ class BatchingEngine:
         self._free_retired_drafts()
         if self.prompt_cache is not None:
             self.prompt_cache.close()  # finishes its disk writes
+        if self.projector is not None:
+            self.projector.close()
         self.context.close()
 
     # -- the engine thread ----------------------------------------------------------------------
@@ -264,6 +277,11 @@ class BatchingEngine:
         if not busy:
             return
         waiting = self._prefixes.share(busy)
+        if self.projector is not None:
+            self._read_image(busy, waiting)
+            busy = self._busy()
+            if not busy:
+                return
         # Read once: a draft model installed meanwhile is used from the next step on.
         draft_model = self._draft_model
         choose_drafts(self._drafts, busy, self.context.n_batch, self.n_ctx_per_slot, draft_model)
@@ -317,6 +335,36 @@ class BatchingEngine:
             self._drafts.cost.observe(self.context.batch_size, now - decode_started)
         for slot, tokens, logprobs in picks:
             self._accept(slot, tokens, logprobs, now)
+
+    def _read_image(self, busy: list[Slot], waiting: set[int]) -> None:
+        """Decode one image into the slot of the earliest request whose prompt has reached
+        one: one per step, so that the slots beside it wait for one image at most."""
+        projector = self.projector
+        assert projector is not None
+        for slot in sorted(busy, key=lambda s: s.sequence.submitted if s.sequence else 0.0):
+            sequence = slot.sequence
+            if sequence is None or slot.seq in waiting:
+                continue
+            image = sequence.image_at(sequence.next_prompt_index)
+            if image is None:
+                continue
+            assert image.start == len(slot.tokens)
+            started = time.perf_counter()
+            try:
+                projector.evaluate(self.context, image, slot.seq)
+            except ImageError as exc:
+                self.context.forget(slot.seq, len(slot.tokens))  # what it decoded of the image
+                self._release(slot, "failed", str(exc))
+                return
+            stats = self.stats
+            stats.images += 1
+            stats.image_tokens += image.n_tokens
+            stats.image_seconds += time.perf_counter() - started
+            slot.tokens.extend(sequence.prompt[image.start : image.end])
+            sequence.next_prompt_index = image.end
+            sequence.started = True
+            sequence.stream.publish(PromptProgress(image.end, len(sequence.prompt)))
+            return
 
     def _sample(self, slot: Slot) -> tuple[Slot, list[int], list[TokenLogprob | None]]:
         """Sample a sequence's rows: its pending token's, then its draft's for as long as each

@@ -13,6 +13,7 @@ from lmserve.engine.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptImage,
     RequestHandle,
     StopReason,
     TextDelta,
@@ -55,13 +56,21 @@ class Sequence:
     stops: StopMatcher | None = None
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     stopped_by: str | None = None
+    # The prompt's images by where they start (their placeholders are in ``prompt``).
+    images: dict[int, PromptImage] = field(default_factory=dict)
 
     @classmethod
     def create(cls, model: LlamaModel, stream: RequestHandle, seed: int) -> Sequence:
         request = stream.request
         chain = SamplerChain(model, request.sampling, seed)
-        chain.remember(request.prompt_tokens)
-        sequence = cls(stream=stream, chain=chain, prompt=list(request.prompt_tokens))
+        images = {image.start: image for image in request.images}
+        # Penalties count the prompt's text: an image's placeholders are no vocabulary's.
+        chain.remember(
+            [t for t in request.prompt_tokens if t >= 0] if images else request.prompt_tokens
+        )
+        sequence = cls(
+            stream=stream, chain=chain, prompt=list(request.prompt_tokens), images=images
+        )
         if request.stop or request.turn_end:
             sequence.stops = StopMatcher((*request.stop, *request.turn_end))
         return sequence
@@ -73,6 +82,24 @@ class Sequence:
     @property
     def prefilling(self) -> bool:
         return self.next_prompt_index < len(self.prompt)
+
+    def image_at(self, index: int) -> PromptImage | None:
+        """The image whose placeholders start at prompt index ``index``, if one does."""
+        return self.images.get(index) if self.images else None
+
+    def text_end(self, index: int) -> int:
+        """Where the run of text tokens from prompt index ``index`` ends: the next image's
+        start, or the prompt's end."""
+        starts = [start for start in self.images if start >= index]
+        return min(starts, default=len(self.prompt))
+
+    def resumable(self, length: int) -> int:
+        """The longest prefix of at most ``length`` prompt tokens that ends between images,
+        not inside one (an image is decoded whole)."""
+        for image in self.images.values():
+            if image.start < length < image.end:
+                return image.start
+        return length
 
     def accept(
         self, model: LlamaModel, token: int, now: float, logprob: TokenLogprob | None = None

@@ -92,9 +92,12 @@ def plan_batch(
         assert sequence is not None
         if not sequence.prefilling or budget <= 0 or slot.seq in waiting:
             continue
-        plan(slot)
         start = sequence.next_prompt_index
-        end = min(len(sequence.prompt), start + budget)
+        # Text up to the next image: an image is decoded on its own (Projector.evaluate).
+        end = min(sequence.text_end(start), start + budget)
+        if end <= start:
+            continue
+        plan(slot)
         budget -= end - start
         last = len(sequence.prompt) - 1
         for index in range(start, end):

@@ -76,7 +76,10 @@ class PromptLookup:
             start = ends.get(tuple(history[-n:]))
             if start is not None:
                 self.match = n
-                return history[start : start + limit]
+                draft = history[start : start + limit]
+                # An image's placeholders (negative) are no token to decode: stop before one.
+                cut = next((i for i, token in enumerate(draft) if token < 0), len(draft))
+                return draft[:cut]
         return []
 
 

@@ -20,3 +20,6 @@ class EngineStats:
     step_seconds: float = 0.0  # whole steps: planning, decode, sampling, bookkeeping
     draft_tokens: int = 0  # put in batches to be checked (speculative decoding)
     accepted_draft_tokens: int = 0
+    images: int = 0  # encoded and decoded into a sequence (not those reused from a cache)
+    image_tokens: int = 0
+    image_seconds: float = 0.0

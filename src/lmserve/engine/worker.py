@@ -35,6 +35,7 @@ from lmserve.engine.llama import (
     LlamaModel,
     ModelLoadError,
     choose_flash_attention,
+    default_threads,
     gpu_offload_supported,
     in_passing_thread,
     llama_build,
@@ -49,7 +50,16 @@ from lmserve.engine.selfcheck import (
     injected_faults,
     self_check,
 )
-from lmserve.engine.types import EngineError, Event, Finished, GenerationRequest
+from lmserve.engine.types import (
+    EngineError,
+    Event,
+    Finished,
+    GenerationRequest,
+    ImageError,
+    ImageInput,
+    TokenizedPrompt,
+)
+from lmserve.engine.vision import Projector
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 
 logger = logging.getLogger("lmserve.worker")
@@ -148,6 +158,7 @@ class Worker:
             if spec.self_check:
                 # Not on this thread, which lives on: see in_passing_thread.
                 in_passing_thread(self_check, self.model, config, spec.repack)
+            projector = self._load_projector(offloaded)
         except Exception:
             self.model.close()
             raise
@@ -163,6 +174,7 @@ class Worker:
             speculative=spec.speculative,  # type: ignore[arg-type]
             on_internal_error=_exit_after_engine_bug,
             prompt_cache=self.prompt_cache,
+            projector=projector,
         )
         self.outbox.engine = self.engine
         if "engine-bug" in injected_faults():
@@ -171,6 +183,7 @@ class Worker:
         self._calls = {
             "tokenize": self._tokenize,
             "tokenize_prompt": self._tokenize_prompt,
+            "tokenize_images": self._tokenize_images,
             "detokenize": self._detokenize,
             "snapshot": self._snapshot,
             "clear_prompt_cache": self._clear_prompt_cache,
@@ -200,6 +213,7 @@ class Worker:
             flash_attention=self.flash_attention,
             flash_attention_reason=self.flash_attention_reason,
             prompt_cache=self._prompt_cache_info(),
+            vision=projector is not None,
         )
 
     def context_config(self, n_ctx_per_slot: int) -> ContextConfig:
@@ -214,6 +228,26 @@ class Worker:
             type_k=spec.type_k,
             type_v=spec.type_v,
         )
+
+    def _load_projector(self, gpu_layers: int) -> Projector | None:
+        """The vision projector the spec names, beside the model; a load error if llama.cpp
+        refuses it."""
+        spec = self.spec
+        if not spec.mmproj:
+            return None
+        try:
+            # Not on this thread, which lives on (see in_passing_thread).
+            return in_passing_thread(
+                lambda: Projector(
+                    spec.mmproj or "",
+                    self.model,
+                    marker=spec.media_marker,
+                    n_threads=spec.n_threads or default_threads(),
+                    use_gpu=gpu_layers != 0,
+                )
+            )
+        except ImageError as exc:
+            raise ModelLoadError(str(exc)) from None
 
     def _start_prompt_cache(self, gpu_layers: int) -> PromptCache | None:
         """The prompt cache beyond the slots, if asked for and this model's states are of a
@@ -311,7 +345,7 @@ class Worker:
             )
 
     def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
-        if method in ("embed", "load_draft"):  # slow: off the reading thread
+        if method in ("embed", "load_draft", "tokenize_images"):  # slow: off the reading thread
             # Beside generation (a context of its own), never on the reading thread, and in a
             # thread that ends afterwards (see in_passing_thread: a long-lived one would slow
             # every later decode).
@@ -343,6 +377,12 @@ class Worker:
 
     def _tokenize_prompt(self, text: str) -> list[int]:
         return self.model.tokenize_prompt(text)
+
+    def _tokenize_images(self, text: str, images: list[ImageInput]) -> TokenizedPrompt:
+        projector = self.engine.projector
+        if projector is None:
+            raise ImageError("this model has no projector: it does not take images")
+        return projector.tokenize(text, images, max_image_tokens=self.context.n_batch)
 
     def _detokenize(self, tokens: list[int]) -> str:
         return self.model.detokenize(tokens)

@@ -15,6 +15,13 @@ from pydantic import ValidationError
 
 from lmserve.api.common.errors import InvalidRequestError, validation_error
 from lmserve.api.common.generation import ChunkMaker, Generation, Prepared, public_finish_reason
+from lmserve.api.common.images import (
+    image_marker,
+    image_parts,
+    no_vision_error,
+    place_images,
+    shown_prompt,
+)
 from lmserve.api.common.logprobs import chat_logprobs
 from lmserve.api.common.protocol import (
     AssistantMessage,
@@ -22,6 +29,7 @@ from lmserve.api.common.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     Choice,
+    ImageContentPart,
     NamedToolChoice,
     ResponseFunctionCall,
     ResponseToolCall,
@@ -46,7 +54,7 @@ from lmserve.api.common.tools import (
     tools_for_template,
 )
 from lmserve.engine.template import CHATML_TURN_MARKERS
-from lmserve.engine.types import PromptProgress, TextDelta
+from lmserve.engine.types import ImageInput, PromptImage, PromptProgress, TextDelta
 from lmserve.models.loader import LoadedModel
 
 
@@ -74,25 +82,44 @@ def text_of(
     return "\n".join(texts)
 
 
-def _text_content(message: ChatMessage, index: int) -> str:
-    refusal = unsupported_content(
-        "This model does not accept image inputs; send text content only.",
-        f"messages[{index}].content",
-    )
-    return text_of(message.content, TextContentPart, lambda _: refusal)
+def _content(message: ChatMessage, index: int, images: list[ImageInput]) -> str:
+    """A message's content as text: its text parts joined by lines, each image as a marker
+    of its own (:func:`image_marker`), its image appended to ``images``."""
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for position, part in enumerate(content):
+        if isinstance(part, TextContentPart):
+            texts.append(part.text)
+        elif isinstance(part, ImageContentPart) and part.decoded is not None:
+            texts.append(image_marker(len(images)))
+            images.append(part.decoded)
+        else:
+            # Images are read before a prompt is made (ImageReader.read), for models that see.
+            raise unsupported_content(
+                "This content is not supported: send text, and images to a vision model.",
+                f"messages[{index}].content[{position}]",
+            )
+    return "\n".join(texts)
 
 
 def template_messages(
-    messages: list[ChatMessage], *, native_tools: bool = False
+    messages: list[ChatMessage],
+    *,
+    native_tools: bool = False,
+    images: list[ImageInput] | None = None,
 ) -> list[dict[str, Any]]:
     """Messages as chat templates expect them: ``role`` and string ``content``.
 
     With ``native_tools`` the template gets earlier tool calls and results in Hugging Face's
     structure; otherwise they are written into the text in the Hermes form the model was told.
+    Each image becomes a marker in its message's text, and is appended to ``images``.
     """
     rendered = []
+    found: list[ImageInput] = [] if images is None else images
     for index, message in enumerate(messages):
-        content = _text_content(message, index)
+        content = _content(message, index, found)
         # OpenAI's "developer" role is the system role under a newer name.
         role = "system" if message.role == "developer" else message.role
         item: dict[str, Any] = {"role": role, "content": content}
@@ -151,7 +178,11 @@ async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepa
     tools = active_tools(body.tools, body.tool_choice)
     template = model.template
     native = bool(tools) and not template.is_fallback and template_knows_tools(template.source)
-    messages = template_messages(body.messages, native_tools=native)
+    first_image = next(image_parts(body), None)
+    if first_image is not None and not model.vocab.vision:
+        raise no_vision_error(model, first_image[0])
+    images: list[ImageInput] = []
+    messages = template_messages(body.messages, native_tools=native, images=images)
     if tools and not native:
         messages = _with_instructions(messages, system_instructions(tools))
     prompt = template.render(
@@ -159,7 +190,14 @@ async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepa
         continue_final_message=body.continue_final_message,
         tools=tools_for_template(tools) if native else None,
     )
-    tokens = await model.engine.tokenize_prompt(prompt)
+    placed: tuple[PromptImage, ...] = ()
+    if images:
+        prompt, ordered = place_images(prompt, images)
+        tokenized = await model.engine.tokenize_images(prompt, ordered)
+        tokens, placed = tokenized.tokens, tokenized.images
+        prompt = shown_prompt(prompt, placed)
+    else:
+        tokens = await model.engine.tokenize_prompt(prompt)
     forced = bool(tools) and (
         body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)
     )
@@ -184,6 +222,7 @@ async def prepare_chat(body: ChatCompletionRequest, model: LoadedModel) -> Prepa
         # a model without one (Gemma 3's base model), and it would write on past them.
         prepared.turn_end = CHATML_TURN_MARKERS
     prepared.tools = tools
+    prepared.images = placed
     prepared.parallel_tool_calls = body.parallel_tool_calls
     prepared.starts_in_reasoning = prompt.rstrip().endswith(REASONING_OPEN)
     return prepared

@@ -38,6 +38,7 @@ from lmserve.engine.types import (
     EngineCrashedError,
     EngineError,
     GrammarError,
+    ImageError,
     QueueFullError,
 )
 from lmserve.models.errors import (
@@ -244,10 +245,8 @@ def api_error_for(exc: Exception) -> APIError:
         )
     if isinstance(exc, ModelNotFound):
         known = ", ".join(exc.known) if exc.known else "none"
-        return ModelNotFoundError(
-            f"The model '{exc.name}' does not exist or is not loaded. Available: {known}.",
-            param="model",
-        )
+        why = exc.note or f"The model '{exc.name}' does not exist or is not loaded."
+        return ModelNotFoundError(f"{why} Available: {known}.", param="model")
     if isinstance(exc, NoModelNamed):
         # The loaded models are named: one of them is what the request should say.
         return InvalidRequestError(str(exc), param="model", code="missing_required_parameter")
@@ -260,6 +259,12 @@ def api_error_for(exc: Exception) -> APIError:
         )
     if isinstance(exc, TemplateRenderError):
         return InvalidRequestError(str(exc), param="messages", code="invalid_messages")
+    if isinstance(exc, ImageError):
+        return InvalidRequestError(
+            f"The image could not be read by the model: {exc}.",
+            param="messages",
+            code="invalid_image",
+        )
     if isinstance(exc, QueueFullError):
         return ServiceUnavailableError(
             f"The server is busy ({exc}). Try again shortly.",
@@ -300,6 +305,7 @@ _MAPPED = (
     NoModelNamed,
     TemplateRenderError,
     GrammarError,
+    ImageError,
     QueueFullError,
     EngineClosedError,
     EngineError,

@@ -36,6 +36,7 @@ from lmserve.engine.types import (
     Finished,
     GenerationRequest,
     GenerationStream,
+    PromptImage,
     PromptProgress,
     SamplingParams,
     TextDelta,
@@ -69,6 +70,8 @@ class Prepared:
     starts_in_reasoning: bool = False
     speculative: bool | None = None  # see GenerationRequest.speculative
     draft_model: str | None = None  # loaded into the model's worker by start_generation
+    # Chat only: the prompt's images, where its tokens hold their placeholders.
+    images: tuple[PromptImage, ...] = ()
 
     @classmethod
     def of(
@@ -117,6 +120,7 @@ class Prepared:
                 requests.append(
                     GenerationRequest(
                         prompt_tokens=tokens,
+                        images=self.images,
                         sampling=sampling,
                         max_tokens=self.max_tokens,
                         stop=self.stop,

@@ -11,9 +11,10 @@ reaches the engine.  Unknown fields are ignored, as OpenAI's clients expect.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from lmserve.api.common.bounds import (
     MAX_DESCRIPTION,
@@ -30,6 +31,7 @@ from lmserve.api.common.bounds import (
     TopLogprobs,
     TopP,
 )
+from lmserve.engine.types import ImageInput
 
 
 class RequestModel(BaseModel):
@@ -53,6 +55,16 @@ class ImageContentPart(RequestModel):
 
     type: Literal["image_url"]
     image_url: ImageUrl | str
+    # Its pixels, once read (api/common/images.read_images); never part of the JSON.
+    _decoded: ImageInput | None = PrivateAttr(default=None)
+
+    @property
+    def decoded(self) -> ImageInput | None:
+        return self._decoded
+
+    @decoded.setter
+    def decoded(self, image: ImageInput) -> None:
+        self._decoded = image
 
     @property
     def url(self) -> str:
@@ -72,6 +84,14 @@ class OtherContentPart(RequestModel):
 ContentPart = Annotated[
     TextContentPart | ImageContentPart | OtherContentPart, Field(discriminator="type")
 ]
+
+
+def parts_content(parts: Sequence[TextContentPart | ImageContentPart]) -> str | list[ContentPart]:
+    """A message's content made of another surface's text and image parts, in their order:
+    one string (the texts joined by lines) when there is no image, else the parts."""
+    if all(isinstance(part, TextContentPart) for part in parts):
+        return "\n".join(part.text for part in parts if isinstance(part, TextContentPart))
+    return [*parts]
 
 
 class FunctionCall(RequestModel):

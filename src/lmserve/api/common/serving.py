@@ -20,8 +20,9 @@ from starlette.responses import Response
 
 from lmserve.api.common.errors import ContextLengthExceededError
 from lmserve.api.common.generation import Generation, Prepared
+from lmserve.api.common.images import ImageReader
 from lmserve.api.common.limits import check_choices
-from lmserve.api.common.protocol import GenerationRequestFields
+from lmserve.api.common.protocol import ChatCompletionRequest, GenerationRequestFields
 from lmserve.api.common.streaming import (
     ClientGone,
     EventStreamResponse,
@@ -89,10 +90,13 @@ async def start_generation(
     body: GenerationRequestFields,
     turn: Preparer,
     make: Callable[[Prepared, LogBus], Generation] = Generation,
+    *,
+    images: ImageReader | None = None,
 ) -> Started:
-    """Acquire the model ``body`` names (loading it just in time), prepare the prompt, check
-    it, and submit it: a missing model, a bad request or a full queue raise before anything
-    is sent back.  ``make`` builds the :class:`Generation` (a subclass may watch its events).
+    """Acquire the model ``body`` names (loading it just in time), read the images of a chat
+    (``images``), prepare the prompt, check it, and submit it: a missing model, a bad request
+    or a full queue raise before anything is sent back.  ``make`` builds the
+    :class:`Generation` (a subclass may watch its events).
     """
     model = await models.acquire(body.model, body.ttl)
     released = False
@@ -109,6 +113,8 @@ async def start_generation(
         if draft_model is not None:
             wanted = body.speculative is not False
             draft_model = await models.attach_draft(model, draft_model) if wanted else None
+        if images is not None and isinstance(body, ChatCompletionRequest):
+            await images.read(body, model)
         try:
             prepared = await turn.prepare(body, model)
         except ContextLengthExceededError as exc:
@@ -132,7 +138,7 @@ async def serve_generation(
 ) -> Response | BaseModel | dict[str, Any]:
     """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it."""
     state = request.app.state
-    started = await start_generation(state.models, state.logs, body, turn)
+    started = await start_generation(state.models, state.logs, body, turn, images=state.images)
     generation = started.generation
     if body.stream:
         events = turn.encode(turn.events(generation))

@@ -24,6 +24,7 @@ import ctypes
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,15 +324,28 @@ class PromptCache:
         return cells
 
     # -- restoring ---------------------------------------------------------------------------------
-    def restore(self, seq: int, prompt: list[int], limit: int, at_least: int) -> Restored | None:
+    def restore(
+        self,
+        seq: int,
+        prompt: list[int],
+        limit: int,
+        at_least: int,
+        *,
+        boundary: Callable[[int], int] | None = None,
+    ) -> Restored | None:
         """Put the longest cached prefix of ``prompt[:limit]`` into sequence ``seq``, if it
-        holds at least ``at_least`` tokens; what went in, or ``None`` (``seq`` untouched)."""
+        holds at least ``at_least`` tokens; what went in, or ``None`` (``seq`` untouched).
+        ``boundary(n)``: the longest prefix of at most ``n`` tokens that may end a restore
+        (not inside an image)."""
         if not self.enabled or limit < max(1, at_least):
             return None
         started = time.perf_counter()
         with self._lock:
             found = self._index.match(prompt, limit)
             length = self._usable(found)
+            while boundary is not None and (cut := boundary(length)) < length:
+                found = self._index.match(prompt, cut)
+                length = self._usable(found) if cut else 0
         if length < max(1, at_least):
             with self._lock:
                 self._counts.misses += 1
