@@ -298,8 +298,9 @@ def test_bad_calls_get_errors_and_the_connection_keeps_serving(
         client.llm.remote_call("tokenize", LlmRpcUnloadModelParameter(identifier="x"))
     with pytest.raises(LMStudioServerError, match="temperature"):
         model.respond("Hi", config={"temperature": 5.0})
-    with pytest.raises(LMStudioServerError, match="read text only"):
-        client.prepare_image(b"\x89PNG\r\n\x1a\n", name="pixel.png")
+    # An image is kept for a vision model's prediction (test_images_surfaces.py).
+    handle = client.prepare_image(b"\x89PNG\r\n\x1a\n", name="pixel.png")
+    assert (handle.file_type, handle.size_bytes, handle.name) == ("image", 8, "pixel.png")
     assert [m.identifier for m in client.llm.list_loaded()] == [MODEL_ID]
     assert model.respond("Hi", config={"maxTokens": 2}).stats.predicted_tokens_count == 2
 

@@ -620,9 +620,9 @@ def test_an_unknown_model_is_404(client: OpenAI) -> None:
         (
             {
                 "model": MODEL_ID,
-                "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
+                "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "x"}]}],
             },
-            "input[0].content[0]",
+            "input[0].content[0].file_id",
         ),
         ({"model": MODEL_ID, "input": []}, "input"),
         (

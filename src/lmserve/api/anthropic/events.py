@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmserve.api.anthropic.errors import error_body
 from lmserve.api.common.chat import chat_chunks
 from lmserve.api.common.errors import APIError
-from lmserve.api.common.generation import Generation
+from lmserve.api.common.generation import Generation, Prepared
 from lmserve.engine.types import Finished
 
-if TYPE_CHECKING:
-    from lmserve.api.anthropic.service import MessageTurn
+
+class MessageMaker(Protocol):
+    """What the events need of their turn (``service.MessageTurn``): the message's shape and
+    usage, so this module never imports the service that imports it."""
+
+    @property
+    def prepared(self) -> Prepared: ...
+
+    def message(
+        self,
+        content: list[dict[str, Any]],
+        stop: tuple[str | None, str | None],
+        usage: dict[str, Any],
+    ) -> dict[str, Any]: ...
+
+    def usage(self, generation: Generation) -> dict[str, Any]: ...
 
 
 def tool_use_id(call_id: str) -> str:
@@ -48,7 +62,7 @@ class MessageEvents:
     (or the end) closes it; a tool call's arguments arrive whole, as one ``input_json_delta``.
     """
 
-    def __init__(self, turn: MessageTurn, generation: Generation) -> None:
+    def __init__(self, turn: MessageMaker, generation: Generation) -> None:
         self.turn = turn
         self.generation = generation
         self.blocks = 0  # content blocks started so far

@@ -19,10 +19,35 @@ class TextBlock(RequestModel):
     text: str
 
 
-class MediaBlock(RequestModel):
-    """Inputs the local text models cannot read: validated, then refused with a clear 400."""
+class Base64Source(RequestModel):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str = Field(min_length=1)
 
-    type: Literal["image", "document", "search_result"]
+
+class UrlSource(RequestModel):
+    type: Literal["url"]
+    url: str = Field(min_length=1)
+
+
+class FileSource(RequestModel):
+    """An image uploaded to Anthropic's Files API, which lmserve does not serve: refused."""
+
+    type: Literal["file"]
+    file_id: str = ""
+
+
+class ImageBlock(RequestModel):
+    """An image for a vision model: its bytes in base64, or a URL (see ``api/common/images``)."""
+
+    type: Literal["image"]
+    source: Annotated[Base64Source | UrlSource | FileSource, Field(discriminator="type")]
+
+
+class MediaBlock(RequestModel):
+    """Inputs the local models cannot read: validated, then refused with a clear 400."""
+
+    type: Literal["document", "search_result"]
 
 
 class ThinkingBlock(RequestModel):
@@ -41,12 +66,14 @@ class ToolUseBlock(RequestModel):
 class ToolResultBlock(RequestModel):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1, max_length=200)
-    content: str | list[Annotated[TextBlock | MediaBlock, Field(discriminator="type")]] = ""
+    content: (
+        str | list[Annotated[TextBlock | ImageBlock | MediaBlock, Field(discriminator="type")]]
+    ) = ""
     is_error: bool = False
 
 
 ContentBlock = Annotated[
-    TextBlock | MediaBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock,
+    TextBlock | ImageBlock | MediaBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -55,7 +82,7 @@ class Message(RequestModel):
     # "system" inside messages is not in Anthropic's reference, but Claude Code sends it:
     # its text joins the system prompt (see lmserve.api.anthropic.service.chat_messages).
     role: Literal["user", "assistant", "system"]
-    content: str | list[ContentBlock]
+    content: list[ContentBlock] | str  # list first: a bad block is named in the error
 
 
 class Tool(RequestModel):

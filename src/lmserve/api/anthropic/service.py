@@ -3,10 +3,11 @@
 Anthropic's clients take the server's root as base URL (``http://localhost:1234``) and send
 their key as ``x-api-key`` (which the API key guard accepts).  A request is mapped onto a chat
 completion: ``system`` becomes the system message, ``tool_use`` and ``tool_result`` blocks
-become chat's assistant tool calls and tool messages, ``tool_choice`` ``any``/``tool`` force a
-call through chat's call grammar.  The message comes from :func:`chat_completion`, the events
-(:mod:`lmserve.api.anthropic.events`) from its chunks, so reasoning, tool calls and streaming
-hold-back behave exactly as on the OpenAI routes.
+become chat's assistant tool calls and tool messages, ``image`` blocks (in user messages and
+tool results) chat's image parts, in their place among the text, and ``tool_choice``
+``any``/``tool`` force a call through chat's call grammar.  The message comes from
+:func:`chat_completion`, the events (:mod:`lmserve.api.anthropic.events`) from its chunks, so
+reasoning, tool calls and streaming hold-back behave exactly as on the OpenAI routes.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from lmserve.api.anthropic.events import MessageEvents, stop_of, tool_input, tool_use_id
 from lmserve.api.anthropic.protocol import (
+    Base64Source,
     CountTokensRequest,
+    ImageBlock,
     MediaBlock,
     MessagesRequest,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
+    UrlSource,
 )
 from lmserve.api.common.chat import (
     ChatTurn,
@@ -38,11 +42,14 @@ from lmserve.api.common.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionDefinition,
+    ImageContentPart,
     NamedToolChoice,
     ResponseFormat,
+    TextContentPart,
     ToolCall,
     ToolChoice,
     ToolDefinition,
+    parts_content,
 )
 
 # -- request → chat ---------------------------------------------------------------------------
@@ -50,28 +57,71 @@ from lmserve.api.common.protocol import (
 
 def _unsupported(param: str) -> InvalidRequestError:
     return unsupported_content(
-        "This model reads text only; image and document content is not supported.", param
+        "Document and search result blocks are not supported: lmserve's models read text, "
+        "and images where the model has a vision projector.",
+        param,
+    )
+
+
+def _text_only(param: str) -> InvalidRequestError:
+    return unsupported_content(
+        "Only text is read here: images belong in user messages and tool results.", param
     )
 
 
 def _texts(blocks: str | list[Any] | None, param: str) -> str:
-    return text_of(blocks, TextBlock, lambda index: _unsupported(f"{param}[{index}]"))
+    return text_of(blocks, TextBlock, lambda index: _text_only(f"{param}[{index}]"))
+
+
+def image_part(block: ImageBlock, param: str) -> ImageContentPart:
+    """An image block as chat's image part: base64 data as a ``data:`` URL, a URL as it is."""
+    source = block.source
+    if isinstance(source, Base64Source):
+        return ImageContentPart.of(f"data:{source.media_type};base64,{source.data}")
+    if isinstance(source, UrlSource):
+        return ImageContentPart.of(source.url)
+    raise unsupported_content(
+        "Image sources of type 'file' name a file of Anthropic's Files API, which lmserve does "
+        "not serve: send the image as base64 data or a URL.",
+        f"{param}.source",
+    )
+
+
+Part = TextContentPart | ImageContentPart
+
+
+def _part(block: Any, param: str) -> Part:
+    """A text or image block of user content as chat's part; anything else is refused."""
+    if isinstance(block, TextBlock):
+        return TextContentPart(type="text", text=block.text)
+    if isinstance(block, ImageBlock):
+        return image_part(block, param)
+    raise _unsupported(param)
 
 
 def _tool_result(block: ToolResultBlock, param: str) -> ChatMessage:
-    content = _texts(block.content, f"{param}.content")
+    param = f"{param}.content"
+    blocks = block.content
+    parts = (
+        [TextContentPart(type="text", text=blocks)]
+        if isinstance(blocks, str)
+        else [_part(part, f"{param}[{index}]") for index, part in enumerate(blocks)]
+    )
     if block.is_error:
         # Chat templates have no place for the flag; the model is told in words instead.
-        content = f"Error: {content}"
+        first = parts[0] if parts else None
+        if isinstance(first, TextContentPart):
+            parts[0] = TextContentPart(type="text", text=f"Error: {first.text}")
+        else:
+            parts.insert(0, TextContentPart(type="text", text="Error:"))
+    content = parts_content(parts)
     return ChatMessage(role="tool", tool_call_id=block.tool_use_id, content=content)
 
 
-def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
-    """The conversation as chat messages.
-
-    System messages inside ``messages`` (Claude Code sends them) join the system prompt, in
-    order: many chat templates (Gemma's, Llama's) take one system message, first, only.
-    """
+def _system_prompt(body: CountTokensRequest) -> list[ChatMessage]:
+    """The system prompt, with the text of system messages inside ``messages`` (Claude Code
+    sends them) joined to it in order: many chat templates (Gemma's, Llama's) take one
+    system message, first, only."""
     system = [_texts(body.system, "system")]
     for index, message in enumerate(body.messages):
         if message.role == "system":
@@ -81,44 +131,54 @@ def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
             "messages: at least one user or assistant message is required", param="messages"
         )
     system_prompt = "\n\n".join(text for text in system if text)
-    messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    return [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+
+
+def _turn(role: Literal["user", "assistant"], blocks: list[Any], param: str) -> list[ChatMessage]:
+    """One message's blocks as chat messages: its tool results (one tool message each),
+    then its text and images in their order, with its tool calls."""
+    parts: list[Part] = []
+    calls: list[ToolCall] = []
+    results: list[ChatMessage] = []
+    for position, block in enumerate(blocks):
+        where = f"{param}[{position}]"
+        if isinstance(block, TextBlock | ImageBlock):
+            if isinstance(block, ImageBlock) and role != "user":
+                raise InvalidRequestError("'image' blocks belong in user messages.", param=where)
+            parts.append(_part(block, where))
+        elif isinstance(block, MediaBlock):
+            raise _unsupported(where)
+        elif isinstance(block, ToolUseBlock):
+            if role != "assistant":
+                raise InvalidRequestError(
+                    "'tool_use' blocks belong in assistant messages.", param=where
+                )
+            arguments = json.dumps(block.input, ensure_ascii=False)
+            calls.append(ToolCall.of(block.id, block.name, arguments))
+        elif isinstance(block, ToolResultBlock):
+            if role != "user":
+                raise InvalidRequestError(
+                    "'tool_result' blocks belong in user messages.", param=where
+                )
+            results.append(_tool_result(block, where))
+        # Thinking blocks of earlier answers are left out, as reasoning models expect.
+    # Anthropic puts a turn's tool results before its text; chat has them as tool messages.
+    if parts or calls or not results:
+        content = parts_content(parts) if parts or not calls else None
+        results.append(ChatMessage(role=role, content=content, tool_calls=calls or None))
+    return results
+
+
+def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
+    """The conversation as chat messages: the system prompt, then each turn's."""
+    messages = _system_prompt(body)
     for index, message in enumerate(body.messages):
         if message.role == "system":
             continue
-        param = f"messages[{index}].content"
         if isinstance(message.content, str):
             messages.append(ChatMessage(role=message.role, content=message.content))
-            continue
-        texts: list[str] = []
-        calls: list[ToolCall] = []
-        results: list[ChatMessage] = []
-        for position, block in enumerate(message.content):
-            where = f"{param}[{position}]"
-            if isinstance(block, TextBlock):
-                texts.append(block.text)
-            elif isinstance(block, MediaBlock):
-                raise _unsupported(where)
-            elif isinstance(block, ToolUseBlock):
-                if message.role != "assistant":
-                    raise InvalidRequestError(
-                        "'tool_use' blocks belong in assistant messages.", param=where
-                    )
-                arguments = json.dumps(block.input, ensure_ascii=False)
-                calls.append(ToolCall.of(block.id, block.name, arguments))
-            elif isinstance(block, ToolResultBlock):
-                if message.role != "user":
-                    raise InvalidRequestError(
-                        "'tool_result' blocks belong in user messages.", param=where
-                    )
-                results.append(_tool_result(block, where))
-            # Thinking blocks of earlier answers are left out, as reasoning models expect.
-        # Anthropic puts a turn's tool results before its text; chat has them as tool messages.
-        messages.extend(results)
-        if texts or calls or not results:
-            content = "\n".join(texts) if texts or not calls else None
-            messages.append(
-                ChatMessage(role=message.role, content=content, tool_calls=calls or None)
-            )
+        else:
+            messages += _turn(message.role, message.content, f"messages[{index}].content")
     return messages
 
 

@@ -7,19 +7,23 @@ holding the whole result.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmserve.api.common.chat import chat_chunks
 from lmserve.api.common.errors import APIError
 from lmserve.api.common.generation import Generation
 
-if TYPE_CHECKING:
-    from lmserve.api.lmstudio.service import NativeChatTurn
+
+class ResultMaker(Protocol):
+    """What the events need of their turn (``service.NativeChatTurn``): the result that
+    ``chat.end`` holds; so this module never imports the service."""
+
+    async def result(
+        self, generation: Generation, reasoning: str | None, text: str
+    ) -> dict[str, Any]: ...
 
 
-async def chat_events(
-    turn: NativeChatTurn, generation: Generation
-) -> AsyncIterator[dict[str, Any]]:
+async def chat_events(turn: ResultMaker, generation: Generation) -> AsyncIterator[dict[str, Any]]:
     yield {"type": "chat.start", "model_instance_id": generation.prepared.model.identifier}
     yield {"type": "prompt_processing.start"}
     open_kind: str | None = None  # "reasoning" or "message", while one is streaming

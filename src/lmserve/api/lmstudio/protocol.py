@@ -3,7 +3,7 @@ completions, and the stateful chat of ``/api/v1/chat``; fields in LM Studio's or
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -84,11 +84,27 @@ class DownloadRequest(RequestModel):
 # -- v1: chat -----------------------------------------------------------------------------------
 
 
+class TextInput(RequestModel):
+    type: Literal["message"]
+    content: str
+
+
+class ImageInput(RequestModel):
+    """An image for a vision model: a ``data:`` URL (or http(s), where the server fetches)."""
+
+    type: Literal["image"]
+    data_url: str = Field(min_length=1)
+
+
+InputObject = Annotated[TextInput | ImageInput, Field(discriminator="type")]
+
+
 class NativeChatRequest(RequestModel):
     """The request fields in the order of LM Studio's reference."""
 
     model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
-    input: str = Field(min_length=1)
+    # The user's message: its text, or its text and images in order (a string is one text).
+    input: list[InputObject] = Field(min_length=1, max_length=bounds.MAX_MESSAGES)
     system_prompt: str | None = None
     integrations: list[Any] | None = Field(default=None, max_length=64)
     stream: bool = False
@@ -109,6 +125,14 @@ class NativeChatRequest(RequestModel):
     ttl: bounds.TTL | None = None
     speculative: bool | None = None  # see GenerationRequestFields.speculative
     draft_model: str | None = Field(default=None, min_length=1)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _string_input(cls, value: Any) -> Any:
+        # A string is the message's text; as a list, a bad item is named by its index.
+        if value == "":
+            raise ValueError("the input is empty")
+        return [{"type": "message", "content": value}] if isinstance(value, str) else value
 
     @field_validator("previous_response_id")
     @classmethod

@@ -17,10 +17,17 @@ from lmserve.api.common.chat import build_chat_request, chat_completion
 from lmserve.api.common.conversation import ConversationStore, ConversationTurn
 from lmserve.api.common.errors import InvalidRequestError, NotFoundError
 from lmserve.api.common.generation import Generation, Prepared, draft_stats, stats_of
-from lmserve.api.common.protocol import ChatCompletionRequest, ChatMessage
+from lmserve.api.common.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ContentPart,
+    ImageContentPart,
+    TextContentPart,
+    parts_content,
+)
 from lmserve.api.common.serving import Turn
 from lmserve.api.lmstudio.events import chat_events
-from lmserve.api.lmstudio.protocol import DownloadRequest, NativeChatRequest
+from lmserve.api.lmstudio.protocol import DownloadRequest, ImageInput, NativeChatRequest
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
@@ -219,6 +226,18 @@ class WithStats:
 ChatThreads = ConversationStore[list[ChatMessage]]
 
 
+def user_content(body: NativeChatRequest) -> str | list[ContentPart]:
+    """The input as the user message's content: its texts and images, in order.  The thread
+    keeps the message as it is, images included, for the next request."""
+    parts = [
+        ImageContentPart.of(item.data_url)
+        if isinstance(item, ImageInput)
+        else TextContentPart(type="text", text=item.content)
+        for item in body.input
+    ]
+    return parts_content(parts)
+
+
 class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
     """One native chat request: its result, and the thread (chat messages) it extends.
 
@@ -247,7 +266,7 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
         # A thread's own system prompt stays unless this request brings another.
         earlier = [m for m in self.previous or [] if not (system and m.role == "system")]
         chat_body = build_chat_request(
-            messages=[*system, *earlier, ChatMessage(role="user", content=body.input)],
+            messages=[*system, *earlier, ChatMessage(role="user", content=user_content(body))],
             **self.chat_fields(),
         )
         self.messages = chat_body.messages

@@ -1,9 +1,11 @@
 """The SDKs' chat history as chat messages, and a history rendered by a client's own prompt
 template (how the SDKs ask for a text completion).
 
-A history message is a role and a list of parts: text, files (images, which these text
-models cannot read), an assistant's tool call requests, and tool results (one chat message
-each).  A call without an id gets one, so its result can name it.
+A history message is a role and a list of parts: text, files (images the client uploaded
+first, kept in :mod:`lmserve.api.lmstudio_ws.files`), an assistant's tool call requests, and
+tool results (one chat message each).  A user message's text and images keep their order, an
+image becoming chat's image part (a ``data:`` URL of its bytes).  A call without an id gets
+one, so its result can name it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lmserve.api.common.chat import unsupported_content
 from lmserve.api.common.errors import InvalidRequestError
-from lmserve.api.common.protocol import ChatMessage, ToolCall
+from lmserve.api.common.protocol import (
+    ChatMessage,
+    ContentPart,
+    ImageContentPart,
+    TextContentPart,
+    ToolCall,
+    parts_content,
+)
 from lmserve.api.common.tools import new_call_id
+from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.protocol import (
     ChatHistory,
     FilePart,
@@ -26,13 +37,13 @@ from lmserve.engine.template import ChatTemplate
 
 
 def _refuse_files(message: HistoryMessage, index: int) -> None:
+    """For a prompt template of the client's own, which renders text only."""
     for part in message.content:
         if isinstance(part, FilePart):
-            raise InvalidRequestError(
-                f"history.messages[{index}] holds a file ({part.name or part.fileType}): the "
-                "models lmserve serves read text only.",
-                param=f"history.messages[{index}]",
-                code="unsupported_content",
+            raise unsupported_content(
+                f"history.messages[{index}] holds a file ({part.name or part.fileType}): a "
+                "prompt template of the client's own renders text only.",
+                f"history.messages[{index}]",
             )
 
 
@@ -40,16 +51,47 @@ def _text(message: HistoryMessage) -> str:
     return "\n".join(part.text for part in message.content if isinstance(part, TextPart))
 
 
-def chat_messages(history: ChatHistory, *, skip_files: bool = False) -> list[ChatMessage]:
-    """The history as chat messages, in order.  A file is refused, unless ``skip_files`` (only
-    rendering a template, not predicting) says to leave it out: no file can be on this
-    server, as it takes no uploads."""
+def _image(part: FilePart, files: FileStore | None, param: str) -> ImageContentPart:
+    stored = files.get(part.identifier) if files is not None else None
+    if stored is None:
+        reason = files.forgotten(part.identifier) if files is not None else "No files here."
+        raise InvalidRequestError(reason, param=param, code="file_not_found")
+    if stored.media_type is None:
+        raise unsupported_content(
+            f"{param} is a file of type {stored.file_type} ({stored.name}): only images are "
+            "read, by a model with a vision projector.",
+            param,
+        )
+    return ImageContentPart.of(stored.data_url)
+
+
+def _content(
+    message: HistoryMessage, index: int, files: FileStore | None, skip_files: bool
+) -> str | list[ContentPart]:
+    """A message's text, and a user message's images where they are among it."""
+    parts: list[TextContentPart | ImageContentPart] = []
+    for position, part in enumerate(message.content):
+        param = f"history.messages[{index}].content[{position}]"
+        if isinstance(part, TextPart):
+            parts.append(TextContentPart(type="text", text=part.text))
+        elif not isinstance(part, FilePart) or skip_files:
+            continue
+        elif message.role != "user":
+            raise unsupported_content("Images belong in user messages.", param)
+        else:
+            parts.append(_image(part, files, param))
+    return parts_content(parts)
+
+
+def chat_messages(
+    history: ChatHistory, files: FileStore | None = None, *, skip_files: bool = False
+) -> list[ChatMessage]:
+    """The history as chat messages, in order, its files read from ``files``; ``skip_files``
+    (only rendering a template, not predicting) leaves files out."""
     if not history.messages:
         raise InvalidRequestError("The chat history has no messages.", param="history")
     messages: list[ChatMessage] = []
     for index, message in enumerate(history.messages):
-        if not skip_files:
-            _refuse_files(message, index)
         if message.role == "tool":
             messages += [
                 ChatMessage(role="tool", content=part.content, tool_call_id=part.toolCallId)
@@ -66,9 +108,8 @@ def chat_messages(history: ChatHistory, *, skip_files: bool = False) -> list[Cha
             for part in message.content
             if isinstance(part, ToolCallRequestPart)
         ]
-        messages.append(
-            ChatMessage(role=message.role, content=_text(message), tool_calls=calls or None)
-        )
+        content = _content(message, index, files, skip_files)
+        messages.append(ChatMessage(role=message.role, content=content, tool_calls=calls or None))
     return messages
 
 

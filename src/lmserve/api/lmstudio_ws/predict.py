@@ -28,6 +28,7 @@ from lmserve.api.common.protocol import CompletionRequest, GenerationRequestFiel
 from lmserve.api.common.serving import start_generation
 from lmserve.api.common.structured import schema_to_grammar
 from lmserve.api.lmstudio_ws.errors import SDKError, preset_not_found
+from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.history import chat_messages, render_with_template
 from lmserve.api.lmstudio_ws.info import instance_info, wanted_name
 from lmserve.api.lmstudio_ws.kvconfig import (
@@ -81,7 +82,9 @@ class PredictTurn:
         return prepared
 
 
-def _request(name: str, param: PredictParameter, settings: Prediction) -> GenerationRequestFields:
+def _request(
+    name: str, param: PredictParameter, settings: Prediction, files: FileStore
+) -> GenerationRequestFields:
     fields = dict(settings.fields)
     if settings.template is not None:
         stops = [*(fields.pop("stop", None) or []), *settings.template_stops]
@@ -93,7 +96,7 @@ def _request(name: str, param: PredictParameter, settings: Prediction) -> Genera
             return CompletionRequest(model=name, prompt=" ", stop=stops or None, **fields)
         except ValidationError as exc:
             raise validation_error(exc) from exc
-    messages = with_system_prompt(chat_messages(param.history), settings.system_prompt)
+    messages = with_system_prompt(chat_messages(param.history, files), settings.system_prompt)
     return build_chat_request(model=name, messages=messages, **fields)
 
 
@@ -216,7 +219,7 @@ async def predict(ctx: Context, param: PredictParameter, channel: Channel) -> No
     models = ctx.models
     config = flatten(param.predictionConfigStack)
     settings = prediction(config)
-    body = _request(wanted_name(param.modelSpecifier, models, "llm"), param, settings)
+    body = _request(wanted_name(param.modelSpecifier, models, "llm"), param, settings, ctx.files)
     started = await start_generation(
         models, ctx.logs, body, PredictTurn(param, settings), make=CountedGeneration
     )

@@ -228,6 +228,13 @@ class EmbedParameter(Frame):
     inputString: str
 
 
+class UploadFileParameter(Frame):
+    """``files.uploadFileBase64``: what ``client.files.prepare_image`` sends."""
+
+    name: str = Field(max_length=1024)
+    contentBase64: str
+
+
 class FunctionTool(Frame):
     name: str
     description: str | None = None

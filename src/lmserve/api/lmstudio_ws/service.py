@@ -3,9 +3,10 @@
 ``llm`` and ``embedding``: listing, loading and unloading models, their info and load config,
 tokenizing; ``llm`` also predicts and applies the prompt template, ``embedding`` embeds.
 ``system`` lists downloaded models and answers the SDKs' housekeeping calls; ``diagnostics``
-streams the prompts the models receive (the log stream's ``llm.prediction.input`` records).
-``files`` (images) and ``repository`` (downloads from LM Studio's hub) are namespaces lmserve
-does not serve: each of their calls gets an error saying so, rather than no answer.
+streams the prompts the models receive (the log stream's ``llm.prediction.input`` records);
+``files`` takes the images a history names (:mod:`lmserve.api.lmstudio_ws.system`).
+``repository`` (downloads from LM Studio's hub) is a namespace lmserve does not serve: each
+of its calls gets an error saying so, rather than no answer.
 """
 
 from __future__ import annotations

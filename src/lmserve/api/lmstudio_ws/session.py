@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket
 
 from lmserve.api.common.lifecycle import Lifecycle
 from lmserve.api.lmstudio_ws.errors import SDKError, error_body, invalid
+from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.protocol import (
     FRAMES,
     CancelPacket,
@@ -57,6 +58,10 @@ class Context:
     @property
     def logs(self) -> LogBus:
         return self.state.logs  # type: ignore[no-any-return]
+
+    @property
+    def files(self) -> FileStore:
+        return self.state.sdk_files  # type: ignore[no-any-return]
 
     @property
     def domain(self) -> Any:

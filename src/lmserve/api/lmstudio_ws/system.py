@@ -4,18 +4,22 @@
 notifications, experiment flags; starting or stopping the HTTP server is refused).
 ``diagnostics`` streams the prompts models receive: the log stream's
 ``llm.prediction.input`` records, as LM Studio's diagnostics log events.  ``files`` takes
-images for vision models, which lmserve does not serve: its calls get an error saying so.
+the images a later prediction's history names (:mod:`lmserve.api.lmstudio_ws.files` keeps
+them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from typing import Any
 
 from lmserve import __version__
-from lmserve.api.lmstudio_ws.errors import unsupported
+from lmserve.api.lmstudio_ws.errors import SDKError, unsupported
 from lmserve.api.lmstudio_ws.info import model_info, model_key
+from lmserve.api.lmstudio_ws.protocol import UploadFileParameter
 from lmserve.api.lmstudio_ws.session import VOID, Channel, ChannelEndpoint, Context, Namespace, Rpc
 
 logger = logging.getLogger("lmserve.api")
@@ -48,8 +52,20 @@ async def refuse_http_server(ctx: Context, _: Any) -> Any:
     raise unsupported("Starting or stopping the HTTP server from an SDK")
 
 
-async def refuse_files(ctx: Context, _: Any) -> Any:
-    raise unsupported("Files and images (the models lmserve serves read text only)")
+async def upload_file_base64(ctx: Context, param: UploadFileParameter) -> Any:
+    """Keep a file (an image, for a later history to name) and answer its handle's fields."""
+    try:
+        data = base64.b64decode(param.contentBase64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SDKError("The file's contentBase64 is not base64.") from None
+    if not data:
+        raise SDKError("The file is empty.")
+    stored = ctx.files.add(param.name, data)
+    return {"identifier": stored.identifier, "fileType": stored.file_type, "sizeBytes": len(data)}
+
+
+async def no_local_path(ctx: Context, _: Any) -> Any:
+    raise unsupported("A local path for a file (lmserve keeps the files it is sent in memory)")
 
 
 async def alive(ctx: Context, _: Any, channel: Channel) -> None:
@@ -99,11 +115,14 @@ def system_namespaces() -> dict[str, Namespace]:
         "startHttpServer": Rpc(None, refuse_http_server),
         "stopHttpServer": Rpc(None, refuse_http_server),
     }
-    files = ("uploadFileBase64", "getLocalFileAbsolutePath")
+    files_rpcs = {
+        "uploadFileBase64": Rpc(UploadFileParameter, upload_file_base64),
+        "getLocalFileAbsolutePath": Rpc(None, no_local_path),
+    }
     return {
         "system": Namespace(system_rpcs, {"alive": ChannelEndpoint(None, alive, long_lived=True)}),
         "diagnostics": Namespace(
             {}, {"streamLogs": ChannelEndpoint(None, stream_logs, long_lived=True)}
         ),
-        "files": Namespace({name: Rpc(None, refuse_files) for name in files}, {}),
+        "files": Namespace(files_rpcs, {}),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmserve.api.common.chat import chat_chunks
 from lmserve.api.common.errors import APIError
@@ -14,9 +14,26 @@ from lmserve.api.responses.items import (
     new_item_id,
     reasoning_item,
 )
+from lmserve.api.responses.tools import ToolNames
 
-if TYPE_CHECKING:
-    from lmserve.api.responses.service import ResponseTurn
+
+class ResponseMaker(Protocol):
+    """What the events need of their turn (``service.ResponseTurn``): the response's shape,
+    the final response, the tools' names; so this module never imports the service."""
+
+    tool_names: ToolNames
+
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def complete(
+        self, status: str, output: list[dict[str, Any]], generation: Generation
+    ) -> dict[str, Any]: ...
 
 
 class ResponseEvents:
@@ -27,7 +44,7 @@ class ResponseEvents:
     end) closes it, so items stream one after another as OpenAI's do.
     """
 
-    def __init__(self, turn: ResponseTurn, generation: Generation) -> None:
+    def __init__(self, turn: ResponseMaker, generation: Generation) -> None:
         self.turn = turn
         self.generation = generation
         self.sequence = 0

@@ -6,9 +6,18 @@ from __future__ import annotations
 import secrets
 from typing import Any, Literal
 
-from lmserve.api.common.chat import text_of, unsupported_content
-from lmserve.api.common.protocol import AssistantMessage, ChatMessage, ToolCall
-from lmserve.api.responses.protocol import InputItem, TextPart
+from lmserve.api.common.chat import unsupported_content
+from lmserve.api.common.errors import InvalidRequestError
+from lmserve.api.common.protocol import (
+    AssistantMessage,
+    ChatMessage,
+    ContentPart,
+    ImageContentPart,
+    TextContentPart,
+    ToolCall,
+    parts_content,
+)
+from lmserve.api.responses.protocol import ImagePart, InputItem, TextPart
 from lmserve.api.responses.tools import ToolNames, call_name
 
 
@@ -86,11 +95,41 @@ def output_items(message: AssistantMessage, status: str, names: ToolNames) -> li
     return items
 
 
-def _text(content: str | list[Any], param: str) -> str:
-    refusal = "This model reads text only; image, file and audio inputs are not supported."
-    return text_of(
-        content, TextPart, lambda index: unsupported_content(refusal, f"{param}[{index}]")
-    )
+def _image(part: ImagePart, param: str) -> ImageContentPart:
+    if part.image_url is not None:
+        return ImageContentPart.of(part.image_url)
+    if part.file_id is not None:
+        raise unsupported_content(
+            "'file_id' names a file of OpenAI's Files API, which lmserve does not serve: send "
+            "the image as 'image_url' (a data: URL).",
+            f"{param}.file_id",
+        )
+    raise InvalidRequestError("An 'input_image' part needs an 'image_url'.", param=param)
+
+
+def _content(content: str | list[Any], param: str, *, images: bool) -> str | list[ContentPart]:
+    """A message's or a call output's content as chat content: its text and, where
+    ``images`` allows them (user messages, function call outputs), its images, in order."""
+    if isinstance(content, str):
+        return content
+    parts: list[TextContentPart | ImageContentPart] = []
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        if isinstance(part, TextPart):
+            parts.append(TextContentPart(type="text", text=part.text))
+        elif isinstance(part, ImagePart) and images:
+            parts.append(_image(part, where))
+        elif isinstance(part, ImagePart):
+            raise unsupported_content(
+                "Images belong in user messages and function call outputs.", where
+            )
+        else:
+            raise unsupported_content(
+                "File and audio inputs are not supported: lmserve's models read text, and "
+                "images where the model has a vision projector.",
+                where,
+            )
+    return parts_content(parts)
 
 
 def chat_messages(
@@ -106,7 +145,8 @@ def chat_messages(
         param = f"input[{index - first_new}]"
         if item.type == "message":
             assert item.role is not None and item.content is not None  # the model checks them
-            content = _text(item.content, f"{param}.content")
+            images = item.role == "user"
+            content = _content(item.content, f"{param}.content", images=images)
             messages.append(ChatMessage(role=item.role, content=content))
         elif item.type == "function_call":
             assert item.call_id is not None and item.name is not None
@@ -118,7 +158,7 @@ def chat_messages(
                 messages.append(ChatMessage(role="assistant", tool_calls=[call]))
         elif item.type == "function_call_output":
             assert item.output is not None
-            content = _text(item.output, f"{param}.output")
+            content = _content(item.output, f"{param}.output", images=True)
             messages.append(ChatMessage(role="tool", tool_call_id=item.call_id, content=content))
     return messages
 

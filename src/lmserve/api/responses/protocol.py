@@ -30,13 +30,24 @@ class TextPart(RequestModel):
     text: str
 
 
+class ImagePart(RequestModel):
+    """An image for a vision model, by URL (a ``data:`` URL, or http(s) where the server
+    fetches them); ``file_id`` names an upload to OpenAI's Files API, which is refused.  Kept
+    as sent, so a stored conversation gives the image to the next turn too."""
+
+    type: Literal["input_image"]
+    image_url: str | None = Field(default=None, min_length=1)
+    file_id: str | None = Field(default=None, max_length=200)
+    detail: str | None = Field(default=None, max_length=16)  # accepted; the projector decides
+
+
 class MediaPart(RequestModel):
-    """Inputs the local text models cannot read: validated, then refused with a clear 400."""
+    """Inputs the local models cannot read: validated, then refused with a clear 400."""
 
-    type: Literal["input_image", "input_file", "input_audio", "refusal"]
+    type: Literal["input_file", "input_audio", "refusal"]
 
 
-ContentPart = Annotated[TextPart | MediaPart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart | MediaPart, Field(discriminator="type")]
 
 
 # What each kind of input item must have besides its type.
