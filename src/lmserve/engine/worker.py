@@ -162,7 +162,13 @@ class Worker:
         except Exception:
             self.model.close()
             raise
-        self.prompt_cache = self._start_prompt_cache(offloaded)
+        if projector is not None and projector.mrope:
+            # M-RoPE images hold more cells than positions, which the prompt cache's token
+            # ranges do not describe: such models keep their prompts in their slots only.
+            logger.info("%s: no prompt cache beyond the slots (M-RoPE projector)", spec.name)
+            self.prompt_cache = None
+        else:
+            self.prompt_cache = self._start_prompt_cache(offloaded)
         self.outbox = _PipeOutbox(send)
         self.engine = BatchingEngine(
             self.model,

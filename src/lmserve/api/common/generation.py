@@ -291,6 +291,16 @@ class Generation:
                 choice=index * prepared.n,
                 prompt=prompt,
                 prompt_tokens=len(tokens),
+                # Each image as the prompt shows it: its hash's start and its tokens.
+                images=[
+                    {
+                        "id": image.image.id,
+                        "tokens": image.n_tokens,
+                        "width": image.image.width,
+                        "height": image.image.height,
+                    }
+                    for image in prepared.images
+                ],
                 # What sampling the model gets: the request's settings over the defaults.
                 parameters={
                     **prepared.sampling.describe(),

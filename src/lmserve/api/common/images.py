@@ -238,7 +238,12 @@ class ImageReader:
         except InvalidRequestError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _error("The image would decompress to too many pixels.", param) from None
+            raise _error(
+                "The image would decompress to too many pixels; this server takes images of "
+                f"up to {limits.max_pixels:,} pixels (--max-image-pixels).",
+                param,
+                "image_too_large",
+            ) from None
         except (OSError, SyntaxError, ValueError, EOFError):
             # Pillow's words for bytes that are no image, or a truncated or corrupt one.
             raise _error(

@@ -62,6 +62,8 @@ class Metrics:
         self.completion_tokens: dict[Labels, int] = defaultdict(int)
         self.predictions: dict[Labels, int] = defaultdict(int)
         self.draft_tokens: dict[Labels, int] = defaultdict(int)
+        self.images: dict[Labels, int] = defaultdict(int)
+        self.image_tokens: dict[Labels, int] = defaultdict(int)
         self.time_to_first_token = Histogram(TTFT_BUCKETS)
         self.tokens_per_second = Histogram(TOKENS_PER_SECOND_BUCKETS)
 
@@ -70,10 +72,16 @@ class Metrics:
 
     def observe_record(self, record: dict[str, Any]) -> None:
         """The log bus listener: one call per record, on the event loop."""
-        if record.get("type") != "llm.prediction.output":
+        kind = record.get("type")
+        model: Labels = (("model", str(record.get("model"))),)
+        if kind == "llm.prediction.input":
+            for image in record.get("images") or ():
+                self.images[model] += 1
+                self.image_tokens[model] += int(image.get("tokens") or 0)
+            return
+        if kind != "llm.prediction.output":
             return
         stats = record.get("stats") or {}
-        model: Labels = (("model", str(record.get("model"))),)
         self.prompt_tokens[model] += int(stats.get("prompt_tokens") or 0)
         self.completion_tokens[model] += int(stats.get("completion_tokens") or 0)
         self.predictions[(*model, ("stop_reason", str(stats.get("stop_reason"))))] += 1
@@ -105,6 +113,10 @@ class Metrics:
         out.samples("lmserve_completion_tokens_total", self.completion_tokens)
         out.family("lmserve_predictions", "counter", "Finished predictions by stop reason.")
         out.samples("lmserve_predictions_total", self.predictions)
+        out.family("lmserve_images", "counter", "Images in prompts given to vision models.")
+        out.samples("lmserve_images_total", self.images)
+        out.family("lmserve_image_tokens", "counter", "Prompt tokens those images took.")
+        out.samples("lmserve_image_tokens_total", self.image_tokens)
         out.family(
             "lmserve_draft_tokens",
             "counter",
