@@ -29,8 +29,10 @@ from lmserve.engine.types import ImageError, ImageInput, PromptImage, TokenizedP
 
 logger = logging.getLogger("lmserve.engine")
 
-# Image chunks kept after tokenizing, ready to encode when their request reaches them.
-_KEPT_CHUNKS = 32
+# Image chunks kept after tokenizing, ready to encode when their request reaches them (one
+# holds the image resized for the projector: about 10 MB for Gemma 3's 896x896); one dropped
+# meanwhile is made again from the request's image.
+_KEPT_CHUNKS = 8
 
 
 def placeholders(image_id: str, count: int) -> list[int]:
