@@ -40,8 +40,11 @@ def choose_model(manager: ModelManager, settings: Settings) -> CatalogEntry:
         entry = catalog.resolve(settings.model)
         if entry is None:
             known = ", ".join(catalog.public_id(e) for e in catalog.entries) or "none"
+            why = catalog.not_a_model(settings.model)
             raise ServerStartError(
-                f"no downloaded model matches '{settings.model}' (have: {known})"
+                f"{why} (have: {known})"
+                if why
+                else f"no downloaded model matches '{settings.model}' (have: {known})"
             )
         return entry
     default = next((e for e in catalog.entries if e.path.name == DEFAULT_MODEL.file_name), None)
@@ -155,7 +158,8 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
     startup = []
     if settings.load_at_start:
         entry = choose_model(manager, settings)
-        startup.append((entry.relative_path, LoadOptions(draft_model=settings.draft_model)))
+        options = LoadOptions(draft_model=settings.draft_model, mmproj=settings.mmproj)
+        startup.append((entry.relative_path, options))
     app = create_app(manager, startup_models=startup, settings=settings)
     if not is_loopback_name(settings.host) and not settings.api_keys:
         logger.warning(

@@ -16,6 +16,7 @@ import httpx
 
 from lmserve.apikeys import ENV_VAR
 from lmserve.config import DEFAULT_HOST, DEFAULT_PORT, check_gpu_setting
+from lmserve.models.projectors import ProjectorError, check_projector
 from lmserve.paths import server_state_file
 
 
@@ -201,6 +202,15 @@ def gpu_option(value: str | None) -> str | None:
     try:
         return None if value is None else check_gpu_setting(value)
     except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def mmproj_option(value: str | None) -> str | None:
+    """Click's check of a ``--mmproj`` value (``serve``, ``server start`` and ``load``): an
+    existing vision projector, as an absolute path (the server may run elsewhere than here)."""
+    try:
+        return None if value is None else str(check_projector(value))
+    except ProjectorError as exc:
         raise click.BadParameter(str(exc)) from None
 
 

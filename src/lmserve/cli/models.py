@@ -15,6 +15,7 @@ from lmserve.cli.common import (
     gpu_option,
     human_size,
     interactive,
+    mmproj_option,
     table,
 )
 from lmserve.config import (
@@ -43,6 +44,8 @@ def _entry_row(catalog: Catalog, entry: CatalogEntry) -> dict[str, Any]:
         "size_bytes": entry.size_bytes,
         "max_context_length": header.context_length,
         "chat_template": header.chat_template is not None,
+        "vision": entry.vision,
+        "mmproj": entry.mmproj.name if entry.mmproj is not None else None,
     }
 
 
@@ -74,10 +77,11 @@ def list_models(only: str | None, as_json: bool) -> None:
                     human_size(row["size_bytes"]),
                     str(row["max_context_length"] or "-"),
                     row["type"],
+                    "vision" if row["vision"] else "",
                 ]
                 for row in rows
             ],
-            ["MODEL", "PARAMS", "ARCH", "QUANT", "SIZE", "CONTEXT", "TYPE"],
+            ["MODEL", "PARAMS", "ARCH", "QUANT", "SIZE", "CONTEXT", "TYPE", ""],
         )
     )
 
@@ -125,9 +129,20 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
                 f"{left:.0f}s of {ttl:.0f}s" if ttl is not None and left is not None else "-",
                 "jit" if item.get("jit") else "loaded",
                 {True: "on", False: "off"}.get(item.get("repack"), "-"),  # type: ignore[arg-type]
+                "vision" if item.get("vision") else "",
             ]
         )
-    header = ["IDENTIFIER", "MODEL", "CONTEXT", "SLOTS BUSY", "QUEUE", "TTL LEFT", "HOW", "REPACK"]
+    header = [
+        "IDENTIFIER",
+        "MODEL",
+        "CONTEXT",
+        "SLOTS BUSY",
+        "QUEUE",
+        "TTL LEFT",
+        "HOW",
+        "REPACK",
+        "",
+    ]
     click.echo(table(rows, header))
     for item in instances:
         if item.get("repack_reason"):
@@ -166,6 +181,9 @@ def pick_model(name: str, yes: bool) -> str:
     catalog = Catalog.scan(models_dir())
     if catalog.resolve(name) is not None:
         return name
+    why = catalog.not_a_model(name)
+    if why is not None:
+        raise click.ClickException(why)
     keys = [catalog.public_id(entry) for entry in catalog.entries]
     matches = [key for key in keys if name.lower() in key.lower()]
     if not matches:
@@ -236,6 +254,14 @@ def pick_model(name: str, yes: bool) -> str:
     help="A downloaded model of the same vocabulary to draft tokens for this one "
     "(speculative decoding); requests may name another with 'draft_model'.",
 )
+@click.option(
+    "--mmproj",
+    default=None,
+    metavar="PATH",
+    callback=lambda _ctx, _param, v: mmproj_option(v),
+    help="A vision projector (mmproj GGUF) to load with the model, in place of the one in "
+    "its folder (a path on the server's machine).",
+)
 @click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
 @connection_options
 def load_model(
@@ -249,6 +275,7 @@ def load_model(
     flash_attention: str | None,
     kv_cache_type: str | None,
     draft_model: str | None,
+    mmproj: str | None,
     yes: bool,
     host: str | None,
     port: int | None,
@@ -267,6 +294,7 @@ def load_model(
         ("flash_attention", {"on": True, "off": False}.get(flash_attention or "auto")),
         ("draft_model", draft_model),
         ("kv_cache_type", kv_cache_type),
+        ("mmproj", mmproj),
     ):
         if value is not None:
             body["config"][key] = value
@@ -285,6 +313,8 @@ def load_model(
         click.echo(f"Flash attention {state}: {config['flash_attention_reason']}.")
     if config.get("draft_model"):
         click.echo(f"Draft model: {config['draft_model']}.")
+    if config.get("mmproj"):
+        click.echo(f"Vision projector: {config['mmproj']}.")
 
 
 @click.command("unload")

@@ -21,7 +21,7 @@ from lmserve.cli.common import (
     echo_json,
     server_address,
 )
-from lmserve.cli.serve import server_options
+from lmserve.cli.serve import check_start_model, server_options
 from lmserve.paths import home_dir, logs_dir
 
 _STOP_TIMEOUT = 30.0
@@ -88,6 +88,7 @@ def _log_tail(path: str, lines: int = 15) -> str:
 )
 def start(**options: Any) -> None:
     """Start the server in the background; its log goes to $LMSERVE_HOME/logs/server.log."""
+    check_start_model(options)
     state = ServerState.read()
     if state is not None and state.alive:
         click.echo(f"The server is already running on port {state.port} (pid {state.pid}).")

@@ -13,12 +13,17 @@ from lmserve.models.crashes import CrashRecord
 
 
 class ModelNotFound(LookupError):
-    """No loaded (or, for loading, downloaded) model has this name."""
+    """No loaded (or, for loading, downloaded) model has this name.
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    ``note`` says why, when there is more to say than that: the name is a vision projector's
+    (:meth:`lmserve.models.catalog.Catalog.not_a_model`).
+    """
+
+    def __init__(self, name: str, known: list[str], note: str | None = None) -> None:
         super().__init__(name)
         self.name = name
         self.known = known
+        self.note = note
 
 
 class NoModelNamed(LookupError):

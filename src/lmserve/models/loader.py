@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from lmserve.engine.client import EngineWorker
 from lmserve.engine.exits import WorkerExit
 from lmserve.engine.prompt_cache.settings import PromptCacheSettings
 from lmserve.engine.template import ChatTemplate
+from lmserve.engine.types import MEDIA_MARKER
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.repack import RepackChoice, VerdictCache, start_checked, verdict_facts
@@ -44,6 +46,9 @@ class LoadOptions:
     draft_model: str | None = None  # a downloaded model to draft with (speculative decoding)
     kv_cache_type_k: str | None = None  # see lmserve.config.KV_CACHE_TYPES
     kv_cache_type_v: str | None = None
+    # A vision projector's path (checked by lmserve.models.projectors.check_projector), in
+    # place of the one in the model's folder.
+    mmproj: str | None = None
 
 
 @dataclass
@@ -64,6 +69,13 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # requests between model lookup and their last event
     draft_model: str | None = None  # the draft model its worker has loaded, if any
+    mmproj: str | None = None  # the vision projector its worker was given, if any
+
+    @property
+    def vision(self) -> bool:
+        """Whether the model takes images: its worker loaded a projector (or was given one,
+        by a worker that does not say)."""
+        return self.engine.info.vision or self.mmproj is not None
 
     @property
     def vocab(self) -> WorkerInfo:
@@ -89,10 +101,21 @@ class LoadedModel:
         self.engine.close(reason)
 
 
+def projector_for(entry: CatalogEntry, options: LoadOptions) -> str | None:
+    """The vision projector a load gives the worker: the one asked for, else the folder's."""
+    if options.mmproj:
+        return options.mmproj
+    return str(entry.mmproj) if entry.mmproj is not None else None
+
+
 def estimate_memory(
-    entry: CatalogEntry, n_ctx_total: int, kv_types: tuple[str, str] = ("f16", "f16")
+    entry: CatalogEntry,
+    n_ctx_total: int,
+    kv_types: tuple[str, str] = ("f16", "f16"),
+    mmproj: str | None = None,
 ) -> int:
-    """Bytes the instance will take: the weights plus its KV cache, plus a tenth."""
+    """Bytes the instance will take: the weights (and projector) plus its KV cache, plus a
+    tenth."""
     header = entry.header
     n_layer = int(header.arch_value("block_count") or 0)
     n_embd = int(header.arch_value("embedding_length") or 0)
@@ -102,7 +125,8 @@ def estimate_memory(
     value_length = int(header.arch_value("attention.value_length") or key_length)
     per_k, per_v = (KV_CACHE_TYPE_BYTES[kind] for kind in kv_types)
     kv_bytes = n_layer * n_ctx_total * n_head_kv * (key_length * per_k + value_length * per_v)
-    return int((entry.size_bytes + kv_bytes) * 1.1)
+    projector = os.path.getsize(mmproj) if mmproj and os.path.isfile(mmproj) else 0
+    return int((entry.size_bytes + projector + kv_bytes) * 1.1)
 
 
 def prompt_cache_settings(defaults: ModelDefaults) -> PromptCacheSettings | None:
@@ -159,6 +183,7 @@ def load_instance(
         options.kv_cache_type_v or defaults.kv_cache_type_v,
     )
     prompt_cache = prompt_cache_settings(defaults)
+    mmproj = projector_for(entry, options)
 
     def start(repack: bool, self_check: bool) -> EngineWorker:
         spec = WorkerSpec(
@@ -178,6 +203,8 @@ def load_instance(
             type_k=kv_types[0],
             type_v=kv_types[1],
             prompt_cache=prompt_cache,
+            mmproj=mmproj,
+            media_marker=MEDIA_MARKER,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
         return EngineWorker(spec, loop, on_exit=on_exit)
@@ -204,6 +231,7 @@ def load_instance(
         "kv_cache_type_k": kv_types[0],
         "kv_cache_type_v": kv_types[1],
         "prompt_cache": info.prompt_cache,
+        "mmproj": mmproj,
     }
     if changed := defaults.prediction.describe():
         # Only what the server was told: the rest are LM Studio's defaults.
@@ -215,18 +243,20 @@ def load_instance(
         template=template,
         config=config,
         # Weights and KV cache; the prompt cache has a budget of its own (--prompt-cache-ram).
-        memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot, kv_types),
+        memory_bytes=estimate_memory(entry, parallel * engine.n_ctx_per_slot, kv_types, mmproj),
         options=options,
         prediction=defaults.prediction,
         repack=repack,
         jit=jit,
         ttl=ttl,
+        mmproj=mmproj,
     )
     on_gpu = info.gpu_layers != 0 and info.gpu_offload
     logger.info(
-        "loaded %s (%s, %d slots x %d tokens%s%s) in %.2f s, engine process %d",
+        "loaded %s (%s%s, %d slots x %d tokens%s%s) in %.2f s, engine process %d",
         identifier,
         entry.path.name,
+        f" with projector {os.path.basename(mmproj)}" if mmproj else "",
         parallel,
         engine.n_ctx_per_slot,
         f", GPU offload {gpu}" if on_gpu else "",

@@ -37,6 +37,7 @@ from lmserve.models.loader import (
     fitting_context,
     load_instance,
     plan_context,
+    projector_for,
 )
 from lmserve.models.repack import VerdictCache
 from lmserve.models.unnamed import sole_model
@@ -82,6 +83,10 @@ class ModelManager:
     def resolve_entry(self, name: str) -> CatalogEntry | None:
         """The downloaded model ``name`` refers to, scanning the folder again on a miss."""
         return self.catalog.resolve(name) or self.rescan().resolve(name)
+
+    def not_found(self, name: str, known: list[str]) -> ModelNotFound:
+        """The error for a name no model has, saying whose projector it is if it is one."""
+        return ModelNotFound(name, known, self.catalog.not_a_model(name))
 
     def find_loaded(self, name: str) -> LoadedModel | None:
         """A loaded instance by identifier, or by any name of its catalog entry."""
@@ -176,7 +181,7 @@ class ModelManager:
             self._check_crashes(name)
             entry = self.resolve_entry(name) if self.jit else None
             if entry is None:
-                raise ModelNotFound(name, self.known_names())
+                raise self.not_found(name, self.known_names())
             self._check_crashes(self.catalog.public_id(entry))
             model = self.find_loaded(name) or await self._load_once(
                 entry,
@@ -205,7 +210,7 @@ class ModelManager:
             context_length=fitting_context(prompt_tokens),
         )
         parallel, n_ctx = plan_context(model.entry, options, self.defaults)  # trained length
-        needed = estimate_memory(model.entry, parallel * n_ctx)
+        needed = estimate_memory(model.entry, parallel * n_ctx, mmproj=model.mmproj)
         chosen = not model.jit or model.options.context_length is not None
         shared = model.in_flight > 1 or model.engine.in_flight > 0
         too_long = prompt_tokens >= n_ctx or needed > (self.max_memory or needed)
@@ -240,7 +245,7 @@ class ModelManager:
         options = options or LoadOptions()
         entry = self.resolve_entry(name)
         if entry is None:
-            raise ModelNotFound(name, [self.catalog.public_id(e) for e in self.catalog.entries])
+            raise self.not_found(name, [self.catalog.public_id(e) for e in self.catalog.entries])
         identifier = options.identifier or self.catalog.public_id(entry)
         loaded = self._loaded.get(identifier)
         if loaded is None:
@@ -308,7 +313,8 @@ class ModelManager:
         ttl: float | None,
     ) -> LoadedModel:
         parallel, n_ctx = plan_context(entry, options, self.defaults)
-        await self._make_room(estimate_memory(entry, parallel * n_ctx), entry)
+        needed = estimate_memory(entry, parallel * n_ctx, mmproj=projector_for(entry, options))
+        await self._make_room(needed, entry)
         loop = self._loop = asyncio.get_running_loop()
 
         def on_exit(exit: WorkerExit) -> None:  # on the worker's pipe thread

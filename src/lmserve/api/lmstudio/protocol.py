@@ -16,6 +16,7 @@ from lmserve.config import (
     flash_attention_setting,
 )
 from lmserve.models.loader import LoadOptions
+from lmserve.models.projectors import check_projector
 
 # -- v1: models ---------------------------------------------------------------------------------
 
@@ -33,6 +34,9 @@ class LoadConfig(RequestModel):
     draft_model: str | None = Field(default=None, min_length=1)  # LM Studio's draftModel
     # The KV cache's type, keys and values alike (llama-server's -ctk/-ctv).
     kv_cache_type: str | None = None
+    # A vision projector on the server's disk, in place of the model folder's (lmserve load
+    # --mmproj); LM Studio's load has no such field.
+    mmproj: str | None = Field(default=None, min_length=1, max_length=4096)
 
     @field_validator("gpu")
     @classmethod
@@ -48,6 +52,11 @@ class LoadConfig(RequestModel):
     @classmethod
     def _kv_cache_type(cls, value: str | None) -> str | None:
         return value if value is None else check_kv_cache_type(value)
+
+    @field_validator("mmproj")
+    @classmethod
+    def _mmproj(cls, value: str | None) -> str | None:
+        return value if value is None else str(check_projector(value))
 
 
 class LoadRequest(LoadConfig):
@@ -69,6 +78,7 @@ class LoadRequest(LoadConfig):
             draft_model=merged.get("draft_model"),
             kv_cache_type_k=merged.get("kv_cache_type"),
             kv_cache_type_v=merged.get("kv_cache_type"),
+            mmproj=merged.get("mmproj"),
         )
 
 

@@ -70,6 +70,7 @@ def instance(model: LoadedModel) -> dict[str, Any]:
             "queue_depth": model.engine.queue_depth,
             "engine_pid": model.engine.pid,
             "draft_model": model.draft_model,
+            "vision": model.vision,
         },
     }
 
@@ -96,7 +97,8 @@ def _v1_model(entry: CatalogEntry, key: str, instances: list[LoadedModel]) -> di
         "path": entry.relative_path,
     }
     if item["type"] == "llm":
-        item["capabilities"] = {"vision": False, "trained_for_tool_use": "tools" in template}
+        vision = entry.vision or any(model.vision for model in instances)
+        item["capabilities"] = {"vision": vision, "trained_for_tool_use": "tools" in template}
         item["description"] = None
     return item
 
@@ -139,10 +141,12 @@ async def start_download(
 
 
 def _v0_model(entry: CatalogEntry, key: str, loaded: LoadedModel | None) -> dict[str, Any]:
+    vision = loaded.vision if loaded is not None else entry.vision
     item: dict[str, Any] = {
         "id": key,
         "object": "model",
-        "type": entry.model_type,
+        # LM Studio's types: llm, vlm (a language model that sees), embeddings.
+        "type": "vlm" if vision else entry.model_type,
         "publisher": entry.publisher,
         "arch": entry.header.architecture,
         "compatibility_type": "gguf",
@@ -175,7 +179,8 @@ def v0_model(models: ModelManager, name: str) -> dict[str, Any]:
         return _v0_model(loaded.entry, loaded.identifier, loaded)
     entry = models.resolve_entry(name)
     if entry is None:
-        raise NotFoundError(f"No model named '{name}'.", param="model", code="model_not_found")
+        why = models.catalog.not_a_model(name) or f"No model named '{name}'."
+        raise NotFoundError(why, param="model", code="model_not_found")
     return _v0_model(entry, models.catalog.public_id(entry), None)
 
 

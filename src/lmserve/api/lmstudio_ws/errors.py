@@ -88,7 +88,8 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, SDKError):
         return exc.body()
     if isinstance(exc, ModelNotFound):
-        return no_model_matching({"identifier": exc.name}, exc.known, repr(exc.name)).body()
+        query = {"identifier": exc.name}
+        return no_model_matching(query, exc.known, repr(exc.name), title=exc.note).body()
     if not isinstance(exc, Exception):
         return SDKError("The request was cancelled.").body()
     mapped = api_error_for(exc)

@@ -41,9 +41,11 @@ def _quantization(entry: CatalogEntry) -> dict[str, Any] | None:
     return {"name": name, "bits": int(bits.group(1))} if name and bits else None
 
 
-def model_info(entry: CatalogEntry, key: str, domain: Domain | None = None) -> dict[str, Any]:
+def model_info(
+    entry: CatalogEntry, key: str, domain: Domain | None = None, vision: bool | None = None
+) -> dict[str, Any]:
     """A downloaded model: ``LlmInfo`` or ``EmbeddingModelInfo`` (``domain`` by default the
-    file's own type)."""
+    file's own type; ``vision`` by default whether the catalog found a projector for it)."""
     header = entry.header
     kind = domain or ("embedding" if entry.model_type == "embeddings" else "llm")
     info: dict[str, Any] = {
@@ -59,7 +61,7 @@ def model_info(entry: CatalogEntry, key: str, domain: Domain | None = None) -> d
         "maxContextLength": int(header.context_length or 0),
     }
     if kind == "llm":
-        info["vision"] = False
+        info["vision"] = entry.vision if vision is None else vision
         info["trainedForToolUse"] = "tools" in (header.chat_template or "")
     return {name: value for name, value in info.items() if value is not None}
 
@@ -73,7 +75,7 @@ def model_key(models: ModelManager, entry: CatalogEntry) -> str:
 def instance_info(models: ModelManager, model: LoadedModel, domain: Domain) -> dict[str, Any]:
     """A loaded instance: ``LlmInstanceInfo`` or ``EmbeddingModelInstanceInfo``."""
     return {
-        **model_info(model.entry, model_key(models, model.entry), domain),
+        **model_info(model.entry, model_key(models, model.entry), domain, model.vision),
         "identifier": model.identifier,
         "instanceReference": model.identifier,
         "contextLength": model.n_ctx,
@@ -99,15 +101,32 @@ def wanted_name(specifier: ModelSpecifier, models: ModelManager, domain: Domain)
         return specifier.instanceReference
     query = specifier.query
     asked = query.model_dump(exclude_none=True)
-    if query.vision or (query.domain is not None and query.domain != domain):
-        raise no_model_matching(asked, loaded_names(models))  # no vision models here
+    if query.domain is not None and query.domain != domain:
+        raise no_model_matching(asked, loaded_names(models))
     name = query.identifier or query.path
+    if query.vision:
+        return _seeing(name, asked, models, domain)
     if name is not None:
         return name
     try:
         return models.sole_model("embeddings" if domain == "embedding" else "llm")
     except NoModelNamed as exc:
         raise no_model_matching(asked, exc.loaded, title=str(exc)) from None
+
+
+def _seeing(name: str | None, asked: dict[str, Any], models: ModelManager, domain: Domain) -> str:
+    """The model a query with ``vision: true`` names: ``name`` if it sees (a name no model has
+    goes on to the usual not-found error), else the one loaded model of the namespace that
+    sees."""
+    if name is not None:
+        found = models.find_loaded(name) or models.resolve_entry(name)
+        if found is None or found.vision:
+            return name
+    else:
+        seeing = [model.identifier for model in loaded_in(models, domain) if model.vision]
+        if len(seeing) == 1:
+            return seeing[0]
+    raise no_model_matching(asked, loaded_names(models))
 
 
 def find_instance(

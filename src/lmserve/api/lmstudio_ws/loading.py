@@ -27,7 +27,8 @@ from lmserve.models.manager import ModelManager
 def _entry(models: ModelManager, name: str) -> CatalogEntry:
     entry = models.resolve_entry(name)
     if entry is None:
-        raise no_model_matching({"identifier": name}, loaded_names(models), repr(name))
+        why = models.catalog.not_a_model(name)
+        raise no_model_matching({"identifier": name}, loaded_names(models), repr(name), why)
     return entry
 
 

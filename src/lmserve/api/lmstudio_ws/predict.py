@@ -221,7 +221,12 @@ async def predict(ctx: Context, param: PredictParameter, channel: Channel) -> No
     settings = prediction(config)
     body = _request(wanted_name(param.modelSpecifier, models, "llm"), param, settings, ctx.files)
     started = await start_generation(
-        models, ctx.logs, body, PredictTurn(param, settings), make=CountedGeneration
+        models,
+        ctx.logs,
+        body,
+        PredictTurn(param, settings),
+        make=CountedGeneration,
+        images=ctx.state.images,
     )
     generation = started.generation
     assert isinstance(generation, CountedGeneration)
