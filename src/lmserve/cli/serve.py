@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
-from lmserve.cli.common import gpu_option
+from lmserve.cli.common import gpu_option, mmproj_option
 from lmserve.config import (
     DEFAULT_CONTEXT_LENGTH,
     DEFAULT_DRAIN_TIMEOUT,
@@ -166,6 +166,14 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             "loaded at start (speculative decoding).",
         ),
         click.option(
+        click.option(
+            "--mmproj",
+            default=None,
+            metavar="PATH",
+            callback=lambda _ctx, _param, v: mmproj_option(v),
+            help="A vision projector (mmproj GGUF) for the model loaded at start, in place of "
+            "the one in its folder.",
+        ),
             "--no-jit",
             is_flag=True,
             help="Do not load downloaded models when a request names them.",
@@ -367,7 +375,14 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         max_memory=parse_size(str(max_memory)) if max_memory else None,
         cors_origins=cors_origins(options),
         api_keys=api_keys(options),
+def check_start_model(options: dict[str, object]) -> None:
+    """Options that apply to the model loaded at start need one."""
+    if options.get("no_model") and options.get("mmproj"):
+        raise click.UsageError("--mmproj is for the model loaded at start; --no-model loads none")
+
+
         allowed_hosts=_strings(options.get("allowed_hosts")),
+    check_start_model(options)
         max_body_size=parse_size(str(options.get("max_body_size") or "8M")),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
@@ -375,6 +390,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
     )
 
 
+        mmproj=options.get("mmproj"),  # type: ignore[arg-type]
 def prompt_cache_from_options(options: dict[str, object]) -> PromptCacheConfig:
     ram = options.get("prompt_cache_ram")
     disk = options.get("prompt_cache_disk")
