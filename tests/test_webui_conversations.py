@@ -5,6 +5,7 @@ the event loop, and a database file it cannot use (reported, kept, and fine once
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from tests.vision_assets import data_url, image_bytes
 from tests.webui_app import HTML, LOOPBACK, client_fixture, make_app  # noqa: F401 (a fixture)
 
 
@@ -161,6 +163,25 @@ def test_bad_requests_are_400s_that_say_what(client: TestClient) -> None:
         f"{base}/messages", content=not_a_number, headers={"content-type": "application/json"}
     )
     assert sent.status_code == 400 and sent.json()["error"]["param"] == "meta"
+
+
+def test_an_image_is_served_as_its_bytes_and_a_bad_one_is_a_400(client: TestClient) -> None:
+    png = image_bytes("PNG", seed=2)
+    ident = client.post("/lmserve/conversations", json={}).json()["id"]
+    base = f"/lmserve/conversations/{ident}"
+    sent = client.post(
+        f"{base}/messages", json={"role": "user", "images": [{"url": data_url(png)}]}
+    ).json()
+    image = client.get(f"{base}/images/{sent['images'][0]['id']}")
+    assert image.content == png and image.headers["content-type"] == "image/png"
+    assert image.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in image.headers["content-security-policy"]
+    assert client.get(f"{base}/images/{'0' * 64}").json()["error"]["code"] == "image_not_found"
+    html = "data:image/png;base64," + base64.b64encode(b"<html><script>").decode()
+    refused = client.post(f"{base}/messages", json={"role": "user", "images": [{"url": html}]})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["code"] == "invalid_image"
+    assert error["param"] == "images[0].url"
 
 
 json_values = st.recursive(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lmserve.api.webui.protocol import (
     ConversationUpdate,
@@ -18,8 +20,9 @@ from lmserve.api.webui.protocol import (
     NewConversation,
     NewMessage,
 )
-from lmserve.api.webui.schema import APPLICATION_ID, MIGRATIONS, StoreUnusable
+from lmserve.api.webui.schema import APPLICATION_ID, MIGRATIONS, StoreUnusable, open_database
 from lmserve.api.webui.store import BadReference, ConversationDB, NotFound
+from tests.vision_assets import data_url, image_bytes
 
 
 def digest(path: Path) -> str:
@@ -109,7 +112,9 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path) -> None:
     # The first statement would succeed; the second fails: neither may stay.
     step = ("CREATE TABLE half_done (x)", "ALTER TABLE no_such_table ADD COLUMN y")
     broken = ConversationDB(path, migrations=(*MIGRATIONS, step))
-    with pytest.raises(StoreUnusable, match="could not be upgraded to schema version 2"):
+    with pytest.raises(
+        StoreUnusable, match=f"could not be upgraded to schema version {len(MIGRATIONS) + 1}"
+    ):
         broken.summaries()
     assert pragma(path, "user_version") == len(MIGRATIONS)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
@@ -237,3 +242,79 @@ def test_an_import_is_all_or_nothing_and_never_replaces(db: ConversationDB) -> N
         db.import_file(document)
     assert refused.value.param == "conversations[1].messages[0].parent_id"
     assert len(db.summaries()) == 2
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def test_images_are_kept_once_and_read_only_when_asked_for(db: ConversationDB) -> None:
+    png = image_bytes("PNG", seed=1)
+    sha = hashlib.sha256(png).hexdigest()  # the id the server's prompt shows, too
+    ident = db.create(NewConversation())["id"]
+    first = db.add_message(
+        ident, NewMessage(role="user", content="What is it?", images=[{"url": data_url(png)}])
+    )
+    assert first["images"] == [{"id": sha, "media_type": "image/png", "size": len(png)}]
+    # An edit keeps the image by its id; sending it again stores nothing new.
+    again = db.add_message(ident, NewMessage(role="user", images=[{"id": sha}]))
+    db.add_message(ident, NewMessage(role="user", images=[{"url": data_url(png)}]))
+    assert again["images"] == first["images"]
+    # A conversation read names its images; their bytes come one by one.
+    messages = db.get(ident)["messages"]
+    assert [m["images"] for m in messages] == [first["images"]] * 3
+    assert db.image(ident, sha).data == png
+    with closing(sqlite3.connect(db.path, isolation_level=None)) as conn:
+        assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
+    # An export holds the data; its import is a conversation with the same images.
+    exported = db.export([ident])
+    assert exported["conversations"][0]["messages"][0]["images"] == [{"url": data_url(png)}]
+    copy = db.import_file(ExportFile.model_validate(exported))[0]["id"]
+    assert db.get(copy)["messages"][1]["images"] == first["images"]
+    assert db.image(copy, sha).data == png
+    db.delete(ident)
+    with pytest.raises(NotFound):
+        db.image(ident, sha)
+
+
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [
+        ({"url": "data:image/png;base64," + base64.b64encode(b"<svg onload=x>").decode()}, "PNG"),
+        ({"url": "data:image/png;base64,%%%"}, "base64"),
+        ({"url": "https://example.invalid/x.png"}, "data: URL"),
+        ({"url": data_url(b"\x89PNG\r\n\x1a\n" + bytes(20 * 2**20))}, "20 MiB"),
+        ({"id": "0" * 64}, "no image"),
+    ],
+    ids=["not-an-image", "bad-base64", "a-link", "too-large", "unknown-id"],
+)
+def test_what_is_not_a_kept_image_is_refused(
+    db: ConversationDB, image: dict[str, str], why: str
+) -> None:
+    ident = db.create(NewConversation())["id"]
+    with pytest.raises(BadReference, match=why) as refused:
+        db.add_message(ident, NewMessage(role="user", content="x", images=[image]))
+    assert refused.value.param.startswith("images[0]")
+    assert db.get(ident)["messages"] == []
+
+
+def test_only_a_user_message_holds_images() -> None:
+    with pytest.raises(ValidationError, match="only a user message"):
+        NewMessage(role="assistant", images=[{"url": data_url(image_bytes())}])
+
+
+def test_a_file_from_before_images_is_upgraded_and_takes_them(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.sqlite3"
+    ident = "conv_1"
+    with closing(open_database(path, MIGRATIONS[:1])) as old:  # what lmserve wrote then
+        old.execute("INSERT INTO conversations VALUES (?, 't', '{}', 'm1', 1, 1)", (ident,))
+        old.execute(
+            "INSERT INTO messages VALUES (?, 'm1', 1, NULL, 'user', 'before', NULL, NULL, '{}', 1)",
+            (ident,),
+        )
+    store = ConversationDB(path)
+    store.add_message(
+        ident, NewMessage(role="user", content="after", images=[{"url": data_url(image_bytes())}])
+    )
+    messages = store.get(ident)["messages"]
+    store.close()
+    assert [(m["content"], len(m["images"])) for m in messages] == [("before", 0), ("after", 1)]

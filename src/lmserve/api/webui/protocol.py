@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from lmserve.api.common import bounds
+from lmserve.api.webui.images import MAX_DATA_URL, MAX_IMAGES
 
 MAX_TITLE = 200
 MAX_TEXT = 1_000_000  # characters of one message, or the system prompt
@@ -24,9 +25,10 @@ MAX_ID = 64
 MAX_MESSAGES = 10_000  # per conversation
 MAX_IMPORTED = 1_000  # conversations per import
 EXPORT_FORMAT = "lmserve.conversations"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: a user message may hold images
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ImageId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # SHA-256 of its bytes, in hex
 Title = Annotated[str, Field(max_length=MAX_TITLE)]
 Role = Literal["system", "user", "assistant", "tool"]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -77,8 +79,23 @@ class ChatSettings(WebModel):
     response_format: str | None = Field(default=None, max_length=MAX_JSON_TEXT)
 
 
+class NewImage(WebModel):
+    """An image of a user message: its data (a ``data:`` URL, checked by ``images.py``), or
+    the id of one the conversation already holds (an edited message keeps its images)."""
+
+    url: str | None = Field(default=None, max_length=MAX_DATA_URL)
+    id: ImageId | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NewImage:
+        if (self.url is None) == (self.id is None):
+            raise ValueError("an image has either its data (url) or an id")
+        return self
+
+
 class NewMessage(WebModel):
-    """A message to add under ``parent_id`` (``None``: a first message)."""
+    """A message to add under ``parent_id`` (``None``: a first message). A user message may
+    hold images, which go to the model before its text."""
 
     parent_id: Id | None = None
     role: Role
@@ -90,6 +107,13 @@ class NewMessage(WebModel):
     )
     # What the page learnt of the answer: model, request id, stats, the rendered prompt.
     meta: Annotated[dict[str, Any], JsonOnly] = Field(default_factory=dict)
+    images: list[NewImage] = Field(default_factory=list, max_length=MAX_IMAGES)
+
+    @model_validator(mode="after")
+    def _images_from_the_user(self) -> NewMessage:
+        if self.images and self.role != "user":
+            raise ValueError("only a user message holds images")
+        return self
 
 
 class StoredMessage(NewMessage):
@@ -127,6 +151,6 @@ class ExportFile(WebModel):
     """``GET /lmserve/conversations/export`` writes this; ``POST .../import`` reads it."""
 
     format: Literal["lmserve.conversations"]
-    version: Annotated[int, Field(ge=1, le=1)]  # EXPORT_VERSION
+    version: Annotated[int, Field(ge=1, le=EXPORT_VERSION)]
     exported_at: Timestamp | None = None
     conversations: list[ExportedConversation] = Field(max_length=MAX_IMPORTED)

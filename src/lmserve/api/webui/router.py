@@ -26,6 +26,15 @@ from lmserve.api.webui.protocol import (
 from lmserve.api.webui.service import Conversations, export_filename
 
 Id = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ImageId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
+# An image's bytes are the user's, not ours: never a document (nothing in it may run, even
+# opened on its own), never guessed at.
+IMAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "private, no-cache",
+}
 page_router = APIRouter()
 conversations_router = APIRouter(prefix="/lmserve/conversations", tags=["conversations"])
 
@@ -104,6 +113,14 @@ async def delete_conversation(ident: Id, request: Request) -> dict[str, Any]:
 async def add_message(ident: Id, body: NewMessage, request: Request) -> dict[str, Any]:
     """Add a message under its parent; it becomes what the conversation shows."""
     return await _conversations(request).add_message(ident, body)
+
+
+@conversations_router.get("/{ident}/images/{image_id}")
+async def get_image(ident: Id, image_id: ImageId, request: Request) -> Response:
+    """An image a message of the conversation holds, as its bytes (the page shows it as a
+    ``data:`` URL)."""
+    image = await _conversations(request).image(ident, image_id)
+    return Response(image.data, media_type=image.media_type, headers=IMAGE_HEADERS)
 
 
 @conversations_router.get("/{ident}/export")

@@ -52,6 +52,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX conversations_by_update ON conversations (updated_at DESC)",
     ),
+    (
+        # Images the user attached (webui/images.py): their bytes once per conversation, out
+        # of the messages' rows, so that listing or opening a conversation reads none.
+        """CREATE TABLE images (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            id TEXT NOT NULL,          -- the SHA-256 of data, in hex
+            media_type TEXT NOT NULL,  -- image/png, image/jpeg, image/webp, image/gif, image/bmp
+            data BLOB NOT NULL,
+            PRIMARY KEY (conversation_id, id)
+        )""",
+        # JSON array of the message's images in order ({id, media_type, size}), or NULL.
+        "ALTER TABLE messages ADD COLUMN images TEXT",
+    ),
 )
 
 

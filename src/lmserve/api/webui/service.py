@@ -24,6 +24,7 @@ from lmserve.api.common.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from lmserve.api.webui.images import StoredImage
 from lmserve.api.webui.protocol import ConversationUpdate, ExportFile, NewConversation, NewMessage
 from lmserve.api.webui.schema import StoreUnusable
 from lmserve.api.webui.store import BadReference, ConversationDB, NotFound
@@ -51,7 +52,7 @@ class Conversations:
         except NotFound as exc:
             raise NotFoundError(str(exc), code=f"{exc.what}_not_found") from exc
         except BadReference as exc:
-            raise InvalidRequestError(str(exc), param=exc.param, code="invalid_reference") from exc
+            raise InvalidRequestError(str(exc), param=exc.param, code=exc.code) from exc
         except StoreUnusable as exc:
             logger.warning("%s", exc)
             raise APIError(str(exc), code="conversations_unusable") from exc
@@ -93,6 +94,9 @@ class Conversations:
 
     async def add_message(self, ident: str, message: NewMessage) -> dict[str, Any]:
         return await self._run(self._db.add_message, ident, message)
+
+    async def image(self, ident: str, image_id: str) -> StoredImage:
+        return await self._run(self._db.image, ident, image_id)
 
     async def export(self, ident: str | None = None) -> dict[str, Any]:
         return await self._run(self._db.export, None if ident is None else [ident])

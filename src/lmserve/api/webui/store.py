@@ -4,6 +4,10 @@ Every change is one transaction (an import is all or nothing); messages are writ
 never changed (an edit or a regenerated answer is a new branch). A :class:`ConversationDB`
 belongs to one thread (``service.py`` gives it a thread of its own); it opens the file on
 first use, and again after a failure, so a file fixed by hand works without a restart.
+
+A user message's images are kept once per conversation (``images.py``); a message read
+names them (``{id, media_type, size}``), and :meth:`ConversationDB.image` reads one. An
+export holds their data, as ``data:`` URLs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lmserve.api.webui.images import BadImage, StoredImage, read_data_url
 from lmserve.api.webui.protocol import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -24,6 +29,7 @@ from lmserve.api.webui.protocol import (
     ConversationUpdate,
     ExportFile,
     NewConversation,
+    NewImage,
     NewMessage,
 )
 from lmserve.api.webui.schema import MIGRATIONS, open_database, transaction
@@ -36,11 +42,13 @@ class NotFound(Exception):
 
 
 class BadReference(Exception):
-    """A message names a parent (or a conversation a leaf) that it does not hold."""
+    """A message names a parent (or an image, or a conversation a leaf) that it does not
+    hold; or (``code`` "invalid_image") one of its images is no image the store keeps."""
 
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str, param: str, code: str = "invalid_reference") -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 def new_id(prefix: str) -> str:
@@ -108,7 +116,7 @@ class ConversationDB:
         with transaction(conn, "BEGIN"):
             if idents is None:
                 idents = [row[0] for row in conn.execute("SELECT id FROM conversations")]
-            conversations = [self._get(conn, ident) for ident in idents]
+            conversations = [self._get(conn, ident, with_data=True) for ident in idents]
         return {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
@@ -116,7 +124,15 @@ class ConversationDB:
             "conversations": conversations,
         }
 
-    def _get(self, conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
+    def image(self, ident: str, image_id: str) -> StoredImage:
+        """One image of a conversation, with its data."""
+        return self._image(self._connection(), ident, image_id)
+
+    def _get(
+        self, conn: sqlite3.Connection, ident: str, *, with_data: bool = False
+    ) -> dict[str, Any]:
+        """The conversation; its messages' images as references, or (``with_data``, for an
+        export) as ``{"url": data URL}``."""
         row = conn.execute(
             "SELECT id, title, settings, current_leaf, created_at, updated_at "
             "FROM conversations WHERE id = ?",
@@ -126,9 +142,20 @@ class ConversationDB:
             raise NotFound("conversation", ident)
         messages = conn.execute(
             "SELECT id, parent_id, role, content, reasoning_content, tool_calls, meta, "
-            "created_at FROM messages WHERE conversation_id = ? ORDER BY seq",
+            "created_at, images FROM messages WHERE conversation_id = ? ORDER BY seq",
             (ident,),
-        )
+        ).fetchall()
+        data_urls: dict[str, str] = {}
+
+        def images(column: str | None) -> list[dict[str, Any]]:
+            refs = json.loads(column) if column is not None else []
+            if not with_data:
+                return refs
+            for ref in refs:
+                if ref["id"] not in data_urls:
+                    data_urls[ref["id"]] = self._image(conn, ident, ref["id"]).data_url()
+            return [{"url": data_urls[ref["id"]]} for ref in refs]
+
         return {
             "id": row[0],
             "title": row[1],
@@ -146,6 +173,7 @@ class ConversationDB:
                     "tool_calls": json.loads(m[5]) if m[5] is not None else None,
                     "meta": json.loads(m[6]),
                     "created_at": m[7],
+                    "images": images(m[8]),
                 }
                 for m in messages
             ],
@@ -217,12 +245,17 @@ class ConversationDB:
                 )
             now = time.time()
             message_id = new_id("msg")
-            self._insert_message(conn, ident, message_id, seq, message, now)
+            refs = self._insert_message(conn, ident, message_id, seq, message, now)
             conn.execute(
                 "UPDATE conversations SET current_leaf = ?, updated_at = ? WHERE id = ?",
                 (message_id, now, ident),
             )
-            return {"id": message_id, "created_at": now, **message.model_dump()}
+            return {
+                "id": message_id,
+                "created_at": now,
+                **message.model_dump(exclude={"images"}),
+                "images": refs,
+            }
 
     def import_file(self, document: ExportFile) -> list[dict[str, Any]]:
         """Add every conversation of an export as a new one (new ids: nothing here is ever
@@ -261,7 +294,7 @@ class ConversationDB:
                         }
                     )
                     self._insert_message(
-                        conn, ident, ids[message.id], seq, stored, message.created_at
+                        conn, ident, ids[message.id], seq, stored, message.created_at, param
                     )
                 leaf = conversation.current_leaf
                 if leaf is not None and leaf not in ids:
@@ -288,6 +321,44 @@ class ConversationDB:
         ).fetchone()
         return row is not None
 
+    def _image(self, conn: sqlite3.Connection, ident: str, image_id: str) -> StoredImage:
+        row = conn.execute(
+            "SELECT media_type, data FROM images WHERE conversation_id = ? AND id = ?",
+            (ident, image_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound("image", image_id)
+        return StoredImage(image_id, row[0], bytes(row[1]))
+
+    def _store_images(
+        self, conn: sqlite3.Connection, ident: str, images: list[NewImage], param: str
+    ) -> list[dict[str, Any]]:
+        """Keep a message's new images (once per conversation); their references, in order."""
+        refs = []
+        for index, image in enumerate(images):
+            where = f"{param}images[{index}]"
+            if image.url is None:
+                row = conn.execute(
+                    "SELECT media_type, length(data) FROM images "
+                    "WHERE conversation_id = ? AND id = ?",
+                    (ident, image.id),
+                ).fetchone()
+                if row is None:
+                    raise BadReference(f"The conversation has no image '{image.id}'.", where)
+                refs.append({"id": image.id, "media_type": row[0], "size": row[1]})
+                continue
+            try:
+                stored = read_data_url(image.url)
+            except BadImage as exc:
+                raise BadReference(str(exc), f"{where}.url", "invalid_image") from None
+            conn.execute(
+                "INSERT OR IGNORE INTO images (conversation_id, id, media_type, data) "
+                "VALUES (?, ?, ?, ?)",
+                (ident, stored.id, stored.media_type, stored.data),
+            )
+            refs.append(stored.ref())
+        return refs
+
     def _insert_message(
         self,
         conn: sqlite3.Connection,
@@ -296,9 +367,14 @@ class ConversationDB:
         seq: int,
         message: NewMessage,
         created_at: float,
-    ) -> None:
+        param: str = "",
+    ) -> list[dict[str, Any]]:
+        """Write the message (and its images); its images' references."""
+        refs = self._store_images(conn, ident, message.images, f"{param}." if param else "")
         conn.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (conversation_id, id, seq, parent_id, role, content, "
+            "reasoning_content, tool_calls, meta, created_at, images) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ident,
                 message_id,
@@ -310,5 +386,7 @@ class ConversationDB:
                 _dumps(message.tool_calls) if message.tool_calls is not None else None,
                 _dumps(message.meta),
                 created_at,
+                _dumps(refs) if refs else None,
             ),
         )
+        return refs
