@@ -25,6 +25,7 @@ from lmserve.models.default import DEFAULT_MODEL
 from lmserve.models.hub import preferred_quantization, quantization_of
 from lmserve.models.references import InvalidModelReference, parse_reference
 from tests.hf_standin import HubStandIn
+from tests.vision_assets import write_projector
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -176,12 +177,21 @@ def test_without_a_sha256_the_size_is_checked(
     assert (home / "models" / REPO / FILE).read_bytes() == model_bytes
 
 
+# The repository's vision projector: never a quantization to choose, it comes with each.
+PROJECTOR = "mmproj-SmolLM2-F16.gguf"
+
+
 def add_quantizations(hub: HubStandIn, model_bytes: bytes, *quants: str) -> dict[str, str]:
     names = {quant: f"SmolLM2-135M-Instruct-{quant}.gguf" for quant in quants}
     for name in names.values():
         hub.add_file(REPO, name, model_bytes, sha256=SHA256)
-    hub.add_file(REPO, "mmproj-SmolLM2-F16.gguf", b"GGUF projector", lfs=False)
+    hub.add_file(REPO, PROJECTOR, b"GGUF projector", lfs=False)
     return names
+
+
+def with_projector(home: Path, name: str) -> list[Path]:
+    """What a download of the model ``name`` leaves in the models folder."""
+    return sorted([home / "models" / REPO / name, home / "models" / REPO / PROJECTOR])
 
 
 @pytest.mark.parametrize(
@@ -200,8 +210,9 @@ def test_a_named_quantization_is_the_one_downloaded(
     result = run_get(hub, home, *args)
 
     assert result.returncode == 0, result.stderr
-    assert files_under(home / "models") == [home / "models" / REPO / names[expected]]
-    assert [request.path.rsplit("/", 1)[1] for request in hub.file_requests()] == [names[expected]]
+    assert files_under(home / "models") == with_projector(home, names[expected])
+    fetched = [request.path.rsplit("/", 1)[1] for request in hub.file_requests()]
+    assert fetched == [names[expected], PROJECTOR]
 
 
 def test_with_yes_the_preferred_quantization_is_taken(
@@ -213,7 +224,7 @@ def test_with_yes_the_preferred_quantization_is_taken(
 
     assert result.returncode == 0, result.stderr
     assert "taking Q4_K_M" in result.stderr
-    assert files_under(home / "models") == [home / "models" / REPO / names["Q4_K_M"]]
+    assert files_under(home / "models") == with_projector(home, names["Q4_K_M"])
 
 
 def test_without_a_terminal_the_preference_order_decides(
@@ -225,7 +236,7 @@ def test_without_a_terminal_the_preference_order_decides(
 
     assert result.returncode == 0, result.stderr
     assert "taking Q4_K_S" in result.stderr
-    assert files_under(home / "models") == [home / "models" / REPO / names["Q4_K_S"]]
+    assert files_under(home / "models") == with_projector(home, names["Q4_K_S"])
 
 
 def test_at_a_terminal_the_user_chooses(hub: HubStandIn, home: Path, model_bytes: bytes) -> None:
@@ -247,7 +258,7 @@ def test_at_a_terminal_the_user_chooses(hub: HubStandIn, home: Path, model_bytes
 
     assert result.returncode == 0, result.stderr
     assert "1. Q4_K_M" in result.stderr and "2. Q8_0" in result.stderr
-    assert files_under(home / "models") == [home / "models" / REPO / names["Q8_0"]]
+    assert files_under(home / "models") == with_projector(home, names["Q8_0"])
 
 
 OTHER = "someone/SmolLM2-Tiny-GGUF"
@@ -375,7 +386,38 @@ def test_a_file_url_selects_that_file(hub: HubStandIn, home: Path, model_bytes: 
 
     assert result.returncode == 0, result.stderr
     assert "taking" not in result.stderr  # no choice was needed
-    assert files_under(home / "models") == [home / "models" / REPO / names["Q8_0"]]
+    assert files_under(home / "models") == with_projector(home, names["Q8_0"])
+
+
+def test_a_vision_models_projector_comes_with_it(
+    hub: HubStandIn, home: Path, model_bytes: bytes, tmp_path: Path
+) -> None:
+    model = "SmolLM2-135M-Instruct-Q8_0.gguf"
+    hub.add_file(REPO, model, model_bytes, sha256=SHA256)
+    projector = write_projector(tmp_path / "projector.gguf").read_bytes()
+    for name in ("mmproj-SmolLM2-F16.gguf", "mmproj-SmolLM2-Q8_0.gguf", "mmproj-SmolLM2-F32.gguf"):
+        hub.add_file(REPO, name, projector)
+
+    result = run_get(hub, home, REPO)
+
+    assert result.returncode == 0, result.stderr
+    folder = home / "models" / REPO
+    chosen = folder / "mmproj-SmolLM2-Q8_0.gguf"  # the one of the model's quantization
+    assert result.stdout.split() == [str(folder / model), str(chosen)]
+    assert files_under(home / "models") == sorted([folder / model, chosen])
+    assert chosen.read_bytes() == projector
+    assert "vision projector: mmproj-SmolLM2-Q8_0.gguf" in result.stderr
+    catalog = Catalog.scan(home / "models")
+    assert [(entry.path, entry.mmproj) for entry in catalog.entries] == [(folder / model, chosen)]
+
+
+def test_a_projector_alone_is_refused(hub: HubStandIn, home: Path, model_bytes: bytes) -> None:
+    add_quantizations(hub, model_bytes, "Q4_K_M")
+
+    result = run_get(hub, home, f"https://huggingface.co/{REPO}/blob/main/{PROJECTOR}")
+
+    assert "is a vision projector, not a model" in assert_clean_error(result)
+    assert hub.download_requests() == []
 
 
 @pytest.mark.parametrize("prefix", ["https://huggingface.co/", "hf.co/"])

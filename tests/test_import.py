@@ -14,6 +14,9 @@ import pytest
 
 from lmserve.models.catalog import Catalog
 from lmserve.models.default import DEFAULT_MODEL
+from lmserve.models.importer import ModelImportError, plan_import
+from lmserve.models.importer import run_import as carry_out
+from tests.vision_assets import write_projector
 
 NAME = DEFAULT_MODEL.file_name  # SmolLM2-135M-Instruct.Q4_1.gguf
 KEY = "smollm2-135m-instruct"
@@ -234,3 +237,72 @@ def test_only_one_way_of_importing_at_a_time(home: Path, source: Path) -> None:
     assert result.returncode == 2
     assert "at most one" in result.stderr
     assert source.is_file() and not (home / "models").exists()
+
+
+# -- a vision model's projector -----------------------------------------------------------------
+
+PROJECTOR = "mmproj-SmolLM2-135M-Instruct-F16.gguf"
+
+
+@pytest.fixture()
+def projector(tmp_path: Path) -> Path:
+    return write_projector(tmp_path / "projectors" / PROJECTOR)
+
+
+@pytest.mark.parametrize("mode", ["move", "copy", "symlink", "hardlink"])
+def test_mmproj_comes_with_the_model_the_same_way(
+    home: Path, models: Path, source: Path, projector: Path, mode: str
+) -> None:
+    inode = projector.stat().st_ino
+    flag = [] if mode == "move" else [f"--{mode}"]
+
+    result = run_import(home, str(source), "--mmproj", str(projector), *flag)
+
+    assert result.returncode == 0, result.stderr
+    folder = models / DEFAULT_FOLDER
+    target = folder / PROJECTOR
+    assert files_under(models) == sorted([folder / NAME, target])
+    assert str(target) in result.stdout
+    assert projector.exists() == (mode != "move")
+    assert target.is_symlink() == (mode == "symlink")
+    if mode == "symlink":
+        assert Path(os.readlink(target)) == projector.resolve()
+    else:
+        assert (target.stat().st_ino == inode) == (mode in ("move", "hardlink"))
+    entry = Catalog.scan(models).resolve(KEY)
+    assert entry is not None and entry.mmproj == target
+    assert [e.path for e in Catalog.scan(models).entries] == [folder / NAME]
+
+
+def test_a_projector_is_not_imported_as_a_model(home: Path, models: Path, projector: Path) -> None:
+    result = run_import(home, str(projector))
+
+    assert "is a vision projector, not a model" in assert_clean_error(result)
+    assert "--mmproj" in result.stderr
+    assert projector.is_file() and not models.exists()
+
+
+def test_an_mmproj_that_is_no_projector_is_refused(
+    home: Path, models: Path, source: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.gguf"
+    shutil.copyfile(source, other)  # a model, not a projector
+
+    result = run_import(home, str(source), "--mmproj", str(other))
+
+    assert "is not a vision projector" in assert_clean_error(result)
+    assert source.is_file() and other.is_file() and not models.exists()
+
+
+def test_a_failed_model_import_takes_its_projector_back(
+    models: Path, source: Path, projector: Path
+) -> None:
+    plan = plan_import(source, models_root=models, mmproj=projector)
+    plan.target.parent.mkdir(parents=True)
+    plan.target.write_bytes(b"in the way")  # there by the time the model's turn comes
+
+    with pytest.raises(ModelImportError, match="already exists"):
+        carry_out(plan)
+
+    assert projector.is_file() and source.is_file()  # the projector moved back
+    assert files_under(models) == [plan.target]

@@ -40,7 +40,9 @@ def get(ref: str, quantization: str | None, yes: bool) -> None:
 
     When the repository holds several quantizations, @quant or --quant picks one; otherwise
     you choose from a list, or, with -y or when not run from a terminal, the preferred one is
-    taken (Q4_K_M, then Q4_K_S, Q5_K_M, Q4_0, Q8_0, ...).  Split models come whole.
+    taken (Q4_K_M, then Q4_K_S, Q5_K_M, Q4_0, Q8_0, ...).  Split models come whole.  A
+    repository with vision projectors (mmproj files) gives one with the model, into its
+    folder: the one of the model's quantization, else F16, BF16, F32, else the first by name.
 
     The files are staged under downloads/ in the lmserve home, resume where they broke off when
     the command is run again, and move to models/<publisher>/<repo>/ once their sha256 matches
@@ -123,6 +125,8 @@ def _announce(plan: DownloadPlan) -> None:
         f"at revision {plan.revision[:12]}",
         err=True,
     )
+    if plan.projector is not None:
+        click.echo(f"With its vision projector: {plan.projector.path}", err=True)
     for file in plan.files:
         if file.sha256 is None:
             click.echo(

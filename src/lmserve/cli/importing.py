@@ -32,6 +32,12 @@ from lmserve.paths import models_dir
     metavar="PUBLISHER/REPO",
     help="Folder to file it under. Default: local/<model key>-GGUF.",
 )
+@click.option(
+    "--mmproj",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=True),
+    help="The model's vision projector (mmproj GGUF), brought in beside it the same way.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Ask nothing; take the default folder.")
 def import_model(
@@ -40,6 +46,7 @@ def import_model(
     symlink: bool,
     hardlink: bool,
     user_repo: str | None,
+    mmproj: Path | None,
     dry_run: bool,
     yes: bool,
 ) -> None:
@@ -48,7 +55,8 @@ def import_model(
     The file moves to models/<publisher>/<repo>/ in the lmserve home (--copy, --symlink or
     --hardlink leave it where it is).  --user-repo names the publisher/repo folder; without it
     the folder is local/<model key>-GGUF, which you may change when asked at a terminal.  An
-    existing file is never overwritten.
+    existing file is never overwritten.  A vision model's projector comes with --mmproj, into
+    the same folder.
     """
     flags = {"copy": copy, "symlink": symlink, "hardlink": hardlink}
     chosen = [name for name, given in flags.items() if given]
@@ -63,7 +71,9 @@ def import_model(
                 value_proc=_checked_user_repo,
                 err=True,
             )
-        plan = plan_import(file, models_root=models_dir(), mode=mode, user_repo=user_repo)
+        plan = plan_import(
+            file, models_root=models_dir(), mode=mode, user_repo=user_repo, mmproj=mmproj
+        )
         if dry_run:
             click.echo(f"{plan.describe()} (dry run: nothing changed)")
             return

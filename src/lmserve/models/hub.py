@@ -4,6 +4,10 @@ quantization, their sizes and sha256, pinned to one commit.
 huggingface_hub answers every question about the hub (which files a repository holds, their
 sizes and sha256, the auth headers), so ``HF_ENDPOINT`` and ``HF_TOKEN`` work as they do for
 every other Hugging Face tool.  The transfer itself is in :mod:`lmserve.models.download`.
+
+A repository that holds vision projectors (``mmproj`` files) gives one to the model it is
+downloaded with, chosen as the catalog chooses among a folder's
+(:func:`lmserve.models.projectors.choose_projector`); it lands in the model's folder.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import httpx
 
 from lmserve import __version__
+from lmserve.models.projectors import choose_projector
 from lmserve.models.references import (
     DEFAULT_REVISION,
     DownloadError,
@@ -85,13 +90,15 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DownloadPlan:
-    """What :func:`download` fetches: the files of one quantization, pinned to one commit."""
+    """What :func:`download` fetches: the files of one quantization (the model's, then its
+    vision projector's if the repository has one), pinned to one commit."""
 
     repo_id: str
     revision: str
     quantization: str | None
     files: tuple[RemoteFile, ...]
     target_dir: Path
+    projector: RemoteFile | None = None  # the last of ``files``, when there is one
 
     @property
     def total_bytes(self) -> int:
@@ -168,12 +175,16 @@ class _FileSet:
         return sorted(expected - {position[0] for position in positions if position})
 
 
+def _is_projector(file: RemoteFile) -> bool:
+    # Vision projectors are not models of their own: they come with one.
+    name = file.name.lower()
+    return name.endswith(".gguf") and "mmproj" in name
+
+
 def _file_sets(files: list[RemoteFile]) -> list[_FileSet]:
     sets: dict[str, _FileSet] = {}
     for file in files:
-        name = file.name.lower()
-        # Vision projectors are not models of their own: they come with one.
-        if not name.endswith(".gguf") or "mmproj" in name:
+        if not file.name.lower().endswith(".gguf") or _is_projector(file):
             continue
         base = str(PurePosixPath(file.path).with_name(_shard_base(file.name)))
         group = sets.setdefault(base, _FileSet(base, quantization_of(file.name), []))
@@ -258,7 +269,10 @@ def resolve_plan(
         raise DownloadError(
             f"{parsed.repo_id} lacks shard(s) {', '.join(map(str, missing))} of {group.base}"
         )
-    check_files(group.files, parsed.repo_id)
+    projectors = {file.path: file for file in files if _is_projector(file)}
+    chosen = choose_projector(projectors, group.quantization)
+    projector = projectors[chosen] if chosen is not None else None
+    check_files([*group.files, *([projector] if projector else [])], parsed.repo_id)
 
     repo_id = _canonical_repo_id(parsed.repo_id, getattr(info, "id", None))
     publisher, repo = repo_id.split("/")
@@ -267,8 +281,11 @@ def resolve_plan(
         # Pinning the commit keeps every shard, and every resumed request, on the same bytes.
         revision=getattr(info, "sha", None) or parsed.revision,
         quantization=group.quantization,
-        files=tuple(group.files),
+        # The projector last: the download moves files into place last to first, so the
+        # model appears with its projector beside it.
+        files=(*group.files, *([projector] if projector else [])),
         target_dir=models_root / publisher / repo,
+        projector=projector,
     )
 
 
@@ -330,6 +347,11 @@ def _group_of_file(files: list[RemoteFile], filename: str, repo_id: str) -> _Fil
     )
     if chosen is None:
         raise DownloadError(f"{repo_id} has no file {filename}")
+    if _is_projector(chosen):
+        raise DownloadError(
+            f"{chosen.path} of {repo_id} is a vision projector, not a model: get the model "
+            "(its projector comes with it)"
+        )
     for group in _file_sets(files):
         if chosen in group.files:
             # One shard is no use on its own: its siblings come with it.

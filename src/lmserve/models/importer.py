@@ -3,6 +3,10 @@
 The file lands at ``models/<publisher>/<repo>/<file name>``: moved there by default, or copied,
 symlinked or hard-linked.  Nothing is overwritten, and a copy appears under its final name
 only once complete (it is written to a temporary file in the target folder, then renamed).
+
+A vision model's projector (``mmproj``) comes in with it, in the same way, into the same
+folder: first, so that the model appears with it; if the model then fails, the projector's
+import is undone.  A projector is never imported as a model of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Literal
 
 from lmserve.models.catalog import model_key
 from lmserve.models.gguf import GGUFError, read_header
+from lmserve.models.projectors import ProjectorError, check_projector, is_projector_header
 
 ImportMode = Literal["move", "copy", "symlink", "hardlink"]
 IMPORT_MODES: tuple[ImportMode, ...] = ("move", "copy", "symlink", "hardlink")
@@ -42,6 +47,8 @@ class ImportPlan:
     source: Path
     target: Path
     mode: ImportMode
+    # The model's vision projector, imported the same way beside it.
+    mmproj: ImportPlan | None = None
 
     @property
     def publisher(self) -> str:
@@ -52,9 +59,10 @@ class ImportPlan:
         return self.target.parent.name
 
     def describe(self, *, done: bool = False) -> str:
-        """``Move a -> b`` (or ``Moved a -> b`` once done)."""
+        """``Move a -> b`` (or ``Moved a -> b`` once done), a line more for a projector."""
         verb = _VERBS[self.mode][1 if done else 0]
-        return f"{verb} {self.source} -> {self.target}"
+        line = f"{verb} {self.source} -> {self.target}"
+        return line if self.mmproj is None else f"{line}\n{self.mmproj.describe(done=done)}"
 
 
 def parse_user_repo(value: str) -> tuple[str, str]:
@@ -86,8 +94,10 @@ def plan_import(
     models_root: Path,
     mode: ImportMode = "move",
     user_repo: str | None = None,
+    mmproj: Path | None = None,
 ) -> ImportPlan:
-    """Check ``source`` and the destination; change nothing.  Raises :class:`ModelImportError`."""
+    """Check ``source`` (and its vision projector ``mmproj``, if given) and the destination;
+    change nothing.  Raises :class:`ModelImportError`."""
     if mode not in IMPORT_MODES:
         raise ModelImportError(f"unknown import mode {mode!r}")
     source = Path(os.path.abspath(source.expanduser()))
@@ -98,18 +108,35 @@ def plan_import(
     if not source.name.lower().endswith(".gguf"):
         raise ModelImportError(f"{source.name} is not a .gguf file")
     try:
-        read_header(source)
+        header = read_header(source)
     except GGUFError as exc:
         raise ModelImportError(f"{source} is not a valid GGUF file: {exc}") from exc
     except OSError as exc:
         raise ModelImportError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    if is_projector_header(header):
+        raise ModelImportError(
+            f"{source.name} is a vision projector, not a model: import its model with "
+            f"--mmproj {source}"
+        )
     publisher, repo = parse_user_repo(
         default_user_repo(source.name) if user_repo is None else user_repo
     )
     target = models_root / publisher / repo / source.name
     if os.path.lexists(target):
         raise ModelImportError(f"{target} already exists; not overwriting it")
-    return ImportPlan(source=source, target=target, mode=mode)
+    projector = None
+    if mmproj is not None:
+        try:
+            mmproj = check_projector(mmproj)
+        except ProjectorError as exc:
+            raise ModelImportError(f"--mmproj: {exc}") from None
+        beside = target.parent / mmproj.name
+        if beside == target:
+            raise ModelImportError(f"the model and its projector are both named {mmproj.name}")
+        if os.path.lexists(beside):
+            raise ModelImportError(f"{beside} already exists; not overwriting it")
+        projector = ImportPlan(source=mmproj, target=beside, mode=mode)
+    return ImportPlan(source=source, target=target, mode=mode, mmproj=projector)
 
 
 def run_import(plan: ImportPlan) -> Path:
@@ -117,14 +144,30 @@ def run_import(plan: ImportPlan) -> Path:
     folder = plan.target.parent
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    projector_done = False
     try:
+        if plan.mmproj is not None:
+            _ACTIONS[plan.mode](plan.mmproj.source, plan.mmproj.target)
+            projector_done = True
         _ACTIONS[plan.mode](plan.source, plan.target)
     except BaseException:
+        if projector_done:
+            assert plan.mmproj is not None
+            _undo(plan.mmproj)
         if created:  # leave no empty folder behind a failed import
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
     return plan.target
+
+
+def _undo(plan: ImportPlan) -> None:
+    """Take back a done import: a moved file goes back where it was, anything else goes."""
+    with contextlib.suppress(OSError, ModelImportError):
+        if plan.mode == "move" and not os.path.lexists(plan.source):
+            _move(plan.target, plan.source)
+        else:
+            plan.target.unlink()
 
 
 def _move(source: Path, target: Path) -> None:
