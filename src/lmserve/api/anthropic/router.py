@@ -14,6 +14,7 @@ from lmserve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from lmserve.api.anthropic.service import MessageTurn, chat_request
 from lmserve.api.common.chat import prepare_chat
 from lmserve.api.common.errors import api_error_for
+from lmserve.api.common.images import ImageReader
 from lmserve.api.common.serving import serve_generation
 from lmserve.api.common.tools import mark_tools_left_out, note_tools_left_out
 from lmserve.models.manager import ModelManager
@@ -39,9 +40,11 @@ async def create_message(
 @router.post("/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, int]:
     models: ModelManager = request.app.state.models
+    images: ImageReader = request.app.state.images
     try:
         chat_body = chat_request(body)
         async with models.using(body.model) as model:
+            await images.read(chat_body, model)  # an image's tokens are counted too
             prepared = await prepare_chat(chat_body, model)
     except Exception as exc:
         raise api_error_for(exc) from exc
