@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -97,11 +97,12 @@ def running(
     repack: bool,
     flash_attention: str = "auto",
     model: str = "smollm2",
+    extra: Sequence[str] = (),
 ) -> Iterator[harness.RunningServer]:
     """llama-server on ``model`` (one of ``harness.MODELS``; served under that name) with
     lmserve's settings: ``parallel`` slots of ``context_per_slot`` tokens each (``-c`` is
     their total), the same threads for prompts and generation, and the same repack setting;
-    ``flash_attention`` is its ``-fa``."""
+    ``flash_attention`` is its ``-fa``; ``extra``: further flags (``--mmproj PATH``)."""
     port = harness.free_port()
     command = [
         str(binary),
@@ -126,5 +127,6 @@ def running(
     ]
     if not repack:
         command.append("--no-repack")
+    command.extend(extra)
     with harness.started("llama-server", command, port, model) as server:
         yield server

@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,45 +107,6 @@ async def measure(
 
 
 @contextlib.contextmanager
-def llama_server_with_projector(
-    binary: Path,
-    projector: Path,
-    parallel: int,
-    context_per_slot: int,
-    repack: bool,
-    flash_attention: str,
-) -> Iterator[harness.RunningServer]:
-    """llama-server as :func:`llama_server.running` starts it, with ``--mmproj projector``."""
-    port = harness.free_port()
-    command = [
-        str(binary),
-        "--model",
-        str(harness.model_path()),
-        "--mmproj",
-        str(projector),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--parallel",
-        str(parallel),
-        "--ctx-size",
-        str(parallel * context_per_slot),
-        "--threads",
-        str(harness.threads()),
-        "--threads-batch",
-        str(harness.threads()),
-        "--alias",
-        "smollm2",
-        "--flash-attn",
-        flash_attention,
-    ]
-    if not repack:
-        command.append("--no-repack")
-    with harness.started("llama-server", command, port, "smollm2") as server:
-        yield server
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -192,8 +152,13 @@ def main() -> None:
                     args.flash_attention,
                 ],
             ) as ours,
-            llama_server_with_projector(
-                binary, projector, args.parallel, CONTEXT_PER_SLOT, repack, args.flash_attention
+            llama_server.running(
+                binary,
+                args.parallel,
+                CONTEXT_PER_SLOT,
+                repack,
+                args.flash_attention,
+                extra=["--mmproj", str(projector)],
             ) as theirs,
         ):
             pairs = asyncio.run(measure(ours, theirs, args.rounds, args.image_size))

@@ -88,20 +88,25 @@ def _content(message: ChatMessage, index: int, images: list[ImageInput]) -> str:
     content = message.content
     if content is None or isinstance(content, str):
         return content or ""
-    texts = []
+    text = ""
+    after_image = False
     for position, part in enumerate(content):
+        # Text parts joined by lines, an image's marker set right against its neighbours:
+        # llama.cpp's way (common/chat.cpp), so both servers give a model the same prompt.
         if isinstance(part, TextContentPart):
-            texts.append(part.text)
+            text += ("\n" if text and not after_image else "") + part.text
+            after_image = False
         elif isinstance(part, ImageContentPart) and part.decoded is not None:
-            texts.append(image_marker(len(images)))
+            text += image_marker(len(images))
             images.append(part.decoded)
+            after_image = True
         else:
             # Images are read before a prompt is made (ImageReader.read), for models that see.
             raise unsupported_content(
                 "This content is not supported: send text, and images to a vision model.",
                 f"messages[{index}].content[{position}]",
             )
-    return "\n".join(texts)
+    return text
 
 
 def template_messages(
