@@ -27,6 +27,7 @@ from lmserve.config import (
     SDK_DISCOVERY_PORTS,
     SPECULATIVE_HELP,
     SPECULATIVE_SETTINGS,
+    ImageLimits,
     ModelDefaults,
     PredictionDefaults,
     PromptCacheConfig,
@@ -166,7 +167,6 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             "loaded at start (speculative decoding).",
         ),
         click.option(
-        click.option(
             "--mmproj",
             default=None,
             metavar="PATH",
@@ -174,6 +174,7 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="A vision projector (mmproj GGUF) for the model loaded at start, in place of "
             "the one in its folder.",
         ),
+        click.option(
             "--no-jit",
             is_flag=True,
             help="Do not load downloaded models when a request names them.",
@@ -235,10 +236,37 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--max-body-size",
-            default="8M",
+            default="32M",
             show_default=True,
             metavar="SIZE",
             help="Largest request body accepted (413 beyond it).",
+        ),
+        click.option(
+            "--allow-image-urls",
+            is_flag=True,
+            help="Fetch http(s) image URLs in requests to vision models (size cap, timeout, "
+            "image types only); without it only data: URLs are taken.",
+        ),
+        click.option(
+            "--max-image-size",
+            default="20M",
+            show_default=True,
+            metavar="SIZE",
+            help="Largest image a request may send or link (400 beyond it).",
+        ),
+        click.option(
+            "--max-image-pixels",
+            default=ImageLimits.max_pixels,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Most pixels (width x height) of one image (400 beyond it).",
+        ),
+        click.option(
+            "--max-images",
+            default=ImageLimits.max_images,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Most images in one request (400 beyond it).",
         ),
         click.option(
             "--drain-timeout",
@@ -347,7 +375,14 @@ def unescape(text: str) -> str:
         raise click.BadParameter(f"not a stop string: {text!r}", param_hint="--stop") from exc
 
 
+def check_start_model(options: dict[str, object]) -> None:
+    """Options that apply to the model loaded at start need one."""
+    if options.get("no_model") and options.get("mmproj"):
+        raise click.UsageError("--mmproj is for the model loaded at start; --no-model loads none")
+
+
 def settings_from_options(options: dict[str, object]) -> Settings:
+    check_start_model(options)
     max_memory = options.get("max_memory")
     return Settings(
         host=str(options["host"]),
@@ -355,6 +390,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         model=options.get("model_name"),  # type: ignore[arg-type]
         load_at_start=not options.get("no_model"),
         draft_model=options.get("draft_model"),  # type: ignore[arg-type]
+        mmproj=options.get("mmproj"),  # type: ignore[arg-type]
         models=ModelDefaults(
             context_length=int(options["context_length"]),  # type: ignore[arg-type]
             parallel=int(options["parallel"]),  # type: ignore[arg-type]
@@ -375,22 +411,20 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         max_memory=parse_size(str(max_memory)) if max_memory else None,
         cors_origins=cors_origins(options),
         api_keys=api_keys(options),
-def check_start_model(options: dict[str, object]) -> None:
-    """Options that apply to the model loaded at start need one."""
-    if options.get("no_model") and options.get("mmproj"):
-        raise click.UsageError("--mmproj is for the model loaded at start; --no-model loads none")
-
-
         allowed_hosts=_strings(options.get("allowed_hosts")),
-    check_start_model(options)
-        max_body_size=parse_size(str(options.get("max_body_size") or "8M")),
+        max_body_size=parse_size(str(options.get("max_body_size") or "32M")),
+        images=ImageLimits(
+            allow_urls=bool(options.get("allow_image_urls")),
+            max_bytes=parse_size(str(options.get("max_image_size") or "20M")),
+            max_pixels=int(options.get("max_image_pixels") or ImageLimits.max_pixels),  # type: ignore[call-overload]
+            max_images=int(options.get("max_images") or ImageLimits.max_images),  # type: ignore[call-overload]
+        ),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
         sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),
     )
 
 
-        mmproj=options.get("mmproj"),  # type: ignore[arg-type]
 def prompt_cache_from_options(options: dict[str, object]) -> PromptCacheConfig:
     ram = options.get("prompt_cache_ram")
     disk = options.get("prompt_cache_disk")
