@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+
 from tests.conftest import Server
+from tests.vision_assets import data_url, image_bytes
 from tests.webui_browser import (  # noqa: F401 (the *_fixture names are fixtures)
     LogRecords,
     assert_clean,
@@ -56,6 +59,29 @@ def test_stored_hostile_html_is_shown_as_text(page: Any, webui_server: Server) -
     page.get_by_text("click me", exact=False).first.click()  # not a link: nothing happens
     assert page.url.endswith(f"#{ident}")
     assert page.locator("#chat-title").inner_text() == title  # the title too
+
+
+def test_only_the_users_own_images_show_as_images(page: Any, webui_server: Server) -> None:
+    """An image the user attached shows; one the model writes stays text, even as a data:
+    URL (which the policy would allow): markdown renders no image, HTML is escaped."""
+    url = data_url(image_bytes("PNG", seed=3))
+    base = f"{webui_server.base_url}/lmserve/conversations"
+    ident = httpx.post(base, json={"title": "Images"}).json()["id"]
+    question = httpx.post(
+        f"{base}/{ident}/messages",
+        json={"role": "user", "content": "Look", "images": [{"url": url}]},
+    ).json()
+    answer = f'![leak]({url}) <img src="{url}" onload="window.__xss=1">'
+    httpx.post(
+        f"{base}/{ident}/messages",
+        json={"role": "assistant", "content": answer, "parent_id": question["id"]},
+    ).raise_for_status()
+    open_page(page, f"/#{ident}")
+    page.wait_for_function(
+        "() => document.querySelector('.message.user .attached img')?.naturalWidth === 64"
+    )
+    assert page.locator("#messages img").count() == 1
+    assert '<img src="data:image/png' in page.locator(".message.assistant .content").inner_text()
 
 
 def test_a_streamed_answer_with_html_runs_nothing(

@@ -2,8 +2,10 @@
 // wiring of every control and key. The other modules each do one thing: api.js (calls, the
 // key), conversation.js (the tree, on the server), chat.js (one answer), logs.js (what the
 // model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering),
-// layout.js (panels, drawer, theme).
+// layout.js (panels, drawer, theme), attachments.js (images in the composer), images.js
+// (a message's images: fetched, shown, sent).
 
+import { Attachments } from './attachments.js';
 import { answerMeta, generate } from './chat.js';
 import {
   Conversation,
@@ -13,6 +15,7 @@ import {
   listConversations,
 } from './conversation.js';
 import { $, fill, h } from './dom.js';
+import { remember, requestMessage } from './images.js';
 import { closeDrawers, showPanel, wireLayout } from './layout.js';
 import { attachLogPanel, LogStream } from './logs.js';
 import { Models } from './models.js';
@@ -35,6 +38,15 @@ const loaded = new Promise((resolve) => {
 });
 const logs = new LogStream();
 const models = new Models({ onStatus: status, onChange: settingsChanged });
+const attachments = new Attachments({ onStatus: status, note: visionNote });
+
+// Said under attached images when the model picked is known not to see them (the server
+// would refuse the message: it is still sent, and the refusal shown).
+function visionNote() {
+  const model = $('model-select').value;
+  if (!model || models.sees(model) !== false) return null;
+  return `${model} does not see images: it has no vision projector (mmproj).`;
+}
 
 function status(text, isError = false) {
   $('status').textContent = text;
@@ -157,7 +169,8 @@ async function remove(item) {
 
 async function send() {
   const text = $('input').value;
-  if (!text.trim() || state.generating || state.queued) return;
+  const images = [...attachments.items]; // not those attached while this one is stored
+  if ((!text.trim() && !images.length) || state.generating || state.queued) return;
   if (!state.loaded) {
     // Which model to ask is not known yet: the message waits (a request needs a model).
     setQueued(true);
@@ -168,22 +181,31 @@ async function send() {
   }
   const conversation = state.conversation;
   conversation.settings = currentSettings();
-  await conversation.save(text.trim().split('\n')[0].slice(0, 60));
+  await conversation.save(text.trim().split('\n')[0].slice(0, 60) || 'Image');
   history.replaceState(null, '', `#${conversation.id}`);
   const question = await conversation.add({
     parent_id: conversation.currentLeaf,
     role: 'user',
     content: text,
+    images: images.map(({ url }) => ({ url })),
   });
+  remember(question.images, images.map(({ url }) => url));
   if ($('input').value === text) $('input').value = ''; // not what was typed since
+  attachments.remove(images);
   await answer(question.id);
 }
 
 async function edit(message, text) {
   const conversation = state.conversation;
   if (message.role === 'user') {
-    // An edited question is a new branch at the same point, answered afresh.
-    const question = await conversation.add({ parent_id: message.parent_id, role: 'user', content: text });
+    // An edited question is a new branch at the same point, answered afresh, with the
+    // same images (the store has them: their ids are enough).
+    const question = await conversation.add({
+      parent_id: message.parent_id,
+      role: 'user',
+      content: text,
+      images: (message.images || []).map(({ id }) => ({ id })),
+    });
     await answer(question.id);
     return;
   }
@@ -205,9 +227,6 @@ async function regenerate(message) {
 async function answer(parentId) {
   const conversation = state.conversation;
   conversation.currentLeaf = parentId;
-  const history = conversation.path().map(({ role, content, tool_calls: calls }) =>
-    calls?.length ? { role, content, tool_calls: calls } : { role, content },
-  );
   const controller = new AbortController();
   state.generating = controller;
   setBusy(true);
@@ -221,7 +240,10 @@ async function answer(parentId) {
     // is known; with none, the page says so where the answer would be.
     model = await models.pick(model);
     if (!model) throw new Error(models.missing());
-    const body = requestBody({ ...conversation.settings, model }, history);
+    const messages = await Promise.all(
+      conversation.path().map((message) => requestMessage(conversation.id, message)),
+    );
+    const body = requestBody({ ...conversation.settings, model }, messages);
     const pending = pendingAnswer($('messages'), model);
     // The rendered prompt comes from the log stream: be subscribed before asking.
     await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
@@ -276,6 +298,7 @@ function currentSettings() {
 let saveTimer = null;
 
 function settingsChanged() {
+  attachments.render(); // another model may see images, or not
   clearTimeout(saveTimer);
   saveTimer = setTimeout(() => {
     let settings;
@@ -390,6 +413,7 @@ function onKey(event) {
 async function init() {
   wireLayout();
   wire();
+  attachments.wire();
   attachLogPanel(logs);
   logs.run();
   const id = decodeURIComponent(location.hash.slice(1)); // the conversation open before a reload

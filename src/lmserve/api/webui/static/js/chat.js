@@ -119,6 +119,7 @@ export function answerMeta(result, input) {
     // From the log stream: what the model received.
     prompt: input?.prompt ?? null,
     prompt_tokens: input?.prompt_tokens ?? null,
+    images: input?.images ?? null, // [{id, tokens, width, height}] of each image it saw
     parameters: input?.parameters ?? null,
   };
 }

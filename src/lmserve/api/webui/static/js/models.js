@@ -1,7 +1,8 @@
 // The model picker and the models panel, from LM Studio's native API: GET /api/v1/models
 // lists the downloaded models with their loaded instances; load and unload are
 // POST /api/v1/models/load and /unload. A downloaded model that is not loaded can still be
-// picked: the server loads it just in time when a message names it.
+// picked: the server loads it just in time when a message names it. A model's
+// `capabilities.vision` says whether it sees images.
 //
 // Until the first list has come, the page does not know what to ask: `ready` resolves when
 // it has (or could not be had), and `pick` waits for it.
@@ -68,6 +69,16 @@ export class Models {
       }
     }
     return [...loaded, ...downloaded];
+  }
+
+  /** Whether the model `id` sees images (it has a vision projector): true, false, or null
+   * when the list does not say. */
+  sees(id) {
+    const model = this.list.find(
+      (item) => item.key === id || item.loaded_instances.some((instance) => instance.id === id),
+    );
+    const vision = model?.capabilities?.vision;
+    return typeof vision === 'boolean' ? vision : null;
   }
 
   /** The model to use when a conversation names none: the first loaded one. */

@@ -1,8 +1,10 @@
 // The messages of the branch shown, each with what the page knows of it: the answer as
 // markdown, its reasoning (collapsed), its tool calls, its figures, and the exact prompt the
-// model received. User text is shown as typed (plain text, never parsed).
+// model received. User text is shown as typed (plain text, never parsed), below the images
+// the user attached.
 
 import { fill, h, num } from './dom.js';
+import { thumbnails } from './images.js';
 import { copyText, renderMarkdown } from './markdown.js';
 
 const ROLES = { user: 'You', system: 'System', tool: 'Tool' };
@@ -58,6 +60,7 @@ function messageElement(message, conversation, actions, busy) {
     h('header', { class: 'message-head' }, h('span', { class: 'role', text: who }),
       branchSwitcher(message, conversation, actions, busy)),
     message.reasoning_content ? reasoningBlock(message.reasoning_content) : null,
+    message.role === 'user' ? thumbnails(conversation.id, message.images) : null,
     content,
     toolCallsBlock(message.tool_calls),
     message.role === 'assistant' ? h('div', { class: 'stats', text: statsText(meta) }) : null,
@@ -160,7 +163,8 @@ export function statsText(meta) {
   return parts.join(' · ');
 }
 
-// What the model received: the chat template's output, as the server's log recorded it.
+// What the model received: the chat template's output, as the server's log recorded it (an
+// image in it shows as <image 3f2a… 16 tokens>: its hash and the tokens it took).
 function promptBlock(meta) {
   if (!meta.prompt) {
     if (!meta.request_id) return null;
@@ -169,10 +173,18 @@ function promptBlock(meta) {
   return h(
     'details',
     { class: 'prompt' },
-    h('summary', { text: `What the model received: ${meta.prompt_tokens} tokens` }),
+    h('summary', {
+      text: `What the model received: ${meta.prompt_tokens} tokens${imagesText(meta.images)}`,
+    }),
     h('pre', { class: 'prompt-text', text: meta.prompt }),
     meta.parameters ? h('pre', { class: 'params', text: JSON.stringify(meta.parameters, null, 2) }) : null,
   );
+}
+
+function imagesText(images) {
+  if (!images?.length) return '';
+  const tokens = images.reduce((sum, image) => sum + image.tokens, 0);
+  return `, ${images.length} image${images.length === 1 ? '' : 's'} (${tokens} tokens)`;
 }
 
 /** The answer being generated: an element that follows the result as it grows. */
