@@ -7,15 +7,15 @@ and the text around them); different images give different greedy answers, or di
 log-probabilities where the surface returns them; and the shared server's model, which has no
 projector, answers an image with the surface's own 400 saying so.  How each surface's request
 becomes a chat request is ``test_image_requests.py``.
-
-The module needs projectors loaded beside models (``lmserve serve --mmproj``): it is skipped
-where that has not landed.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,8 @@ import pytest
 from lmstudio import LMStudioServerError
 
 from tests.conftest import MODEL_ID, Server, install_default_model, start_server
+from tests.test_lmstudio_sdk_js import node_modules  # noqa: F401 (the fixture)
 from tests.vision_assets import IMAGE_TOKENS, data_url, image_bytes, write_projector
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("lmserve.models.projectors") is None,
-    reason="needs vision projectors loaded beside models (lmserve serve --mmproj)",
-)
 
 QUESTION = "Describe this picture."
 SEEDS = (0, 1, 2)  # three different images
@@ -348,3 +344,51 @@ def test_sdk_a_model_without_a_projector_refuses(server: Server) -> None:
         model = client.llm.model(MODEL_ID)
         with pytest.raises(LMStudioServerError, match=NO_VISION):
             model.respond(sdk_chat(client, 0), config={"maxTokens": 1})
+
+
+def test_js_sdk_images_answer_as_the_chat_route(vision: Server, node_modules: Path) -> None:  # noqa: F811
+    """LM Studio's JavaScript SDK: files.prepareImageBase64, then the image in a message."""
+    node = shutil.which("node")
+    assert node, "Node.js is needed to run LM Studio's JavaScript SDK"
+    script = Path(__file__).parent / "js" / "sdk_images.cjs"
+    run = subprocess.run(
+        [node, str(script)],
+        env={
+            **os.environ,
+            "NODE_PATH": str(node_modules),
+            "LMS_URL": f"ws://127.0.0.1:{vision.port}",
+            "MODEL": MODEL_ID,
+            "QUESTION": QUESTION,
+            "MAX_TOKENS": str(ANSWER_TOKENS),
+            "IMAGES": ",".join(base64.b64encode(png(seed)).decode() for seed in SEEDS[:2]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert run.returncode == 0 and lines[-1]["step"] == "done", run.stdout + run.stderr
+    assert "invalid message" not in run.stderr.lower(), run.stderr
+    prepared = [line for line in lines if line["step"] == "prepared"]
+    assert [line["type"] for line in prepared] == ["image", "image"]
+    answers = [line for line in lines if line["step"] == "respond"]
+    for seed, answer in zip(SEEDS, answers, strict=False):
+        body = {
+            "model": MODEL_ID,
+            "messages": [
+                {
+                    "role": "user",
+                    # The SDK puts a message's images before its text.
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": png_url(seed)}},
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ],
+            "temperature": 0,
+            "max_tokens": ANSWER_TOKENS,
+        }
+        rest = httpx.post(f"{vision.api_url}/chat/completions", json=body, timeout=120).json()
+        assert answer["stats"]["promptTokensCount"] == rest["usage"]["prompt_tokens"]
+        assert answer["content"] == rest["choices"][0]["message"]["content"]
+    assert answers[0]["content"] != answers[1]["content"]
