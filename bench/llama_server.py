@@ -7,6 +7,7 @@ outside the repository (``$LMSERVE_BENCH_CACHE``, else ``~/.cache/lmserve-bench`
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
@@ -17,6 +18,23 @@ from importlib import metadata
 from pathlib import Path
 
 import harness
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The llama.cpp settings a bench gives both servers alike: ``--repack``,
+    ``--flash-attention``."""
+    parser.add_argument(
+        "--repack",
+        choices=["on", "off"],
+        default="off",
+        help="llama.cpp's weight repacking on both (off works on every CPU, AMX included)",
+    )
+    parser.add_argument(
+        "--flash-attention",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="on both; auto: llama.cpp's choice in each",
+    )
 
 
 def cache_dir() -> Path:

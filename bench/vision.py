@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -106,24 +105,12 @@ async def measure(
     return pairs
 
 
-@contextlib.contextmanager
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=64, help="side of the PNG, pixels")
     parser.add_argument("--parallel", type=int, default=4, help="slots of each server")
-    parser.add_argument(
-        "--repack",
-        choices=["on", "off"],
-        default="off",
-        help="llama.cpp's weight repacking on both (off works on every CPU, AMX included)",
-    )
-    parser.add_argument(
-        "--flash-attention",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="on both; auto: llama.cpp's choice in each",
-    )
+    llama_server.add_engine_options(parser)
     args = parser.parse_args()
 
     binary = llama_server.build()

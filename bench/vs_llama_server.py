@@ -72,18 +72,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--requests", type=int, default=2, help="requests per client per trial")
     parser.add_argument("--parallel", type=int, default=8, help="slots of each server")
-    parser.add_argument(
-        "--repack",
-        choices=["on", "off"],
-        default="off",
-        help="llama.cpp's weight repacking on both (off works on every CPU, AMX included)",
-    )
-    parser.add_argument(
-        "--flash-attention",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="on both; auto: llama.cpp's choice in each",
-    )
+    llama_server.add_engine_options(parser)
     args = parser.parse_args()
 
     binary = llama_server.build()

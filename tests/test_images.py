@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, install_default_model, start_server
+from tests.conftest import Server, running_server
 from tests.helpers import prompts
 from tests.vision_assets import IMAGE_TOKENS, data_url, image_bytes, write_projector
 
@@ -40,17 +40,11 @@ def projector(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vision(
     tmp_path_factory: pytest.TempPathFactory, default_model_file: Path, projector: Path
 ) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("home")
-    install_default_model(home, default_model_file)
     # No drafts: whether to draft depends on timings, and a drafted step's arithmetic differs
     # in the last bits from one token at a time.
-    server = start_server(
-        home, "--parallel", "4", "--speculative", "off", "--mmproj", str(projector), *CAPS
-    )
-    try:
+    flags = ("--parallel", "4", "--speculative", "off", "--mmproj", str(projector), *CAPS)
+    with running_server(tmp_path_factory, default_model_file, *flags) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def image_part(data: bytes, media_type: str = "image/png") -> dict[str, Any]:
@@ -293,23 +287,11 @@ def one_slot(
     tmp_path_factory: pytest.TempPathFactory, default_model_file: Path, projector: Path
 ) -> Iterator[Server]:
     """A vision server with one slot, that fetches image URLs."""
-    home = tmp_path_factory.mktemp("home")
-    install_default_model(home, default_model_file)
-    server = start_server(
-        home,
-        "--parallel",
-        "1",
-        "--speculative",
-        "off",
-        "--mmproj",
-        str(projector),
-        "--allow-image-urls",
-        *CAPS,
-    )
-    try:
+    flags = ("--parallel", "1", "--speculative", "off", "--mmproj", str(projector))
+    with running_server(
+        tmp_path_factory, default_model_file, *flags, "--allow-image-urls", *CAPS
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_image_urls_are_fetched_when_allowed(one_slot: Server) -> None:

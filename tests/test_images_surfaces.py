@@ -12,10 +12,6 @@ becomes a chat request is ``test_image_requests.py``.
 from __future__ import annotations
 
 import base64
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ import pytest
 from lmstudio import LMStudioServerError
 
 from tests.conftest import MODEL_ID, Server, install_default_model, start_server
-from tests.test_lmstudio_sdk_js import node_modules  # noqa: F401 (the fixture)
+from tests.test_lmstudio_sdk_js import node_modules, run_script  # noqa: F401 (a fixture)
 from tests.vision_assets import IMAGE_TOKENS, data_url, image_bytes, write_projector
 
 QUESTION = "Describe this picture."
@@ -348,27 +344,14 @@ def test_sdk_a_model_without_a_projector_refuses(server: Server) -> None:
 
 def test_js_sdk_images_answer_as_the_chat_route(vision: Server, node_modules: Path) -> None:  # noqa: F811
     """LM Studio's JavaScript SDK: files.prepareImageBase64, then the image in a message."""
-    node = shutil.which("node")
-    assert node, "Node.js is needed to run LM Studio's JavaScript SDK"
-    script = Path(__file__).parent / "js" / "sdk_images.cjs"
-    run = subprocess.run(
-        [node, str(script)],
-        env={
-            **os.environ,
-            "NODE_PATH": str(node_modules),
-            "LMS_URL": f"ws://127.0.0.1:{vision.port}",
-            "MODEL": MODEL_ID,
-            "QUESTION": QUESTION,
-            "MAX_TOKENS": str(ANSWER_TOKENS),
-            "IMAGES": ",".join(base64.b64encode(png(seed)).decode() for seed in SEEDS[:2]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
+    lines = run_script(
+        Path(__file__).parent / "js" / "sdk_images.cjs",
+        node_modules,
+        vision,
+        QUESTION=QUESTION,
+        MAX_TOKENS=str(ANSWER_TOKENS),
+        IMAGES=",".join(base64.b64encode(png(seed)).decode() for seed in SEEDS[:2]),
     )
-    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert run.returncode == 0 and lines[-1]["step"] == "done", run.stdout + run.stderr
-    assert "invalid message" not in run.stderr.lower(), run.stderr
     prepared = [line for line in lines if line["step"] == "prepared"]
     assert [line["type"] for line in prepared] == ["image", "image"]
     answers = [line for line in lines if line["step"] == "respond"]

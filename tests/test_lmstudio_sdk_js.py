@@ -60,29 +60,38 @@ def node_modules() -> Path:
     return root / "node_modules"
 
 
-@pytest.fixture(scope="module")
-def steps(node_modules: Path, server: Server) -> dict[str, dict[str, Any]]:
+def run_script(
+    script: Path, node_modules: Path, server: Server, **env: str
+) -> list[dict[str, Any]]:
+    """Run one of ``tests/js``'s scripts against ``server``: the JSON lines it printed, each
+    a step, the last ``done``; ``env`` adds to its environment (MODEL is the model's id)."""
     node = shutil.which("node")
     assert node, "Node.js is needed to run LM Studio's JavaScript SDK"
     run = subprocess.run(
-        [node, str(SCRIPT)],
+        [node, str(script)],
         env={
             **os.environ,
             "NODE_PATH": str(node_modules),
             "LMS_URL": f"ws://127.0.0.1:{server.port}",
             "MODEL": MODEL_ID,
+            **env,
         },
         capture_output=True,
         text=True,
         timeout=SCRIPT_TIMEOUT,
     )
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    seen = {line["step"]: line for line in lines}
-    assert "failed" not in seen, seen["failed"]["error"] + run.stderr
-    assert run.returncode == 0 and "done" in seen, run.stdout + run.stderr
+    failed = [line for line in lines if line["step"] == "failed"]
+    assert not failed, failed[0]["error"] + run.stderr
+    assert run.returncode == 0 and lines and lines[-1]["step"] == "done", run.stdout + run.stderr
     # The SDK warns (on stderr) of every packet it could not parse.
     assert "invalid message" not in run.stderr.lower(), run.stderr
-    return seen
+    return lines
+
+
+@pytest.fixture(scope="module")
+def steps(node_modules: Path, server: Server) -> dict[str, dict[str, Any]]:
+    return {line["step"]: line for line in run_script(SCRIPT, node_modules, server)}
 
 
 def test_lists_models(steps: dict[str, dict[str, Any]]) -> None:
