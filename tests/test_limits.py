@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from lmserve.api.app import create_app
-from lmserve.config import Settings
+from lmserve.config import DEFAULT_MAX_BODY_SIZE, Settings
 from lmserve.models.manager import ModelManager
 from tests.conftest import MODEL_ID
 from tests.test_errors import GOOD, assert_error, assert_still_serving
@@ -25,10 +25,10 @@ def chunks(total: int, size: int = MIB) -> Iterator[bytes]:
         total -= size
 
 
-def test_a_body_over_8_mib_is_413_and_the_server_goes_on(http: httpx.Client) -> None:
+def test_a_body_over_the_default_cap_is_413_and_the_server_goes_on(http: httpx.Client) -> None:
     declared = http.post(
         "/v1/chat/completions",
-        content=b"{" + b" " * (8 * MIB),
+        content=b"{" + b" " * DEFAULT_MAX_BODY_SIZE,
         headers={"content-type": "application/json"},
     )
     error = assert_error(declared, 413, "invalid_request_error")
@@ -36,7 +36,9 @@ def test_a_body_over_8_mib_is_413_and_the_server_goes_on(http: httpx.Client) -> 
     assert len(declared.content) < 1000
     # Chunked: no Content-Length to judge by, so the server counts what arrives.
     streamed = http.post(
-        "/v1/completions", content=chunks(9 * MIB), headers={"content-type": "application/json"}
+        "/v1/completions",
+        content=chunks(DEFAULT_MAX_BODY_SIZE + MIB),
+        headers={"content-type": "application/json"},
     )
     assert assert_error(streamed, 413, "invalid_request_error")["code"] == "request_too_large"
     assert_still_serving(http)
