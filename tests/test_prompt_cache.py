@@ -189,10 +189,10 @@ def test_raw_completions_restored_alone_and_batched_answer_as_if_kept(
     def both(prompt: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return complete(cached, model, prompt), complete(plain, model, prompt)
 
-    # Two at a time (their remaining prompts read in one decode), then the third alone.  Gemma
-    # two at a time only now and then gives batched bits that differ from alone (a CI run on a
-    # loaded machine: a near tie after "river." went the other way), and whether two requests
-    # share a decode is up to their timing on each server: Gemma's go one at a time.
+    # Two at a time (their remaining prompts read in one decode), then the third alone.  Two of
+    # Gemma's now and then get other bits batched than alone (a CI run on a loaded machine: a
+    # near tie after "river." went the other way), and whether two requests share a decode is
+    # up to their timing on each server: Gemma's go one at a time.
     together = 2 if model == MODEL_ID else 1
     with concurrent.futures.ThreadPoolExecutor(together) as pool:
         answers = list(pool.map(both, follow_ups[:2]))
