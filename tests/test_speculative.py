@@ -172,17 +172,15 @@ def test_grammar_penalties_stop_and_logprobs_behave_as_without_drafts(
 ) -> None:
     # A stop string from the middle of the greedy answer.
     stop_word = text(chat(http, REPEATING[0], speculative=False)).split()[6]
-    schema = {
-        "type": "object",
-        "properties": {"keeper": {"type": "string"}, "boat_late": {"type": "boolean"}},
-        "required": ["keeper", "boat_late"],
-    }
+    # A list of numbers: its ", " runs give prompt lookup something to draft from.
+    schema = {"type": "array", "items": {"type": "integer"}}
     cases: list[dict[str, Any]] = [
         {
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {"name": "x", "schema": schema},
-            }
+            },
+            "max_tokens": 150,
         },
         {"frequency_penalty": 1.0, "presence_penalty": 0.5, "repeat_penalty": 1.3},
         {"logit_bias": {str(COMMA): -100}},
@@ -192,13 +190,15 @@ def test_grammar_penalties_stop_and_logprobs_behave_as_without_drafts(
     ]
     prompt = REPEATING[0]  # short enough for llama.cpp's two paths to agree bit for bit
     for params in cases:
-        plain = chat(http, prompt, speculative=False, **params)
-        drafted = chat(http, prompt, speculative=True, **params)
+        asked = REPEATING[2] if "response_format" in params else prompt  # a list of numbers
+        plain = chat(http, asked, speculative=False, **params)
+        drafted = chat(http, asked, speculative=True, **params)
         assert text(drafted) == text(plain), params
         assert drafted["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
         assert drafted["stats"]["total_draft_tokens_count"] > 0, params
         if "response_format" in params:
-            assert set(json.loads(text(drafted))) == {"keeper", "boat_late"}
+            numbers = json.loads(text(drafted))
+            assert numbers and all(isinstance(number, int) for number in numbers)
         if "logprobs" in params:
             ours, theirs = drafted["choices"][0]["logprobs"], plain["choices"][0]["logprobs"]
             assert [t["token"] for t in ours["content"]] == [t["token"] for t in theirs["content"]]

@@ -1,4 +1,5 @@
-"""Choosing each next token: llama.cpp's C samplers, a grammar, and log-probabilities.
+"""Choosing each next token: llama.cpp's C samplers, a grammar (llguidance), and
+log-probabilities.
 
 Nothing here loops over the vocabulary in Python: the samplers are C code, and the few
 whole-vocabulary steps (copying logits into a candidate array, log-softmax) are numpy.
@@ -15,8 +16,9 @@ from typing import TypeAlias
 import llama_cpp as C
 import numpy as np
 
+from lmserve.engine.grammar import Constraint
 from lmserve.engine.llama import LlamaContext, LlamaModel
-from lmserve.engine.types import GrammarError, SamplingParams, TokenLogprob
+from lmserve.engine.types import SamplingParams, TokenLogprob
 
 _INF = float("inf")
 
@@ -58,6 +60,10 @@ class _Candidates:
 
     def apply(self, sampler: C.llama_sampler_p) -> None:
         C.llama_sampler_apply(sampler, ctypes.byref(self.array))
+
+    def forbid_all_but(self, allowed: np.ndarray) -> None:
+        """Rule out every token ``allowed`` (a mask over the vocabulary) does not hold."""
+        self._data["logit"][~allowed] = -_INF
 
     @property
     def selected(self) -> int:
@@ -165,34 +171,21 @@ class SamplerChain:
 
     The order is llama.cpp's default: bias, penalties (both :class:`_Adjustments`), top-k,
     top-p, min-p, temperature, draw.
-    A grammar, if any, is checked against the token the chain picks, and only when it refuses
-    that token is it applied to the whole vocabulary and the token drawn again; checking
-    one token costs microseconds, masking 49,152 costs milliseconds.  (llama.cpp's own
-    sampler helper does the same.)
+    A grammar, if any (a :class:`Constraint`), is checked against the token the chain picks,
+    and only when it refuses that token are the tokens it allows computed and the token drawn
+    again among them: checking one token costs microseconds, the whole vocabulary up to a few
+    hundred.  (llama.cpp's own sampler helper does the same with its grammar sampler.)
     """
 
     def __init__(self, model: LlamaModel, params: SamplingParams, seed: int) -> None:
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        self.handle = chain
-        self._grammar: C.llama_sampler_p | None = None
+        """:class:`GrammarError` if the grammar cannot be built for this model."""
+        self._constraint: Constraint | None = None
         self._candidates: _Candidates | None = None
         if params.grammar:
-            grammar = C.llama_sampler_init_grammar(
-                model.vocab, params.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                C.llama_sampler_free(chain)
-                self.handle = None
-                raise GrammarError("the grammar does not parse")
-            self._grammar = grammar
+            self._constraint = Constraint(model, params.grammar)
             self._candidates = _Candidates(model.n_vocab)
-            self._single = (C.llama_token_data * 1)()
-            self._single_array = C.llama_token_data_array(
-                data=ctypes.cast(self._single, C.llama_token_data_p),
-                size=1,
-                selected=-1,
-                sorted=False,
-            )
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.handle = chain
         self._adjustments = _Adjustments(params)
         if params.greedy:
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
@@ -225,38 +218,26 @@ class SamplerChain:
         return token
 
     def _pick(self, context: LlamaContext, row: int) -> int:
-        if self._grammar is None or self._candidates is None:
+        constraint, candidates = self._constraint, self._candidates
+        if constraint is None or candidates is None:
             return C.llama_sampler_sample(self.handle, context.handle, row)
-        candidates = self._candidates
         logits = context.logits(row)
         candidates.fill(logits)
         candidates.apply(self.handle)
         token = candidates.selected
-        if not self._grammar_allows(token):
+        if not constraint.allows(token):
             candidates.fill(logits)
-            candidates.apply(self._grammar)
+            candidates.forbid_all_but(constraint.allowed())
             candidates.apply(self.handle)
             token = candidates.selected
         C.llama_sampler_accept(self.handle, token)
-        C.llama_sampler_accept(self._grammar, token)
+        constraint.accept(token)
         return token
-
-    def _grammar_allows(self, token: int) -> bool:
-        single = self._single[0]
-        single.id, single.logit, single.p = token, 0.0, 0.0
-        self._single_array.size = 1
-        self._single_array.selected = -1
-        self._single_array.sorted = False
-        C.llama_sampler_apply(self._grammar, ctypes.byref(self._single_array))
-        return bool(np.isfinite(self._single[0].logit))
 
     def close(self) -> None:
         if self.handle:
             C.llama_sampler_free(self.handle)
             self.handle = None
-        if self._grammar:
-            C.llama_sampler_free(self._grammar)
-            self._grammar = None
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,9 @@ class Finished:
     unavailable: bool = False
     # Failed because the engine's worker process died (a crash in llama.cpp, a kill).
     crashed: bool = False
+    # Refused before it ran, as a request the engine cannot serve (a grammar it cannot build
+    # for this model): the client's error, not the server's.
+    refused: bool = False
     drafts: DraftCounts | None = None  # None: the request did not draft (speculation off)
     # Of the cached tokens, those restored from the prompt cache's tiers (the rest: a slot's).
     cached_from_memory: int = 0
@@ -233,6 +236,7 @@ class Finished:
         completion_tokens: int = 0,
         unavailable: bool = False,
         crashed: bool = False,
+        refused: bool = False,
     ) -> Finished:
         """The last event of a request that failed outside a decode step (refused, or its
         engine closed or died)."""
@@ -247,6 +251,7 @@ class Finished:
             error=error,
             unavailable=unavailable,
             crashed=crashed,
+            refused=refused,
         )
 
     @property
@@ -358,7 +363,7 @@ class EngineError(RuntimeError):
     - :class:`QueueFullError`: every slot is busy and the queue is full (try again soon).
     - :class:`EngineClosedError`: the engine is closing or closed (unload, shutdown).
     - :class:`EngineCrashedError`: the engine's worker process died.
-    - :class:`GrammarError`: llama.cpp could not parse a grammar.
+    - :class:`GrammarError`: a grammar could not be built for the model.
     - :class:`DraftModelError`: a draft model's vocabulary is not the model's.
     - :class:`WorkerStartError`: a worker process could not load its model.
     - :class:`ImageError`: an image the model's projector cannot take.
@@ -378,7 +383,7 @@ class EngineCrashedError(EngineClosedError):
 
 
 class GrammarError(EngineError, ValueError):
-    """llama.cpp could not parse the grammar."""
+    """A grammar could not be built for the model (llguidance's words say why)."""
 
 
 class ImageError(EngineError, ValueError):

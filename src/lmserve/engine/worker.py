@@ -344,7 +344,7 @@ class Worker:
         except EngineError as exc:
             # The server checks the queue bound itself; this is a grammar llama.cpp refused.
             self._requests.pop(request_id, None)
-            refused = Finished.failure(request, str(exc))
+            refused = Finished.failure(request, str(exc), refused=isinstance(exc, ValueError))
             engine = self.engine
             self._send(
                 (wire.EVENTS, [(request_id, refused)], engine.busy_slots, engine.queue_depth)

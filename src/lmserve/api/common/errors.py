@@ -255,7 +255,7 @@ def api_error_for(exc: Exception) -> APIError:
     if isinstance(exc, GrammarError):
         return InvalidRequestError(
             f"The output constraint could not be compiled into a grammar: {exc}.",
-            code="invalid_grammar",
+            code="unsupported_schema",
         )
     if isinstance(exc, TemplateRenderError):
         return InvalidRequestError(str(exc), param="messages", code="invalid_messages")

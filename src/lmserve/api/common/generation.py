@@ -260,6 +260,8 @@ def public_finish_reason(finished: Finished) -> str:
             raise ServiceUnavailableError(
                 f"The request was stopped: {finished.error}.", code="unavailable"
             )
+        if finished.refused:
+            raise InvalidRequestError(f"The request cannot be served: {finished.error}.")
         raise GenerationFailed(f"Generation failed: {finished.error}")
     return "length" if finished.finish_reason == "length" else "stop"
 

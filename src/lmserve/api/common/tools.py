@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import llguidance
 from starlette.responses import Response
 
 from lmserve.api.common.errors import InvalidRequestError
 from lmserve.api.common.protocol import NamedToolChoice, ToolChoice, ToolDefinition
-from lmserve.engine.gbnf import literal
-from lmserve.engine.grammar import GrammarBuilder, SchemaNotSupported
+from lmserve.api.common.structured import JSON_LAYOUT, checked, lark_literal, schema_to_grammar
 
 logger = logging.getLogger("lmserve.api")
 
@@ -108,30 +108,47 @@ def system_instructions(tools: list[ToolDefinition]) -> str:
     )
 
 
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` placed at ``base`` inside another: its local ``$ref``s point there."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rebased = {key: _rebased(value, base) for key, value in schema.items()}
+    ref = rebased.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        rebased["$ref"] = "#" + base + ref[1:]
+    return rebased
+
+
 def call_grammar(tools: list[ToolDefinition], parallel: bool) -> str:
-    """GBNF for one (or, with ``parallel``, one or more) Hermes-form calls of ``tools``."""
-    builder = GrammarBuilder()
-    builder.primitive("space")
+    """The grammar of one (or, with ``parallel``, one or more) Hermes-form calls of ``tools``:
+    each call's JSON names a tool and gives arguments valid against its parameters."""
     calls = []
-    for tool in tools:
+    for index, tool in enumerate(tools):
         parameters = tool.function.parameters or {"type": "object"}
-        builder.root_schema = parameters  # $refs in a tool's schema point into that schema
-        try:
-            arguments = builder.schema(parameters, f"/tools/{tool.function.name}")
-        except SchemaNotSupported as exc:
-            raise InvalidRequestError(
-                f"Unsupported JSON schema in the parameters of '{tool.function.name}': {exc}.",
-                param="tools",
-                code="unsupported_schema",
-            ) from exc
-        calls.append(
-            f'"{{" space "\\"name\\"" space ":" space {literal(json.dumps(tool.function.name))} '
-            f'space "," space "\\"arguments\\"" space ":" space {arguments} "}}" space'
-        )
-    call = builder.add("call", " | ".join(f"( {c} )" for c in calls))
-    block = builder.add("tool-call", f"{literal(OPEN)} {call} {literal(CLOSE)}")
-    root = f'{block} ( "\\n" {block} )*' if parallel else block
-    return builder.render(root)
+        schema_to_grammar(parameters, f"tools[{index}].function.parameters")  # names the tool
+        call = {
+            "x-guidance": JSON_LAYOUT,
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.function.name},
+                "arguments": _rebased(parameters, "/properties/arguments"),
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        calls.append(f"call_{index}: %json {json.dumps(call, ensure_ascii=False)}")
+    names = " | ".join(f"call_{index}" for index in range(len(tools)))
+    block = f"{lark_literal(OPEN)} ({names}) {lark_literal(CLOSE)}"
+    lark = "\n".join(
+        [
+            "start: tool_call" + (' ("\\n" tool_call)*' if parallel else ""),
+            f"tool_call: {block}",
+            *calls,
+        ]
+    )
+    return checked(llguidance.LLMatcher.grammar_from_lark(lark), "tools", "tool-call grammar")
 
 
 def _decode_objects(text: str) -> Iterator[tuple[int, int, Any]]:

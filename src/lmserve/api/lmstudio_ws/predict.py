@@ -26,7 +26,7 @@ from lmserve.api.common.errors import validation_error
 from lmserve.api.common.generation import Generation, Prepared, public_finish_reason
 from lmserve.api.common.protocol import CompletionRequest, GenerationRequestFields
 from lmserve.api.common.serving import start_generation
-from lmserve.api.common.structured import schema_to_grammar
+from lmserve.api.common.structured import gbnf_to_grammar, schema_to_grammar
 from lmserve.api.lmstudio_ws.errors import SDKError, preset_not_found
 from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.history import chat_messages, render_with_template
@@ -78,7 +78,8 @@ class PredictTurn:
         else:
             prepared = await prepare_chat(body, model)
         if self.settings.gbnf is not None:
-            prepared.sampling = replace(prepared.sampling, grammar=self.settings.gbnf)
+            grammar = gbnf_to_grammar(self.settings.gbnf, "llm.prediction.structured.gbnfGrammar")
+            prepared.sampling = replace(prepared.sampling, grammar=grammar)
         return prepared
 
 
