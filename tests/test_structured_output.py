@@ -224,3 +224,16 @@ def test_top_logprobs_without_logprobs_is_400(client: OpenAI) -> None:
         client.chat.completions.create(
             model=MODEL_ID, messages=[{"role": "user", "content": "x"}], top_logprobs=2
         )
+
+
+def test_a_raw_completion_follows_a_schema_too(client: OpenAI) -> None:
+    completion = client.completions.create(
+        model=MODEL_ID,
+        prompt="A person, as JSON:",
+        max_tokens=120,
+        temperature=0,
+        extra_body={"response_format": schema_format("person", PERSON)},
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop", choice.text
+    jsonschema.validate(json.loads(choice.text), PERSON)

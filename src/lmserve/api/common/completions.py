@@ -11,6 +11,7 @@ from lmserve.api.common.generation import ChunkMaker, Generation, Prepared, publ
 from lmserve.api.common.logprobs import completion_logprobs
 from lmserve.api.common.protocol import CompletionChoice, CompletionRequest, TextCompletion
 from lmserve.api.common.serving import CompletionTurn
+from lmserve.api.common.structured import response_format_grammar
 from lmserve.engine.types import TextDelta
 from lmserve.models.loader import LoadedModel
 
@@ -90,6 +91,8 @@ async def prepare_completion(body: CompletionRequest, model: LoadedModel) -> Pre
         param="prompt",
         what="prompt",
         logprobs=body.logprobs,
+        # vLLM's and llama-server's extension: the completion follows a JSON schema.
+        grammar=response_format_grammar(body.response_format),
     )
 
 

@@ -243,6 +243,8 @@ class CompletionRequest(GenerationRequestFields):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
     max_tokens: TokenLimit | None = 16  # OpenAI's default
+    # vLLM's and llama-server's extension: structured output for a raw prompt too.
+    response_format: ResponseFormat | None = None
 
 
 class PromptTokensDetails(BaseModel):
