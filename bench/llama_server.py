@@ -116,16 +116,18 @@ def running(
     flash_attention: str = "auto",
     model: str = "smollm2",
     extra: Sequence[str] = (),
+    path: Path | None = None,
 ) -> Iterator[harness.RunningServer]:
     """llama-server on ``model`` (one of ``harness.MODELS``; served under that name) with
     lmserve's settings: ``parallel`` slots of ``context_per_slot`` tokens each (``-c`` is
     their total), the same threads for prompts and generation, and the same repack setting;
-    ``flash_attention`` is its ``-fa``; ``extra``: further flags (``--mmproj PATH``)."""
+    ``flash_attention`` is its ``-fa``; ``extra``: further flags (``--mmproj PATH``);
+    ``path``: a GGUF to serve under the name ``model`` instead of one of ``harness.MODELS``."""
     port = harness.free_port()
     command = [
         str(binary),
         "--model",
-        str(harness.model_path(model)),
+        str(path or harness.model_path(model)),
         "--host",
         "127.0.0.1",
         "--port",

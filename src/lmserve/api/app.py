@@ -23,6 +23,7 @@ from lmserve.api.lmstudio.service import ChatThreads
 from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.router import router as lmstudio_ws_router
 from lmserve.api.openai.router import router as openai_router
+from lmserve.api.rerank.router import router as rerank_router
 from lmserve.api.responses.router import router as responses_router
 from lmserve.api.responses.service import ResponseStore
 from lmserve.api.webui.assets import Assets
@@ -88,6 +89,7 @@ def create_app(
     for router in (
         conversations_router,
         openai_router,
+        rerank_router,
         responses_router,
         anthropic_router,
         lmstudio_router,

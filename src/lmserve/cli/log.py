@@ -94,6 +94,15 @@ def _format_record(record: dict[str, Any], stats: bool) -> str:
         lines.append(f"promptTokens: {record.get('prompt_tokens')}")
         lines.append("input:")
         lines.append(record.get("prompt", ""))
+    elif record.get("type") == "rerank.output":
+        lines.append(f"query: {record.get('query')}")
+        lines.append(
+            f"documents: {record.get('documents')}, promptTokens: {record.get('prompt_tokens')}"
+        )
+        lines.append("scores (best first):")
+        lines += [
+            f"  #{r['index']}: {r['relevance_score']:.4f}" for r in record.get("results") or []
+        ]
     else:
         lines.append("output:")
         lines.append(record.get("output", ""))

@@ -14,6 +14,7 @@ from lmserve.cli.get import get
 from lmserve.cli.importing import import_model
 from lmserve.cli.log import log
 from lmserve.cli.models import list_loaded, list_models, load_model, unload_model
+from lmserve.cli.rerank import rerank
 from lmserve.cli.serve import serve
 from lmserve.cli.server import server
 from lmserve.cli.server import status as server_status
@@ -55,3 +56,4 @@ cli.add_command(log)
 cli.add_command(get)
 cli.add_command(import_model, name="import")
 cli.add_command(cache)
+cli.add_command(rerank)

@@ -180,6 +180,12 @@ class EngineWorker:
         result: str = await self._call("detokenize", tokens)
         return result
 
+    async def rerank(self, query: str, documents: list[str]) -> list[tuple[float, int]]:
+        """Each document's score against ``query`` by this reranker, and the tokens of its
+        pair; raises :class:`RerankInputError` for a pair that does not fit."""
+        result: list[tuple[float, int]] = await self._call("rerank", query, documents)
+        return result
+
     async def embed(self, token_lists: list[list[int]]) -> list[np.ndarray]:
         """The normalised embedding of each tokenized input."""
         vectors: list[bytes] = await self._call("embed", token_lists)

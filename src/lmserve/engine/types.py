@@ -367,6 +367,7 @@ class EngineError(RuntimeError):
     - :class:`DraftModelError`: a draft model's vocabulary is not the model's.
     - :class:`WorkerStartError`: a worker process could not load its model.
     - :class:`ImageError`: an image the model's projector cannot take.
+    - :class:`RerankInputError`: a query/document pair too long for a reranker.
     """
 
 
@@ -388,6 +389,20 @@ class GrammarError(EngineError, ValueError):
 
 class ImageError(EngineError, ValueError):
     """An image the model cannot take: no projector, or one it refused to encode."""
+
+
+class RerankInputError(EngineError, ValueError):
+    """A document whose pair with the query does not fit the reranker's context."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"documents[{index}] with the query is {tokens} tokens; this reranker takes "
+            f"{limit} at most"
+        )
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, int]]:
+        return type(self), (self.index, self.tokens, self.limit)
 
 
 class DraftModelError(EngineError, ValueError):

@@ -43,6 +43,7 @@ from lmserve.engine.llama import (
 from lmserve.engine.prompt_cache.cache import PromptCache, probe_layout
 from lmserve.engine.prompt_cache.disk import file_sha256, known_sha256
 from lmserve.engine.prompt_cache.state import StateFormatError
+from lmserve.engine.rerank import Reranker
 from lmserve.engine.scheduler import BatchingEngine
 from lmserve.engine.selfcheck import (
     SelfCheckFailed,
@@ -195,8 +196,10 @@ class Worker:
             "clear_prompt_cache": self._clear_prompt_cache,
             "embed": self._embed,
             "load_draft": self._load_draft,
+            "rerank": self._rerank,
         }
         self._embedder: Embedder | None = None
+        self._reranker: Reranker | None = None
         self._embedding_lock = threading.Lock()  # one context: one input at a time
         self._draft_lock = threading.Lock()  # one draft model loads at a time
         model = self.model
@@ -351,7 +354,12 @@ class Worker:
             )
 
     def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
-        if method in ("embed", "load_draft", "tokenize_images"):  # slow: off the reading thread
+        if method in (
+            "embed",
+            "rerank",
+            "load_draft",
+            "tokenize_images",
+        ):  # slow: off the reading thread
             # Beside generation (a context of its own), never on the reading thread, and in a
             # thread that ends afterwards (see in_passing_thread: a long-lived one would slow
             # every later decode).
@@ -414,6 +422,15 @@ class Worker:
             crash_if_injected("embed")
             embedder = self._embedder
             return [embedder.embed(tokens).astype("<f4").tobytes() for tokens in token_lists]
+
+    def _rerank(self, query: str, documents: list[str]) -> list[tuple[float, int]]:
+        """Each document's score against ``query`` and its pair's tokens (a reranker's)."""
+        with self._embedding_lock:
+            if self._reranker is None:
+                self._reranker = Reranker(
+                    self.model, self.engine.n_ctx_per_slot, self.spec.n_threads
+                )
+            return self._reranker.score(query, documents)
 
     def _load_draft(self, name: str, path: str) -> None:
         """Load a draft model for requests that name it, in place of the one loaded before;

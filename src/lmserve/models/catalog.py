@@ -57,6 +57,8 @@ class CatalogEntry:
 
     @property
     def model_type(self) -> str:
+        if self.header.is_reranker:
+            return "reranker"
         return "embeddings" if self.header.is_embedding_model else "llm"
 
     @property

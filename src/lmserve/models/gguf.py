@@ -120,6 +120,11 @@ class GGUFHeader:
         return FILE_TYPES.get(int(file_type), f"type{file_type}")
 
     @property
+    def is_reranker(self) -> bool:
+        """True for a model whose pooling is rank: its classifier head scores pairs."""
+        return str(self.arch_value("pooling_type")) == "4"  # llama.cpp's LLAMA_POOLING_TYPE_RANK
+
+    @property
     def is_embedding_model(self) -> bool:
         """True for encoder-style models (BERT family) or ones declaring a pooling type."""
         arch = self.architecture

@@ -13,7 +13,7 @@ from lmserve.models.errors import NoModelNamed
 
 
 def sole_model(found: dict[str, str], catalog: Catalog, jit: bool, kind: str = "llm") -> str:
-    """The identifier of the one model of ``kind`` (``llm`` or ``embeddings``) among
+    """The identifier of the one model of ``kind`` (``llm``, ``embeddings``, ``reranker``) among
     ``found`` (the models present: identifier and model type, see
     :meth:`ModelManager.present`).  Any model embeds, so with no embedding model loaded an
     embedding request goes to the one model there is.  :class:`NoModelNamed` when there are
@@ -26,7 +26,7 @@ def sole_model(found: dict[str, str], catalog: Catalog, jit: bool, kind: str = "
         return candidates[0]
     what = "model"
     if len(candidates) < len(found):
-        what = "embedding model" if kind == "embeddings" else "chat model"
+        what = {"embeddings": "embedding model", "reranker": "reranker"}.get(kind, "chat model")
     downloaded = [
         catalog.public_id(entry)
         for entry in catalog.entries

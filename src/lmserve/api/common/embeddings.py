@@ -51,6 +51,13 @@ def _encode(vector: Any, encoding: str) -> list[float] | str:
 
 async def create_embeddings(body: EmbeddingRequest, models: ModelManager) -> dict[str, Any]:
     async with models.using(body.model, body.ttl, kind="embeddings") as model:
+        if model.entry.model_type == "reranker":
+            raise InvalidRequestError(
+                f"Model '{model.identifier}' is a reranker: its head scores query/document "
+                "pairs (POST /v1/rerank) and gives no embeddings.",
+                param="model",
+                code="model_is_reranker",
+            )
         token_lists = await _token_lists(body, model)
         dimensions = model.vocab.n_embd
         if body.dimensions is not None and body.dimensions != dimensions:

@@ -64,6 +64,7 @@ class Metrics:
         self.draft_tokens: dict[Labels, int] = defaultdict(int)
         self.images: dict[Labels, int] = defaultdict(int)
         self.image_tokens: dict[Labels, int] = defaultdict(int)
+        self.reranked: dict[Labels, int] = defaultdict(int)
         self.time_to_first_token = Histogram(TTFT_BUCKETS)
         self.tokens_per_second = Histogram(TOKENS_PER_SECOND_BUCKETS)
 
@@ -78,6 +79,9 @@ class Metrics:
             for image in record.get("images") or ():
                 self.images[model] += 1
                 self.image_tokens[model] += int(image.get("tokens") or 0)
+            return
+        if kind == "rerank.output":
+            self.reranked[model] += int(record.get("documents") or 0)
             return
         if kind != "llm.prediction.output":
             return
@@ -117,6 +121,8 @@ class Metrics:
         out.samples("lmserve_images_total", self.images)
         out.family("lmserve_image_tokens", "counter", "Prompt tokens those images took.")
         out.samples("lmserve_image_tokens_total", self.image_tokens)
+        out.family("lmserve_reranked_documents", "counter", "Documents scored by rerankers.")
+        out.samples("lmserve_reranked_documents_total", self.reranked)
         out.family(
             "lmserve_draft_tokens",
             "counter",

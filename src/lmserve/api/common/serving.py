@@ -18,7 +18,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from lmserve.api.common.errors import ContextLengthExceededError
+from lmserve.api.common.errors import ContextLengthExceededError, InvalidRequestError
 from lmserve.api.common.generation import Generation, Prepared
 from lmserve.api.common.images import ImageReader
 from lmserve.api.common.limits import check_choices
@@ -108,6 +108,13 @@ async def start_generation(
             models.release(model)
 
     try:
+        if model.entry.model_type == "reranker":
+            raise InvalidRequestError(
+                f"Model '{model.identifier}' is a reranker: it scores documents against a "
+                "query (POST /v1/rerank) and does not generate text.",
+                param="model",
+                code="model_is_reranker",
+            )
         # The request's draft model, else the one the model was loaded with (--draft-model).
         draft_model = body.draft_model or model.options.draft_model
         if draft_model is not None:
