@@ -18,7 +18,7 @@ class RerankRequest(RequestModel):
     model: str | None = Field(default=None, min_length=1)  # see GenerationRequestFields.model
     query: str = Field(min_length=1)
     documents: list[str | TextDocument] = Field(min_length=1, max_length=MAX_DOCUMENTS)
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: int | None = Field(default=None, ge=1, le=MAX_DOCUMENTS)
     return_documents: bool = False
     ttl: TTL | None = None
 
