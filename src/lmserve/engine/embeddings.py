@@ -22,26 +22,26 @@ POOLING_NAMES = {
 }
 
 
-class Embedder:
-    def __init__(self, model: LlamaModel, n_ctx: int, threads: int = 0) -> None:
-        declared = model.metadata(f"{model.architecture}.pooling_type")
-        pooling = int(declared) if declared and declared.isdigit() else C.LLAMA_POOLING_TYPE_MEAN
-        if pooling not in POOLING_NAMES:
-            # NONE (per-token vectors) or RANK (rerankers) give no sentence embedding: the
-            # chat models that declare nothing get mean pooling, as most embedders use.
-            pooling = C.LLAMA_POOLING_TYPE_MEAN
+class PooledContext:
+    """A context of ``model``'s own that pools each sequence (embeddings, a reranker's head):
+    every sequence of a call is decoded in one micro-batch, as a model without causal
+    attention (BERT) needs; one call at a time (thread-safe)."""
+
+    def __init__(
+        self, model: LlamaModel, n_ctx: int, pooling: int, *, n_seq: int = 1, threads: int = 0
+    ) -> None:
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = n_ctx  # a whole input in one batch, as pooling needs
-        params.n_ubatch = n_ctx
-        params.n_seq_max = 1
+        params.n_batch = params.n_ubatch = n_ctx  # a call's sequences in one micro-batch
+        params.n_seq_max = n_seq
+        params.kv_unified = True  # the sequences of a call share the n_ctx cells
         params.embeddings = True
         params.pooling_type = pooling
         params.n_threads = params.n_threads_batch = threads or default_threads()
         params.no_perf = True
         ctx = C.llama_init_from_model(model.handle, params)
         if not ctx:
-            raise ModelLoadError("llama.cpp could not create an embedding context")
+            raise ModelLoadError("llama.cpp could not create a pooling context")
         self._ctx = ctx
         self._model = model
         self._memory = C.llama_get_memory(ctx)
@@ -49,31 +49,32 @@ class Embedder:
         self._encoder = bool(C.llama_model_has_encoder(model.handle))
         self._lock = threading.Lock()
         self.n_ctx = n_ctx
-        self.dimensions = C.llama_model_n_embd(model.handle)
-        self.pooling = POOLING_NAMES[pooling]
 
-    def embed(self, tokens: list[int]) -> np.ndarray:
-        """The normalised embedding of one tokenized input (blocking: call off the loop)."""
-        if not tokens or len(tokens) > self.n_ctx:
-            raise ValueError(f"an input must have 1 to {self.n_ctx} tokens")
+    def pooled(self, sequences: list[list[int]], width: int) -> list[np.ndarray]:
+        """The pooled output (``width`` floats) of each sequence, decoded together from an
+        empty context; their tokens fit ``n_ctx`` together."""
         with self._lock:
             C.llama_memory_clear(self._memory, True)
-            batch = self._batch
-            for index, token in enumerate(tokens):
-                batch.token[index] = token
-                batch.pos[index] = index
-                batch.n_seq_id[index] = 1
-                batch.seq_id[index][0] = 0
-                batch.logits[index] = True
-            batch.n_tokens = len(tokens)
+            batch, row = self._batch, 0
+            for seq, tokens in enumerate(sequences):
+                for position, token in enumerate(tokens):
+                    batch.token[row] = token
+                    batch.pos[row] = position
+                    batch.n_seq_id[row] = 1
+                    batch.seq_id[row][0] = seq
+                    batch.logits[row] = True  # pooling reads every token's output
+                    row += 1
+            batch.n_tokens = row
             run = C.llama_encode if self._encoder else C.llama_decode
             status = run(self._ctx, batch)
             if status != 0:
-                raise RuntimeError(f"llama.cpp failed to embed the input (status {status})")
-            pointer = C.llama_get_embeddings_seq(self._ctx, 0)
-            vector = np.ctypeslib.as_array(pointer, shape=(self.dimensions,)).astype(np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+                raise RuntimeError(f"llama.cpp failed to pool the input (status {status})")
+            return [
+                np.ctypeslib.as_array(
+                    C.llama_get_embeddings_seq(self._ctx, seq), shape=(width,)
+                ).astype(np.float32)
+                for seq in range(len(sequences))
+            ]
 
     def close(self) -> None:
         with self._lock:
@@ -81,3 +82,24 @@ class Embedder:
                 C.llama_batch_free(self._batch)
                 C.llama_free(self._ctx)
                 self._ctx = None
+
+
+class Embedder(PooledContext):
+    def __init__(self, model: LlamaModel, n_ctx: int, threads: int = 0) -> None:
+        declared = model.metadata(f"{model.architecture}.pooling_type")
+        pooling = int(declared) if declared and declared.isdigit() else C.LLAMA_POOLING_TYPE_MEAN
+        if pooling not in POOLING_NAMES:
+            # NONE (per-token vectors) or RANK (rerankers) give no sentence embedding: the
+            # chat models that declare nothing get mean pooling, as most embedders use.
+            pooling = C.LLAMA_POOLING_TYPE_MEAN
+        super().__init__(model, n_ctx, pooling, threads=threads)
+        self.dimensions = C.llama_model_n_embd(model.handle)
+        self.pooling = POOLING_NAMES[pooling]
+
+    def embed(self, tokens: list[int]) -> np.ndarray:
+        """The normalised embedding of one tokenized input (blocking: call off the loop)."""
+        if not tokens or len(tokens) > self.n_ctx:
+            raise ValueError(f"an input must have 1 to {self.n_ctx} tokens")
+        (vector,) = self.pooled([tokens], self.dimensions)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector

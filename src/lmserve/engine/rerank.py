@@ -14,44 +14,25 @@ micro-batch: a model without causal attention (BERT) needs a whole sequence in o
 
 from __future__ import annotations
 
-import threading
-
 import llama_cpp as C
-import numpy as np
 
-from lmserve.engine.llama import LlamaModel, ModelLoadError, default_threads
+from lmserve.engine.embeddings import PooledContext
+from lmserve.engine.llama import LlamaModel
 from lmserve.engine.types import RerankInputError
 
-RANK_POOLING = C.LLAMA_POOLING_TYPE_RANK
 _MAX_PAIRS_PER_DECODE = 8
 
 
-class Reranker:
+class Reranker(PooledContext):
     """Scores pairs with ``model``'s classifier head; thread-safe (one decode at a time)."""
 
     def __init__(self, model: LlamaModel, n_ctx: int, threads: int = 0) -> None:
-        params = C.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = n_ctx  # a decode's pairs all in one micro-batch
-        params.n_seq_max = _MAX_PAIRS_PER_DECODE
-        params.kv_unified = True  # the pairs of a decode share the n_ctx cells
-        params.embeddings = True
-        params.pooling_type = RANK_POOLING
-        params.n_threads = params.n_threads_batch = threads or default_threads()
-        params.no_perf = True
-        ctx = C.llama_init_from_model(model.handle, params)
-        if not ctx:
-            raise ModelLoadError("llama.cpp could not create a reranking context")
-        self._ctx = ctx
-        self._model = model
-        self._memory = C.llama_get_memory(ctx)
-        self._batch = C.llama_batch_init(n_ctx, 0, 1)
-        self._encoder = bool(C.llama_model_has_encoder(model.handle))
+        super().__init__(
+            model, n_ctx, C.LLAMA_POOLING_TYPE_RANK, n_seq=_MAX_PAIRS_PER_DECODE, threads=threads
+        )
         self._outputs = max(1, int(C.llama_model_n_cls_out(model.handle)))
         template = C.llama_model_chat_template(model.handle, b"rerank")
         self._template = template.decode("utf-8") if template else None
-        self._lock = threading.Lock()
-        self.n_ctx = n_ctx
 
     def pair_tokens(self, query: str, document: str) -> list[int]:
         """The tokens of one pair, as llama-server's ``format_prompt_rerank`` makes them."""
@@ -94,38 +75,8 @@ class Reranker:
             ):
                 used += len(pairs[start + len(group)])
                 group.append(start + len(group))
-            for index, value in zip(group, self._decode([pairs[i] for i in group]), strict=True):
-                scores[index] = value
+            heads = self.pooled([pairs[i] for i in group], self._outputs)
+            for index, head in zip(group, heads, strict=True):
+                scores[index] = float(head[0])
             start += len(group)
         return [(score, len(tokens)) for score, tokens in zip(scores, pairs, strict=True)]
-
-    def _decode(self, pairs: list[list[int]]) -> list[float]:
-        with self._lock:
-            C.llama_memory_clear(self._memory, True)
-            batch, row = self._batch, 0
-            for seq, tokens in enumerate(pairs):
-                for position, token in enumerate(tokens):
-                    batch.token[row] = token
-                    batch.pos[row] = position
-                    batch.n_seq_id[row] = 1
-                    batch.seq_id[row][0] = seq
-                    batch.logits[row] = True  # pooling reads every token's output
-                    row += 1
-            batch.n_tokens = row
-            run = C.llama_encode if self._encoder else C.llama_decode
-            status = run(self._ctx, batch)
-            if status != 0:
-                raise RuntimeError(f"llama.cpp failed to score the pairs (status {status})")
-            values = []
-            for seq in range(len(pairs)):
-                pointer = C.llama_get_embeddings_seq(self._ctx, seq)
-                head = np.ctypeslib.as_array(pointer, shape=(self._outputs,))
-                values.append(float(head[0]))
-            return values
-
-    def close(self) -> None:
-        with self._lock:
-            if self._ctx:
-                C.llama_batch_free(self._batch)
-                C.llama_free(self._ctx)
-                self._ctx = None
