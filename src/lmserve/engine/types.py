@@ -95,10 +95,6 @@ class ImageInput:
     height: int
     rgb: bytes  # width * height * 3 bytes, row by row
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:8]
-
 
 @dataclass(frozen=True)
 class PromptImage:

@@ -9,6 +9,7 @@ from typing import Any
 from lmserve.api.common.bounds import MAX_INPUTS
 from lmserve.api.common.errors import ContextLengthExceededError, InvalidRequestError
 from lmserve.api.common.protocol import EmbeddingRequest
+from lmserve.api.common.serving import refuse_reranker
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
@@ -51,13 +52,7 @@ def _encode(vector: Any, encoding: str) -> list[float] | str:
 
 async def create_embeddings(body: EmbeddingRequest, models: ModelManager) -> dict[str, Any]:
     async with models.using(body.model, body.ttl, kind="embeddings") as model:
-        if model.entry.model_type == "reranker":
-            raise InvalidRequestError(
-                f"Model '{model.identifier}' is a reranker: its head scores query/document "
-                "pairs (POST /v1/rerank) and gives no embeddings.",
-                param="model",
-                code="model_is_reranker",
-            )
+        refuse_reranker(model, "gives no embeddings")
         token_lists = await _token_lists(body, model)
         dimensions = model.vocab.n_embd
         if body.dimensions is not None and body.dimensions != dimensions:

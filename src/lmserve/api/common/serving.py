@@ -84,6 +84,18 @@ class Started:
         self._release()
 
 
+def refuse_reranker(model: LoadedModel, unlike: str) -> None:
+    """The 400 for a reranker named where another kind of model is wanted (``unlike``: what
+    a reranker does not do)."""
+    if model.entry.model_type == "reranker":
+        raise InvalidRequestError(
+            f"Model '{model.identifier}' is a reranker: it scores documents against a query "
+            f"(POST /v1/rerank) and {unlike}.",
+            param="model",
+            code="model_is_reranker",
+        )
+
+
 async def start_generation(
     models: ModelManager,
     logs: LogBus,
@@ -108,13 +120,7 @@ async def start_generation(
             models.release(model)
 
     try:
-        if model.entry.model_type == "reranker":
-            raise InvalidRequestError(
-                f"Model '{model.identifier}' is a reranker: it scores documents against a "
-                "query (POST /v1/rerank) and does not generate text.",
-                param="model",
-                code="model_is_reranker",
-            )
+        refuse_reranker(model, "does not generate text")
         # The request's draft model, else the one the model was loaded with (--draft-model).
         draft_model = body.draft_model or model.options.draft_model
         if draft_model is not None:
