@@ -451,6 +451,19 @@ async def alternate_with_bare(server: RunningServer, rounds: int) -> tuple[float
     return statistics.median(bare_speeds), statistics.median(speeds), statistics.median(ttfts)
 
 
+def print_paired_medians(pairs: Sequence[tuple[float, float]], unit: str) -> None:
+    """The closing table of a bench of alternated rounds, (lmserve, llama-server) seconds
+    each: both medians and the median of the per-round ratios."""
+    ratio = statistics.median(mine / peer for mine, peer in pairs)
+    print()
+    print(f"| lmserve {unit} | llama-server {unit} | ratio (median of rounds) |")
+    print("|---:|---:|---:|")
+    print(
+        f"| {statistics.median(m for m, _ in pairs):.3f} "
+        f"| {statistics.median(p for _, p in pairs):.3f} | {ratio:.3f}x |"
+    )
+
+
 def print_checks(checks: Sequence[tuple[str, float, str, float]]) -> None:
     """One PASS or FAIL line per (label, value, ">=" or "<=", target): an issue's targets."""
     for label, value, op, target in checks:

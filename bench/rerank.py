@@ -13,7 +13,6 @@ trial, then the medians and the median of the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -116,14 +115,7 @@ def main() -> None:
                     print(f"  round {round_}, {server.name:12s}: {seconds[server.name]:.3f} s")
                 pairs.append((seconds[ours.name], seconds[theirs.name]))
                 print(f"  round {round_}, ratio       : {pairs[-1][0] / pairs[-1][1]:.3f}")
-    print()
-    print("| lmserve s | llama-server s | ratio (median of rounds) |")
-    print("|---:|---:|---:|")
-    ratio = statistics.median(mine / peer for mine, peer in pairs)
-    print(
-        f"| {statistics.median(m for m, _ in pairs):.3f} "
-        f"| {statistics.median(p for _, p in pairs):.3f} | {ratio:.3f}x |"
-    )
+    harness.print_paired_medians(pairs, "s")
 
 
 if __name__ == "__main__":

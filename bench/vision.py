@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -150,14 +149,7 @@ def main() -> None:
         ):
             pairs = asyncio.run(measure(ours, theirs, args.rounds, args.image_size))
 
-    print()
-    print("| lmserve TTFT s | llama-server TTFT s | ratio (median of rounds) |")
-    print("|---:|---:|---:|")
-    ratio = statistics.median(mine / peer for mine, peer in pairs)
-    print(
-        f"| {statistics.median(m for m, _ in pairs):.3f} "
-        f"| {statistics.median(p for _, p in pairs):.3f} | {ratio:.3f}x |"
-    )
+    harness.print_paired_medians(pairs, "TTFT s")
 
 
 if __name__ == "__main__":
