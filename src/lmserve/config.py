@@ -219,6 +219,9 @@ class Settings:
     models: ModelDefaults = ModelDefaults()
     jit: bool = True  # load a downloaded model when a request names it
     jit_ttl: float = DEFAULT_JIT_TTL  # idle seconds before a JIT-loaded model is unloaded
+    # LM Studio's JIT auto-evict: a model loaded just in time unloads the other models loaded
+    # just in time (--no-jit-auto-evict keeps them)
+    jit_auto_evict: bool = True
     max_loaded_models: int | None = None
     max_memory: int | None = None  # bytes for all loaded models; None: 3/4 of the machine
     fetch_default_model: bool = True

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import httpx
 
-from lmserve.models.catalog import model_key
+from lmserve.models.catalog import Catalog
 from lmserve.models.download import download
 from lmserve.models.hub import DownloadPlan, preferred_quantization, resolve_plan
 from lmserve.models.references import DownloadError
@@ -71,7 +71,7 @@ def get(ref: str, quantization: str | None, yes: bool) -> None:
         ) from None
     for path in plan.targets:
         click.echo(str(path))
-    click.echo(f"Model key: {model_key(plan.files[0].name)}", err=True)
+    click.echo(f"Model key: {Catalog.scan(models_dir()).key_of(plan.targets[0])}", err=True)
 
 
 def _pick_repository(terms: str, interactive: bool) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from lmserve.models.catalog import model_key
+from lmserve.models.catalog import Catalog
 from lmserve.models.importer import (
     ImportMode,
     ModelImportError,
@@ -83,7 +83,7 @@ def import_model(
     except OSError as exc:
         raise click.ClickException(f"import failed: {exc}") from None
     click.echo(plan.describe(done=True))
-    click.echo(f"Model key: {model_key(target.name)}", err=True)
+    click.echo(f"Model key: {Catalog.scan(models_dir()).key_of(target)}", err=True)
 
 
 def _checked_user_repo(value: str) -> str:

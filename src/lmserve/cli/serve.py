@@ -187,6 +187,12 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Seconds a just-in-time loaded model may sit idle before it is unloaded.",
         ),
         click.option(
+            "--no-jit-auto-evict",
+            is_flag=True,
+            help="Keep the models loaded just in time when another one is (LM Studio's "
+            "auto-evict, on by default, unloads them: one at a time).",
+        ),
+        click.option(
             "--max-loaded-models",
             default=None,
             type=click.IntRange(1, 1000),
@@ -407,6 +413,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         ),
         jit=not options.get("no_jit"),
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]
+        jit_auto_evict=not options.get("no_jit_auto_evict"),
         max_loaded_models=options.get("max_loaded_models"),  # type: ignore[arg-type]
         max_memory=parse_size(str(max_memory)) if max_memory else None,
         cors_origins=cors_origins(options),

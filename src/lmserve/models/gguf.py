@@ -73,6 +73,23 @@ FILE_TYPES: dict[int, str] = {
 }
 
 
+# llama.cpp's architectures of embedding models (encoders, and EmbeddingGemma).
+_ENCODER_ARCHITECTURES = frozenset(
+    {
+        "bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "modern-bert",
+        "eurobert",
+        "t5encoder",
+        "gemma-embedding",
+    }
+)
+
+
 class GGUFError(ValueError):
     """The file is not a readable GGUF file (wrong magic, truncated, or malformed)."""
 
@@ -128,7 +145,7 @@ class GGUFHeader:
     def is_embedding_model(self) -> bool:
         """True for encoder-style models (BERT family) or ones declaring a pooling type."""
         arch = self.architecture
-        if arch in {"bert", "nomic-bert", "jina-bert-v2", "t5encoder", "modern-bert"}:
+        if arch in _ENCODER_ARCHITECTURES:
             return True
         return bool(self.arch_value("pooling_type")) and not self.chat_template
 

@@ -2,6 +2,8 @@
 
 Everything here runs on the event loop except the load itself, which runs in a worker thread;
 a model that several requests ask for at once is loaded exactly once (they share one task).
+A model loaded just in time unloads the models loaded just in time before it (LM Studio's JIT
+auto-evict, unless ``--no-jit-auto-evict``); explicit loads stay.
 
 Each loaded model's engine runs in its own process.  When one dies, the model leaves the
 loaded set at once (its requests have already failed); an explicitly loaded model is loaded
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,6 +49,9 @@ logger = logging.getLogger("lmserve.models")
 
 _REAP_INTERVAL = 1.0  # seconds between TTL checks
 
+# Told of each model that a just-in-time load unloads (LM Studio's auto-evict), before it goes.
+EvictionNotice = Callable[[LoadedModel], Awaitable[None]]
+
 
 class ModelManager:
     """Owns the catalog of downloaded models and the set of loaded instances."""
@@ -62,6 +67,7 @@ class ModelManager:
         self.defaults: ModelDefaults = settings.models
         self.jit = settings.jit
         self.jit_ttl = settings.jit_ttl
+        self.jit_auto_evict = settings.jit_auto_evict
         self.max_loaded = settings.max_loaded_models
         self.max_memory = settings.max_memory or default_memory_budget()
         self.catalog = Catalog.scan(models_root)
@@ -188,6 +194,7 @@ class ModelManager:
                 LoadOptions(ttl=ttl),
                 jit=True,
                 ttl=ttl if ttl is not None else self.jit_ttl,
+                evict=True,
             )
         model.in_flight += 1
         model.last_used = time.monotonic()
@@ -238,10 +245,19 @@ class ModelManager:
             self.release(model)
 
     # -- explicit management -----------------------------------------------------------------
-    async def load(self, name: str, options: LoadOptions | None = None) -> LoadedModel:
+    async def load(
+        self,
+        name: str,
+        options: LoadOptions | None = None,
+        *,
+        jit: bool = False,
+        on_evict: EvictionNotice | None = None,
+    ) -> LoadedModel:
         """Load ``name`` (``lmserve load``, the native API); an instance with the same
         identifier that is already loaded is returned as it is (with its TTL and draft model
-        updated, if the load gives them)."""
+        updated, if the load gives them).  ``jit``: a load just in time, as the SDKs'
+        ``model(key)`` loads (the JIT TTL unless the options give one; the other models
+        loaded just in time are unloaded, ``on_evict`` told of each first)."""
         options = options or LoadOptions()
         entry = self.resolve_entry(name)
         if entry is None:
@@ -250,7 +266,10 @@ class ModelManager:
         loaded = self._loaded.get(identifier)
         if loaded is None:
             self.crashes.forgive(identifier)
-            loaded = await self._load_once(entry, options, jit=False, ttl=options.ttl)
+            ttl = options.ttl if options.ttl is not None or not jit else self.jit_ttl
+            loaded = await self._load_once(
+                entry, options, jit=jit, ttl=ttl, evict=jit, on_evict=on_evict
+            )
         elif options.ttl is not None:
             loaded.ttl = options.ttl
         if options.draft_model is not None:
@@ -281,13 +300,24 @@ class ModelManager:
 
     # -- loading -------------------------------------------------------------------------------
     def _start_load(
-        self, entry: CatalogEntry, options: LoadOptions, *, jit: bool, ttl: float | None
+        self,
+        entry: CatalogEntry,
+        options: LoadOptions,
+        *,
+        jit: bool,
+        ttl: float | None,
+        evict: bool = False,
+        on_evict: EvictionNotice | None = None,
     ) -> asyncio.Task[LoadedModel]:
-        """The task loading ``entry``: a new one, or the one already under way."""
+        """The task loading ``entry``: a new one, or the one already under way.  ``evict``: a
+        new load just in time, which unloads the others loaded so (:meth:`_evict_jit`)."""
         identifier = options.identifier or self.catalog.public_id(entry)
         task = self._loading.get(identifier)
         if task is None:
-            task = asyncio.ensure_future(self._load(entry, identifier, options, jit, ttl))
+            evicting = on_evict if evict else None
+            task = asyncio.ensure_future(
+                self._load(entry, identifier, options, jit, ttl, evict, evicting)
+            )
             self._loading[identifier] = task
             self._loading_paths[identifier] = entry.path
 
@@ -299,10 +329,18 @@ class ModelManager:
         return task
 
     async def _load_once(
-        self, entry: CatalogEntry, options: LoadOptions, *, jit: bool, ttl: float | None
+        self,
+        entry: CatalogEntry,
+        options: LoadOptions,
+        *,
+        jit: bool,
+        ttl: float | None,
+        evict: bool = False,
+        on_evict: EvictionNotice | None = None,
     ) -> LoadedModel:
         # shield: one impatient client going away must not cancel a load others wait for.
-        return await asyncio.shield(self._start_load(entry, options, jit=jit, ttl=ttl))
+        task = self._start_load(entry, options, jit=jit, ttl=ttl, evict=evict, on_evict=on_evict)
+        return await asyncio.shield(task)
 
     async def _load(
         self,
@@ -311,7 +349,11 @@ class ModelManager:
         options: LoadOptions,
         jit: bool,
         ttl: float | None,
+        evict: bool = False,
+        on_evict: EvictionNotice | None = None,
     ) -> LoadedModel:
+        if evict:
+            await self._evict_jit(entry, on_evict)
         parallel, n_ctx = plan_context(entry, options, self.defaults)
         needed = estimate_memory(entry, parallel * n_ctx, mmproj=projector_for(entry, options))
         await self._make_room(needed, entry)
@@ -396,6 +438,30 @@ class ModelManager:
 
         task.add_done_callback(done)
 
+    async def _evict_jit(self, entry: CatalogEntry, on_evict: EvictionNotice | None) -> None:
+        """LM Studio's JIT auto-evict (unless ``--no-jit-auto-evict``): a model loaded just in
+        time unloads the models loaded just in time before it, those answering no request
+        (one that is answering goes at the next such load).  Explicit loads stay."""
+        if not self.jit_auto_evict:
+            return
+        others = [
+            model
+            for model in self._loaded.values()
+            if model.jit and not model.busy and model.entry.path != entry.path
+        ]
+        for model in others:
+            if on_evict is not None:
+                with contextlib.suppress(Exception):  # the client went away: unload anyway
+                    await on_evict(model)
+            logger.info(
+                "evicting %s: %s is loaded just in time, which unloads the other models "
+                "loaded so (JIT auto-evict; --no-jit-auto-evict keeps them)",
+                model.identifier,
+                entry.relative_path,
+            )
+            with contextlib.suppress(ModelNotFound):
+                await self.unload(model.identifier, "another model was loaded just in time")
+
     async def _make_room(self, needed: int, entry: CatalogEntry) -> None:
         """Unload least recently used idle JIT models until the new one fits the limits."""
 
@@ -415,7 +481,7 @@ class ModelManager:
                     f"{(self.max_memory or 0) / 2**30:.1f} GiB) and none can be unloaded now"
                 )
             victim = min(candidates, key=lambda m: m.last_used)
-            logger.info("evicting %s to make room for %s", victim.identifier, entry.key)
+            logger.info("evicting %s to make room for %s", victim.identifier, entry.relative_path)
             await self.unload(victim.identifier, "the model was unloaded to make room")
 
     # -- TTL -------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def model_info(
 def model_key(models: ModelManager, entry: CatalogEntry) -> str:
     """The key the catalog shows for a file (an entry of an earlier scan included)."""
     current = models.catalog.resolve(entry.relative_path)
-    return models.catalog.public_id(current) if current is not None else entry.key
+    return models.catalog.public_id(current) if current is not None else entry.lmstudio_key
 
 
 def instance_info(models: ModelManager, model: LoadedModel, domain: Domain) -> dict[str, Any]:

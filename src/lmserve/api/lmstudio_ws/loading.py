@@ -1,13 +1,15 @@
 """Loading models from the SDKs: the ``getOrLoad`` and ``loadModel`` channels, ``unloadModel``.
 
 ``getOrLoad`` (``lms.llm("key")``, ``client.llm.model(...)``) answers ``alreadyLoaded`` with a
-loaded instance, or loads the model (``startLoading``, ``loadProgress``, ``loadSuccess``) with
-the stack's load config and the SDK's TTL (an hour unless it says otherwise).  ``loadModel``
-(``load_new_instance``) always loads a new instance: under the identifier asked for, else the
-model's key, or ``key:2``, ``key:3``... when that is taken, as LM Studio names them.  Both go
-through the model manager, so limits, eviction and crash recovery are the REST API's own.
-The engine does not report how far a load has gone: progress is 0 when it starts and 1 when
-it is done.
+loaded instance, or loads the model just in time, as LM Studio does (``startLoading``,
+``loadProgress``, ``loadSuccess``) with the stack's load config and the SDK's TTL (the JIT TTL,
+an hour, unless it says otherwise): the models loaded just in time before it are unloaded
+(LM Studio's auto-evict; ``unloadingOtherJITModel`` with each one's info, before it goes).
+``loadModel`` (``load_new_instance``) always loads a new instance, explicitly: under the
+identifier asked for, else the model's key, or ``key:2``, ``key:3``... when that is taken, as
+LM Studio names them.  Both go through the model manager, so limits, eviction and crash
+recovery are the REST API's own.  The engine does not report how far a load has gone:
+progress is 0 when it starts and 1 when it is done.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lmserve.api.lmstudio_ws.protocol import GetOrLoadParameter, LoadModelParame
 from lmserve.api.lmstudio_ws.session import VOID, Channel, Context
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.errors import ModelNotFound
+from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
 
@@ -59,7 +62,13 @@ async def get_or_load(ctx: Context, param: GetOrLoadParameter, channel: Channel)
         {"type": "startLoading", "identifier": key, "info": model_info(entry, key, ctx.domain)}
     )
     await channel.send({"type": "loadProgress", "progress": 0.0})
-    model = await models.load(entry.relative_path, options)
+
+    async def evicting(other: LoadedModel) -> None:
+        domain = "embedding" if other.entry.model_type == "embeddings" else "llm"
+        info = instance_info(models, other, domain)
+        await channel.send({"type": "unloadingOtherJITModel", "info": info})
+
+    model = await models.load(entry.relative_path, options, jit=True, on_evict=evicting)
     await channel.send({"type": "loadProgress", "progress": 1.0})
     await channel.send({"type": "loadSuccess", "info": instance_info(models, model, ctx.domain)})
 

@@ -74,10 +74,14 @@ async def get_load_config(ctx: Context, param: SpecifierParameter) -> Any:
     return load_config(model, ctx.domain)
 
 
-async def _tokens(ctx: Context, param: TokenizeParameter) -> list[int]:
+async def _tokens(ctx: Context, param: TokenizeParameter, *, counting: bool = False) -> list[int]:
+    """The tokens of a text as the model reads it.  In the ``embedding`` namespace, as LM
+    Studio counts them: ``tokenize`` gives what the model embeds, its special tokens included
+    (a BERT's ``[CLS]`` and ``[SEP]``), ``countTokens`` the text's own."""
     name = wanted_name(param.specifier, ctx.models, ctx.domain)
     async with ctx.models.using(name) as model:
-        return await model.engine.tokenize(param.inputString, add_special=model.vocab.add_bos)
+        special = model.vocab.add_bos and not (counting and ctx.domain == "embedding")
+        return await model.engine.tokenize(param.inputString, add_special=special)
 
 
 async def tokenize(ctx: Context, param: TokenizeParameter) -> Any:
@@ -85,7 +89,7 @@ async def tokenize(ctx: Context, param: TokenizeParameter) -> Any:
 
 
 async def count_tokens(ctx: Context, param: TokenizeParameter) -> Any:
-    return {"tokenCount": len(await _tokens(ctx, param))}
+    return {"tokenCount": len(await _tokens(ctx, param, counting=True))}
 
 
 async def apply_prompt_template(ctx: Context, param: ApplyTemplateParameter) -> Any:
