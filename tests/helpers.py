@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,9 +73,9 @@ def anthropic_tools() -> list[dict[str, Any]]:
 
 
 @contextmanager
-def prompts(server: Server) -> Iterator[list[str]]:
-    """The rendered prompts of the requests made inside the block (from the log stream)."""
-    seen: list[str] = []
+def _following(server: Server, pick: Callable[[dict[str, Any]], Any]) -> Iterator[list[Any]]:
+    """What ``pick`` makes of each log stream record (``None``: nothing) while the block runs."""
+    seen: list[Any] = []
     ready = threading.Event()
     stop = threading.Event()
 
@@ -86,9 +86,9 @@ def prompts(server: Server) -> Iterator[list[str]]:
                 if stop.is_set():
                     return
                 if line.startswith("data: "):
-                    record = json.loads(line[6:])
-                    if record["type"] == "llm.prediction.input":
-                        seen.append(record["prompt"])
+                    picked = pick(json.loads(line[6:]))
+                    if picked is not None:
+                        seen.append(picked)
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
@@ -97,6 +97,21 @@ def prompts(server: Server) -> Iterator[list[str]]:
         yield seen
     finally:
         stop.set()
+
+
+def log_records(server: Server, kinds: tuple[str, ...] = ()) -> Any:
+    """The log stream's records (of ``kinds``, else all) made while the block runs."""
+    return _following(
+        server, lambda record: record if not kinds or record["type"] in kinds else None
+    )
+
+
+def prompts(server: Server) -> Any:
+    """The rendered prompts of the requests made inside the block (from the log stream)."""
+    return _following(
+        server,
+        lambda record: record["prompt"] if record["type"] == "llm.prediction.input" else None,
+    )
 
 
 def failing_generation() -> Any:

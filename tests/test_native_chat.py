@@ -102,7 +102,7 @@ def test_a_long_prompt_streams_its_progress(http: httpx.Client) -> None:
 def test_bad_requests_are_400(http: httpx.Client) -> None:
     cases = [
         ({"model": MODEL_ID}, "input"),
-        ({**FIRST, "integrations": ["mcp/playwright"]}, "integrations"),
+        ({**FIRST, "integrations": [{"type": "plugin"}]}, "integrations[0].id"),
         ({**FIRST, "reasoning": "maximum"}, "reasoning"),
         ({**FIRST, "max_output_tokens": 0}, "max_output_tokens"),
     ]

@@ -209,6 +209,17 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class McpSettings:
+    """Which MCP servers API requests may use, and the time limits of their calls."""
+
+    allow_urls: bool = False  # servers a request names by URL (--allow-mcp-urls)
+    allow_config: bool = False  # servers of mcp.json, by name (--allow-mcp-json)
+    connect_timeout: float = 10.0  # seconds to connect and list tools (--mcp-connect-timeout)
+    call_timeout: float = 60.0  # seconds for one call's result (--mcp-call-timeout)
+    max_tool_rounds: int = 8  # rounds of calls in one turn, unless a request says
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -231,6 +242,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     images: ImageLimits = ImageLimits()
+    mcp: McpSettings = McpSettings()
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off
     # The loopback port LM Studio's SDKs discover: "auto" (the first free of

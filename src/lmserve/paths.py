@@ -44,3 +44,9 @@ def conversations_file() -> Path:
 def prompt_cache_dir() -> Path:
     """The prompt cache's disk tier: a folder of block files per model and load settings."""
     return home_dir() / "cache" / "prompts"
+
+
+def mcp_config_file() -> Path:
+    """MCP servers the API may use by name (``--allow-mcp-json``), in the ``mcpServers``
+    format of LM Studio and Cursor."""
+    return home_dir() / "mcp.json"

@@ -31,10 +31,12 @@ from lmserve.api.webui.router import conversations_router, page_router
 from lmserve.api.webui.service import Conversations
 from lmserve.config import Settings
 from lmserve.logbus import LogBus
+from lmserve.mcp.connection import Timeouts
+from lmserve.mcp.servers import McpServers
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadOptions
 from lmserve.models.manager import ModelManager
-from lmserve.paths import conversations_file, downloads_dir
+from lmserve.paths import conversations_file, downloads_dir, mcp_config_file
 
 
 def create_app(
@@ -61,6 +63,7 @@ def create_app(
             app.state.logs.close()
             app.state.downloads.cancel_all()  # the parts stay, for a later resume
             await app.state.conversations.aclose()
+            await app.state.mcp.close()  # mcp.json's stdio servers stop with lmserve
             models.close()
 
     app = FastAPI(title="lmserve", version=__version__, lifespan=lifespan)
@@ -73,6 +76,10 @@ def create_app(
     app.state.sdk_files = FileStore()  # the images LM Studio's SDKs upload
     app.state.metrics = Metrics()
     app.state.images = ImageReader(settings.images)
+    app.state.mcp_settings = settings.mcp
+    app.state.mcp = McpServers(
+        mcp_config_file(), Timeouts(settings.mcp.connect_timeout, settings.mcp.call_timeout)
+    )
     # The page's conversations: the file is opened (and created) on first use only.
     app.state.conversations = Conversations(conversations_file())
     if settings.webui:

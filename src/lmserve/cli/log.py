@@ -94,6 +94,18 @@ def _format_record(record: dict[str, Any], stats: bool) -> str:
         lines.append(f"promptTokens: {record.get('prompt_tokens')}")
         lines.append("input:")
         lines.append(record.get("prompt", ""))
+    elif record.get("type") == "mcp.call":
+        lines.append(f"mcpServer: {record.get('server_label')}, tool: {record.get('tool')}")
+        lines.append("arguments:")
+        lines.append(record.get("arguments") or "")
+    elif record.get("type") == "mcp.result":
+        lines.append(
+            f"mcpServer: {record.get('server_label')}, tool: {record.get('tool')}, "
+            f"seconds: {record.get('seconds')}"
+        )
+        failed = record.get("error") is not None
+        lines.append("error:" if failed else "output:")
+        lines.append(record.get("error") if failed else record.get("output") or "")
     elif record.get("type") == "rerank.output":
         lines.append(f"query: {record.get('query')}")
         lines.append(

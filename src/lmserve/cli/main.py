@@ -13,6 +13,7 @@ from lmserve.cli.chat import chat
 from lmserve.cli.get import get
 from lmserve.cli.importing import import_model
 from lmserve.cli.log import log
+from lmserve.cli.mcp import mcp
 from lmserve.cli.models import list_loaded, list_models, load_model, unload_model
 from lmserve.cli.rerank import rerank
 from lmserve.cli.serve import serve
@@ -57,3 +58,4 @@ cli.add_command(get)
 cli.add_command(import_model, name="import")
 cli.add_command(cache)
 cli.add_command(rerank)
+cli.add_command(mcp)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lmserve.api.common.security import is_loopback_name
 from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
 from lmserve.cli.common import gpu_option, mmproj_option
 from lmserve.config import (
@@ -28,6 +29,7 @@ from lmserve.config import (
     SPECULATIVE_HELP,
     SPECULATIVE_SETTINGS,
     ImageLimits,
+    McpSettings,
     ModelDefaults,
     PredictionDefaults,
     PromptCacheConfig,
@@ -275,6 +277,41 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Most images in one request (400 beyond it).",
         ),
         click.option(
+            "--allow-mcp-urls",
+            is_flag=True,
+            help="Let requests name MCP servers by URL (LM Studio's ephemeral_mcp, the "
+            "Responses mcp tool, Anthropic's mcp_servers), loopback and private addresses "
+            "included: the server connects wherever a client says.",
+        ),
+        click.option(
+            "--allow-mcp-json",
+            is_flag=True,
+            help="Let requests use the MCP servers of $LMSERVE_HOME/mcp.json by name "
+            "(mcp/<name>); off loopback, an API key is required.",
+        ),
+        click.option(
+            "--mcp-connect-timeout",
+            default=McpSettings.connect_timeout,
+            show_default=True,
+            type=click.FloatRange(min=0.1, max=600),
+            help="Seconds to connect to an MCP server and list its tools.",
+        ),
+        click.option(
+            "--mcp-call-timeout",
+            default=McpSettings.call_timeout,
+            show_default=True,
+            type=click.FloatRange(min=0.1, max=3600),
+            help="Seconds an MCP tool call may take.",
+        ),
+        click.option(
+            "--max-tool-rounds",
+            default=McpSettings.max_tool_rounds,
+            show_default=True,
+            type=click.IntRange(min=0, max=64),
+            help="Rounds of MCP tool calls in one answer, unless a request says fewer or more "
+            "(max_tool_rounds); the model then answers without tools.",
+        ),
+        click.option(
             "--drain-timeout",
             default=DEFAULT_DRAIN_TIMEOUT,
             show_default=True,
@@ -426,9 +463,27 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             max_pixels=int(options.get("max_image_pixels") or ImageLimits.max_pixels),  # type: ignore[call-overload]
             max_images=int(options.get("max_images") or ImageLimits.max_images),  # type: ignore[call-overload]
         ),
+        mcp=mcp_from_options(options),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
         sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),
+    )
+
+
+def mcp_from_options(options: dict[str, object]) -> McpSettings:
+    allow_config = bool(options.get("allow_mcp_json"))
+    if allow_config and not is_loopback_name(str(options["host"])) and not api_keys(options):
+        # LM Studio's rule: mcp.json's servers run commands on this machine.
+        raise click.UsageError(
+            "--allow-mcp-json on a non-loopback address needs an API key (--api-key): "
+            "mcp.json's servers run commands on this machine."
+        )
+    return McpSettings(
+        allow_urls=bool(options.get("allow_mcp_urls")),
+        allow_config=allow_config,
+        connect_timeout=float(options.get("mcp_connect_timeout") or McpSettings.connect_timeout),  # type: ignore[arg-type]
+        call_timeout=float(options.get("mcp_call_timeout") or McpSettings.call_timeout),  # type: ignore[arg-type]
+        max_tool_rounds=int(options.get("max_tool_rounds", McpSettings.max_tool_rounds)),  # type: ignore[call-overload]
     )
 
 

@@ -72,8 +72,32 @@ class ToolResultBlock(RequestModel):
     is_error: bool = False
 
 
+class McpToolUseBlock(RequestModel):
+    """A call the server ran on an MCP server (an earlier answer's, sent back)."""
+
+    type: Literal["mcp_tool_use"]
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=128)
+    server_name: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class McpToolResultBlock(RequestModel):
+    type: Literal["mcp_tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=200)
+    content: str | list[TextBlock] = ""
+    is_error: bool = False
+
+
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | MediaBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock,
+    TextBlock
+    | ImageBlock
+    | MediaBlock
+    | ThinkingBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | McpToolUseBlock
+    | McpToolResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -103,6 +127,23 @@ class Tool(RequestModel):
         if not self.is_server_tool and self.input_schema is None:
             raise ValueError("a client tool needs an 'input_schema'")
         return self
+
+
+class McpToolConfiguration(RequestModel):
+    enabled: bool = True
+    allowed_tools: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=128
+    )
+
+
+class McpServer(RequestModel):
+    """An MCP server the server connects to for this request (Anthropic's MCP connector)."""
+
+    type: Literal["url"]
+    url: str = Field(min_length=1, max_length=2000)
+    name: str = Field(min_length=1, max_length=64)
+    authorization_token: str | None = Field(default=None, max_length=8192)
+    tool_configuration: McpToolConfiguration | None = None
 
 
 class ThinkingConfig(RequestModel):
@@ -174,3 +215,7 @@ class MessagesRequest(CountTokensRequest):
     ttl: bounds.TTL | None = None
     speculative: bool | None = None
     draft_model: str | None = Field(default=None, min_length=1)
+    # The MCP connector (Anthropic's beta): servers whose tools the server runs.
+    mcp_servers: list[McpServer] | None = Field(default=None, max_length=16)
+    # lmserve's: rounds of MCP calls in one message (the server's --max-tool-rounds).
+    max_tool_rounds: int | None = Field(default=None, ge=0, le=64)

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from lmserve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from lmserve.api.anthropic.service import MessageTurn, chat_request
+from lmserve.api.anthropic.service import MessageTurn, chat_request, mcp_uses
 from lmserve.api.common.chat import prepare_chat
 from lmserve.api.common.errors import api_error_for
 from lmserve.api.common.images import ImageReader
 from lmserve.api.common.serving import serve_generation
+from lmserve.api.common.tool_loop import serve_with_tools
 from lmserve.api.common.tools import mark_tools_left_out, note_tools_left_out
 from lmserve.models.manager import ModelManager
 
@@ -28,8 +29,21 @@ async def create_message(
 ) -> Response | Any:
     turn = MessageTurn()
     note_tools_left_out(turn.id, body.server_tools)
+    state = request.app.state
     try:
-        answer = await serve_generation(request, chat_request(body), turn)
+        uses = mcp_uses(body, state.mcp_settings)
+        if not uses:
+            answer = await serve_generation(request, chat_request(body), turn)
+        else:
+            answer = await serve_with_tools(
+                request,
+                turn,
+                uses,
+                lambda server_tools: chat_request(body, server_tools),
+                param="mcp_servers",
+                max_rounds=body.max_tool_rounds,
+                reserved_names=[tool.name for tool in body.tools or []],
+            )
     except Exception as exc:
         # Unmapped exceptions would reach Starlette's outermost handler, past the reshaping.
         raise api_error_for(exc) from exc

@@ -22,6 +22,9 @@ from lmserve.api.anthropic.protocol import (
     Base64Source,
     CountTokensRequest,
     ImageBlock,
+    McpToolConfiguration,
+    McpToolResultBlock,
+    McpToolUseBlock,
     MediaBlock,
     MessagesRequest,
     TextBlock,
@@ -51,6 +54,9 @@ from lmserve.api.common.protocol import (
     ToolDefinition,
     parts_content,
 )
+from lmserve.api.common.tool_loop import ToolRounds, url_use
+from lmserve.config import McpSettings
+from lmserve.mcp.toolset import ServerUse
 
 # -- request → chat ---------------------------------------------------------------------------
 
@@ -161,6 +167,28 @@ def _turn(role: Literal["user", "assistant"], blocks: list[Any], param: str) -> 
                     "'tool_result' blocks belong in user messages.", param=where
                 )
             results.append(_tool_result(block, where))
+        elif isinstance(block, McpToolUseBlock | McpToolResultBlock):
+            if role != "assistant":
+                raise InvalidRequestError(
+                    f"'{block.type}' blocks belong in assistant messages.", param=where
+                )
+            if isinstance(block, McpToolUseBlock):
+                arguments = json.dumps(block.input, ensure_ascii=False)
+                calls.append(ToolCall.of(block.id, block.name, arguments))
+                continue
+            # The server ran the call within this answer: what came before it is one
+            # assistant message, its result a tool message, and the answer goes on after.
+            text = block.content if isinstance(block.content, str) else _texts(block.content, where)
+            content = f"Error: {text}" if block.is_error else text
+            results.append(
+                ChatMessage(
+                    role=role, content=parts_content(parts) or None, tool_calls=calls or None
+                )
+            )
+            results.append(
+                ChatMessage(role="tool", tool_call_id=block.tool_use_id, content=content)
+            )
+            parts, calls = [], []
         # Thinking blocks of earlier answers are left out, as reasoning models expect.
     # Anthropic puts a turn's tool results before its text; chat has them as tool messages.
     if parts or calls or not results:
@@ -218,7 +246,35 @@ def _response_format(body: MessagesRequest) -> ResponseFormat | None:
     return ResponseFormat.model_validate({"type": "json_schema", "json_schema": json_schema})
 
 
-def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
+def mcp_uses(body: MessagesRequest, settings: McpSettings) -> list[ServerUse]:
+    """The request's ``mcp_servers`` (those whose tools are enabled) as servers."""
+    uses = []
+    for index, server in enumerate(body.mcp_servers or []):
+        config = server.tool_configuration or McpToolConfiguration()
+        if not config.enabled:
+            continue
+        headers = (
+            {"Authorization": f"Bearer {server.authorization_token}"}
+            if server.authorization_token
+            else None
+        )
+        uses.append(
+            url_use(
+                settings,
+                server.name,
+                server.url,
+                headers=headers,
+                allowed_tools=config.allowed_tools,
+                provider={"type": "ephemeral_mcp", "server_label": server.name},
+                param=f"mcp_servers[{index}]",
+            )
+        )
+    return uses
+
+
+def chat_request(
+    body: CountTokensRequest, server_tools: list[ToolDefinition] | None = None
+) -> ChatCompletionRequest:
     tools = [
         ToolDefinition(
             function=FunctionDefinition(
@@ -227,7 +283,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
         )
         for tool in body.tools or []
         if not tool.is_server_tool
-    ]
+    ] + (server_tools or [])
     sampling: dict[str, Any] = {}
     if isinstance(body, MessagesRequest):
         sampling = {
@@ -260,6 +316,7 @@ class MessageTurn(ChatTurn):
 
     def __init__(self) -> None:
         super().__init__(f"msg_{secrets.token_hex(12)}")
+        self.rounds: ToolRounds | None = None
 
     def message(
         self,
@@ -278,10 +335,10 @@ class MessageTurn(ChatTurn):
             "usage": usage,
         }
 
-    @staticmethod
-    def usage(generation: Generation) -> dict[str, Any]:
+    def usage(self, generation: Generation) -> dict[str, Any]:
         # Anthropic counts cached prompt tokens apart: input + cache reads = the whole prompt.
-        usage = generation.usage
+        rounds = self.rounds
+        usage = rounds.usage if rounds is not None and rounds.usage else generation.usage
         cached = usage.prompt_tokens_details.cached_tokens
         return {
             "input_tokens": usage.prompt_tokens - cached,
@@ -291,6 +348,11 @@ class MessageTurn(ChatTurn):
         }
 
     async def respond(self, generation: Generation) -> dict[str, Any]:
+        if self.rounds is not None:
+            events = MessageEvents(self, generation, in_band_errors=False)
+            async for _ in events.run():
+                pass
+            return events.whole_message()
         completion = await chat_completion(generation)
         choice = completion.choices[0]
         answer = choice.message

@@ -11,6 +11,8 @@ Hierarchy (each class fixes the HTTP status and the ``type``):
   - :class:`PermissionDeniedError` (403, ``permission_error``): e.g. a foreign ``Host``
   - :class:`NotFoundError` (404, ``invalid_request_error``): unknown route or resource
     - :class:`ModelNotFoundError` (code ``model_not_found``)
+  - :class:`FailedDependencyError` (424, ``external_connector_error``): an MCP server a
+    request names cannot be reached or listed
   - :class:`BadGatewayError` (502, ``server_error``): the Hugging Face hub failed
   - :class:`ServiceUnavailableError` (503, ``server_error``): overloaded or shutting down
   - :class:`GenerationFailed`, :class:`EngineCrashed` (500): a generation ended in error
@@ -41,6 +43,7 @@ from lmserve.engine.types import (
     ImageError,
     QueueFullError,
 )
+from lmserve.mcp.errors import McpError
 from lmserve.models.errors import (
     DraftModelRefused,
     ModelCapacityError,
@@ -122,6 +125,15 @@ class BadGatewayError(APIError):
     """An upstream service (the Hugging Face hub) failed or refused (502, ``server_error``)."""
 
     status_code = 502
+
+
+class FailedDependencyError(APIError):
+    """A server the request depends on (an MCP server) could not be used: 424, as OpenAI
+    answers when it cannot list an MCP server's tools."""
+
+    status_code = 424
+    error_type = "external_connector_error"
+    default_code = "mcp_server_unavailable"
 
 
 class ServiceUnavailableError(APIError):
@@ -265,6 +277,8 @@ def api_error_for(exc: Exception) -> APIError:
             param="messages",
             code="invalid_image",
         )
+    if isinstance(exc, McpError):
+        return FailedDependencyError(_sentence(str(exc)))
     if isinstance(exc, QueueFullError):
         return ServiceUnavailableError(
             f"The server is busy ({exc}). Try again shortly.",
@@ -313,6 +327,7 @@ _MAPPED = (
     ModelCrashedError,
     ModelLoadFailed,
     DownloadError,
+    McpError,
 )
 
 

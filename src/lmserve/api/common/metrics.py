@@ -65,6 +65,7 @@ class Metrics:
         self.images: dict[Labels, int] = defaultdict(int)
         self.image_tokens: dict[Labels, int] = defaultdict(int)
         self.reranked: dict[Labels, int] = defaultdict(int)
+        self.mcp_calls: dict[Labels, int] = defaultdict(int)
         self.time_to_first_token = Histogram(TTFT_BUCKETS)
         self.tokens_per_second = Histogram(TOKENS_PER_SECOND_BUCKETS)
 
@@ -82,6 +83,11 @@ class Metrics:
             return
         if kind == "rerank.output":
             self.reranked[model] += int(record.get("documents") or 0)
+            return
+        if kind == "mcp.result":
+            outcome = "error" if record.get("error") is not None else "ok"
+            server = str(record.get("server_label"))
+            self.mcp_calls[(("server", server), ("outcome", outcome))] += 1
             return
         if kind != "llm.prediction.output":
             return
@@ -123,6 +129,8 @@ class Metrics:
         out.samples("lmserve_image_tokens_total", self.image_tokens)
         out.family("lmserve_reranked_documents", "counter", "Documents scored by rerankers.")
         out.samples("lmserve_reranked_documents_total", self.reranked)
+        out.family("lmserve_mcp_calls", "counter", "MCP tool calls the server ran, by outcome.")
+        out.samples("lmserve_mcp_calls_total", self.mcp_calls)
         out.family(
             "lmserve_draft_tokens",
             "counter",

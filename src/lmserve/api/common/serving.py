@@ -147,18 +147,30 @@ async def start_generation(
 
 
 async def serve_generation(
-    request: Request, body: GenerationRequestFields, turn: Turn[Any]
+    request: Request,
+    body: GenerationRequestFields,
+    turn: Turn[Any],
+    *,
+    after: Callable[[], Awaitable[None]] | None = None,
 ) -> Response | BaseModel | dict[str, Any]:
-    """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it."""
+    """The answer to ``body``, whole or streamed as ``turn`` makes and encodes it; ``after``
+    is awaited once the answer is over (sent, failed or abandoned)."""
     state = request.app.state
-    started = await start_generation(state.models, state.logs, body, turn, images=state.images)
+    try:
+        started = await start_generation(state.models, state.logs, body, turn, images=state.images)
+    except BaseException:
+        if after is not None:
+            await after()
+        raise
     generation = started.generation
     if body.stream:
         events = turn.encode(turn.events(generation))
-        return EventStreamResponse(events, on_close=started.finish)
+        return EventStreamResponse(events, on_close=started.finish, after=after)
     try:
         return await unless_disconnected(request, turn.respond(generation))
     except ClientGone:
         return gone_response()
     finally:
         started.finish()
+        if after is not None:
+            await after()

@@ -95,9 +95,11 @@ class EventStreamResponse(StreamingResponse):
         content: AsyncIterator[bytes],
         status_code: int = 200,
         on_close: Callable[[], None] | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(with_keepalive(content), status_code=status_code, headers=SSE_HEADERS)
         self._on_close = on_close
+        self._after = after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -117,6 +119,9 @@ class EventStreamResponse(StreamingResponse):
             # byte), so the engine always learns that nobody is listening.
             if self._on_close is not None:
                 self._on_close()
+            if self._after is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._after()
 
 
 async def wait_for_disconnect(request: Request) -> None:

@@ -1,4 +1,5 @@
-"""lmserve's own routes: the root, health, slot stats, the live prediction log, metrics."""
+"""lmserve's own routes: the root, health, slot stats, MCP servers, the live prediction log,
+metrics."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ async def clear_prompt_cache(
     if model is not None and model not in {m.identifier for m in models.loaded()}:
         raise ModelNotFound(model, [m.identifier for m in models.loaded()])
     return await service.clear_cache(models, tier, model)
+
+
+@router.get("/lmserve/mcp")
+async def mcp_servers(request: Request) -> dict[str, Any]:
+    """What requests may use of MCP: whether URLs and mcp.json are allowed, and mcp.json's
+    servers by name (those kept running now marked), without starting any."""
+    state = request.app.state
+    return service.mcp_report(state.mcp_settings, state.mcp)
 
 
 @router.get("/lmserve/log/stream")

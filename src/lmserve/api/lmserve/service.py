@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
+from lmserve.config import McpSettings
 from lmserve.engine.prompt_cache.disk import clear_folders, list_folders
+from lmserve.mcp.errors import McpConfigError
+from lmserve.mcp.servers import McpServers
 from lmserve.models.manager import ModelManager
 from lmserve.paths import prompt_cache_dir
 
@@ -111,3 +114,31 @@ async def clear_cache(
         # The folders of models not loaded now, too.
         removed_files = await asyncio.to_thread(clear_folders, prompt_cache_dir())
     return {"cleared": cleared, "removed_files": removed_files}
+
+
+def mcp_report(settings: McpSettings, servers: McpServers) -> dict[str, Any]:
+    """``GET /lmserve/mcp``: the flags, and mcp.json's servers (only when requests may use
+    them: the file's commands are nobody else's business)."""
+    report: dict[str, Any] = {
+        "allow_urls": settings.allow_urls,
+        "allow_config": settings.allow_config,
+        "max_tool_rounds": settings.max_tool_rounds,
+        "servers": [],
+    }
+    if not settings.allow_config:
+        return report
+    try:
+        configured = servers.configured()
+    except McpConfigError as exc:
+        report["error"] = str(exc)
+        return report
+    running = set(servers.running())
+    report["servers"] = [
+        {
+            "name": name,
+            "transport": "stdio" if spec.is_stdio else "http",
+            "running": name in running,
+        }
+        for name, spec in sorted(configured.items())
+    ]
+    return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import ChatCompletionRequest, CompletionRequest, RequestModel
@@ -108,6 +108,52 @@ class ImageInput(RequestModel):
 
 InputObject = Annotated[TextInput | ImageInput, Field(discriminator="type")]
 
+ToolNames = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=128)
+]
+
+
+class PluginIntegration(RequestModel):
+    """A plugin by id: ``mcp/<name>`` is a server of mcp.json."""
+
+    type: Literal["plugin"]
+    id: str = Field(min_length=1, max_length=200)
+    allowed_tools: ToolNames | None = None
+
+
+class EphemeralMcpIntegration(RequestModel):
+    """An MCP server named by URL for this request only."""
+
+    type: Literal["ephemeral_mcp"]
+    server_label: str = Field(min_length=1, max_length=64)
+    server_url: str = Field(min_length=1, max_length=2000)
+    allowed_tools: ToolNames | None = None
+    headers: dict[str, Annotated[str, Field(max_length=8192)]] | None = Field(
+        default=None, max_length=64
+    )
+
+
+def _integration_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "union:id"
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    # Anything else is named as a plugin object whose type is wrong.
+    return "union:ephemeral_mcp" if kind == "ephemeral_mcp" else "union:plugin"
+
+
+# Tagged so that a bad field is named ``integrations[0].id``, not by a union member's name.
+Integration = Annotated[
+    Annotated[Annotated[str, Field(min_length=1, max_length=200)], Tag("union:id")]
+    | Annotated[PluginIntegration, Tag("union:plugin")]
+    | Annotated[EphemeralMcpIntegration, Tag("union:ephemeral_mcp")],
+    Discriminator(_integration_kind),
+]
+
+
+class NamedTool(RequestModel):
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1, max_length=128)
+
 
 class NativeChatRequest(RequestModel):
     """The request fields in the order of LM Studio's reference."""
@@ -116,7 +162,7 @@ class NativeChatRequest(RequestModel):
     # The user's message: its text, or its text and images in order (a string is one text).
     input: list[InputObject] = Field(min_length=1, max_length=bounds.MAX_MESSAGES)
     system_prompt: str | None = None
-    integrations: list[Any] | None = Field(default=None, max_length=64)
+    integrations: list[Integration] | None = Field(default=None, max_length=16)
     stream: bool = False
     temperature: bounds.Temperature | None = None
     top_p: bounds.TopP | None = None
@@ -135,6 +181,10 @@ class NativeChatRequest(RequestModel):
     ttl: bounds.TTL | None = None
     speculative: bool | None = None  # see GenerationRequestFields.speculative
     draft_model: str | None = Field(default=None, min_length=1)
+    # lmserve's, for requests with integrations: a call forced in the first round (as
+    # chat's tool_choice; a tool named by its name) and the rounds of calls in one answer.
+    tool_choice: Literal["auto", "none", "required"] | NamedTool | None = None
+    max_tool_rounds: int | None = Field(default=None, ge=0, le=64)
 
     @field_validator("input", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from lmserve.api.common.embeddings import create_embeddings
 from lmserve.api.common.errors import NotFoundError
 from lmserve.api.common.protocol import EmbeddingRequest
 from lmserve.api.common.serving import serve_generation
+from lmserve.api.common.tool_loop import serve_with_tools
 from lmserve.api.lmstudio.protocol import (
     DownloadRequest,
     LoadRequest,
@@ -28,6 +29,7 @@ from lmserve.api.lmstudio.service import (
     NativeChatTurn,
     WithStats,
     instance,
+    integration_uses,
     start_download,
     v0_model,
     v0_models,
@@ -102,7 +104,19 @@ async def v1_download_job(job_id: str, request: Request) -> dict[str, Any]:
 async def native_chat(body: NativeChatRequest, request: Request) -> Response | Any:
     """LM Studio's stateful chat: one input, the conversation kept by id."""
     turn = NativeChatTurn(body, _chat_threads(request))
-    return await serve_generation(request, turn.chat_request(), turn)
+    state = request.app.state
+    uses = integration_uses(body, state.mcp_settings, state.mcp)
+    if not uses:
+        return await serve_generation(request, turn.chat_request(), turn)
+    return await serve_with_tools(
+        request,
+        turn,
+        uses,
+        turn.chat_request,
+        param="integrations",
+        max_rounds=body.max_tool_rounds,
+        progress=True,
+    )
 
 
 # -- v0 -----------------------------------------------------------------------------------------

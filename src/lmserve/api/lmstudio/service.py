@@ -22,12 +22,25 @@ from lmserve.api.common.protocol import (
     ChatMessage,
     ContentPart,
     ImageContentPart,
+    NamedToolChoice,
     TextContentPart,
+    ToolDefinition,
     parts_content,
 )
 from lmserve.api.common.serving import Turn
+from lmserve.api.common.tool_loop import ToolRounds, collect_last, configured_use, url_use
 from lmserve.api.lmstudio.events import chat_events
-from lmserve.api.lmstudio.protocol import DownloadRequest, ImageInput, NativeChatRequest
+from lmserve.api.lmstudio.protocol import (
+    DownloadRequest,
+    EphemeralMcpIntegration,
+    ImageInput,
+    NamedTool,
+    NativeChatRequest,
+    PluginIntegration,
+)
+from lmserve.config import McpSettings
+from lmserve.mcp.servers import McpServers
+from lmserve.mcp.toolset import ServerUse
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
@@ -246,44 +259,46 @@ def user_content(body: NativeChatRequest) -> str | list[ContentPart]:
 class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
     """One native chat request: its result, and the thread (chat messages) it extends.
 
-    MCP ``integrations`` (tools run by the server) are refused with a 400: lmserve runs no
-    tools.
+    With ``integrations`` (MCP servers: ``mcp/<name>`` of mcp.json, or ``ephemeral_mcp`` by
+    URL) the server runs the model's calls in rounds (:attr:`rounds`), and the result lists
+    each call as a ``tool_call`` item between the model's messages.
     """
 
     def __init__(self, body: NativeChatRequest, threads: ChatThreads | None) -> None:
         super().__init__(body, threads)
         self.body = body
         self.messages: list[ChatMessage] = []
+        self.rounds: ToolRounds | None = None
 
-    def chat_request(self) -> ChatCompletionRequest:
-        """The thread so far and this input, as one chat request."""
+    def chat_request(
+        self, server_tools: list[ToolDefinition] | None = None
+    ) -> ChatCompletionRequest:
+        """The thread so far and this input, as one chat request (with the MCP servers'
+        tools, when the request names some)."""
         body = self.body
-        if body.integrations:
-            raise InvalidRequestError(
-                "'integrations' (MCP servers and plugins) are not supported: lmserve runs no "
-                "tools.",
-                param="integrations",
-                code="not_implemented",
-            )
         system = (
             [ChatMessage(role="system", content=body.system_prompt)] if body.system_prompt else []
         )
         # A thread's own system prompt stays unless this request brings another.
         earlier = [m for m in self.previous or [] if not (system and m.role == "system")]
+        choice = body.tool_choice
         chat_body = build_chat_request(
             messages=[*system, *earlier, ChatMessage(role="user", content=user_content(body))],
+            tools=server_tools or None,
+            tool_choice=NamedToolChoice.of(choice.name)
+            if isinstance(choice, NamedTool)
+            else choice,
             **self.chat_fields(),
         )
         self.messages = chat_body.messages
         return chat_body
 
-    async def result(
-        self, generation: Generation, reasoning: str | None, text: str
-    ) -> dict[str, Any]:
-        output = [{"type": "reasoning", "content": reasoning}] if reasoning else []
-        output.append({"type": "message", "content": text})
+    async def result(self, generation: Generation, output: list[dict[str, Any]]) -> dict[str, Any]:
         finished = generation.finished[0]
-        usage = generation.usage
+        usage = (
+            self.rounds.usage if self.rounds is not None and self.rounds.usage else generation.usage
+        )
+        reasoning = "".join(item["content"] for item in output if item["type"] == "reasoning")
         result: dict[str, Any] = {
             "model_instance_id": self.prepared.model.identifier,
             "output": output,
@@ -291,7 +306,7 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
                 "input_tokens": usage.prompt_tokens,
                 "total_output_tokens": usage.completion_tokens,
                 "reasoning_output_tokens": await self.reasoning_tokens(
-                    reasoning or "", usage.completion_tokens
+                    reasoning, usage.completion_tokens
                 ),
                 "tokens_per_second": finished.tokens_per_second if finished else None,
                 "time_to_first_token_seconds": finished.time_to_first_token if finished else None,
@@ -299,14 +314,68 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
             },
         }
         if self.stores:
-            self.save([*self.messages, ChatMessage(role="assistant", content=text)])
+            # The thread keeps the calls and their results, for the next turn's model.
+            messages = self.rounds.body.messages if self.rounds is not None else self.messages
+            answer = output[-1]["content"] if output[-1]["type"] == "message" else ""
+            self.save([*messages, ChatMessage(role="assistant", content=answer)])
             result["response_id"] = self.id
         return result
 
     async def respond(self, generation: Generation) -> dict[str, Any]:
+        if self.rounds is not None:
+            end = await collect_last(chat_events(self, generation, in_band_errors=False))
+            return end["result"]  # type: ignore[no-any-return]
         completion = await chat_completion(generation)
         message = completion.choices[0].message
-        return await self.result(generation, message.reasoning_content, message.content or "")
+        output = [{"type": "reasoning", "content": message.reasoning_content}]
+        output = output if message.reasoning_content else []
+        output.append({"type": "message", "content": message.content or ""})
+        return await self.result(generation, output)
 
     def events(self, generation: Generation) -> AsyncIterator[dict[str, Any]]:
         return chat_events(self, generation)
+
+
+def integration_uses(
+    body: NativeChatRequest, settings: McpSettings, servers: McpServers
+) -> list[ServerUse]:
+    """The MCP servers a request's ``integrations`` name: ``mcp/<name>`` (a plugin id, alone
+    or as ``{"type": "plugin"}``) from mcp.json, ``ephemeral_mcp`` by URL."""
+    uses = []
+    for item in body.integrations or []:
+        if isinstance(item, EphemeralMcpIntegration):
+            uses.append(
+                url_use(
+                    settings,
+                    item.server_label,
+                    item.server_url,
+                    headers=item.headers,
+                    allowed_tools=item.allowed_tools,
+                    provider={"type": "ephemeral_mcp", "server_label": item.server_label},
+                    param="integrations",
+                )
+            )
+            continue
+        plugin = (
+            item
+            if isinstance(item, PluginIntegration)
+            else PluginIntegration(type="plugin", id=item)
+        )
+        if not plugin.id.startswith("mcp/"):
+            raise InvalidRequestError(
+                f"There is no plugin '{plugin.id}': lmserve's plugins are the MCP servers of "
+                "mcp.json, named mcp/<name>.",
+                param="integrations",
+                code="plugin_not_found",
+            )
+        uses.append(
+            configured_use(
+                settings,
+                servers,
+                plugin.id.removeprefix("mcp/"),
+                allowed_tools=plugin.allowed_tools,
+                provider={"type": "plugin", "plugin_id": plugin.id},
+                param="integrations",
+            )
+        )
+    return uses

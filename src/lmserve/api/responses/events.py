@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from lmserve.api.common.chat import chat_chunks
 from lmserve.api.common.errors import APIError
 from lmserve.api.common.generation import Generation
+from lmserve.api.common.tool_loop import (
+    ApprovalRequested,
+    CallFinished,
+    CallStarted,
+    LoopEvent,
+    ToolRounds,
+)
 from lmserve.api.responses.items import (
     function_call_item,
+    mcp_call_item,
     message_item,
     new_item_id,
     reasoning_item,
 )
 from lmserve.api.responses.tools import ToolNames
+from lmserve.mcp.toolset import CallOutcome, Toolset
+
+
+class ApprovedCallLike(Protocol):
+    approval_request_id: str
+    call_id: str
+    outcome: CallOutcome
 
 
 class ResponseMaker(Protocol):
     """What the events need of their turn (``service.ResponseTurn``): the response's shape,
-    the final response, the tools' names; so this module never imports the service."""
+    the final response, the tools' names, and with MCP servers their rounds, toolset and
+    approved calls; so this module never imports the service."""
 
     tool_names: ToolNames
+    rounds: ToolRounds | None
+    toolset: Toolset | None
+
+    @property
+    def approved(self) -> Sequence[ApprovedCallLike]: ...
 
     def response(
         self,
@@ -44,9 +65,13 @@ class ResponseEvents:
     end) closes it, so items stream one after another as OpenAI's do.
     """
 
-    def __init__(self, turn: ResponseMaker, generation: Generation) -> None:
+    def __init__(
+        self, turn: ResponseMaker, generation: Generation, *, in_band_errors: bool = True
+    ) -> None:
         self.turn = turn
         self.generation = generation
+        self.in_band_errors = in_band_errors  # False: a failure raises (a whole response)
+        self.calls: dict[str, int] = {}  # an MCP call's output index, by call id
         self.sequence = 0
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item being streamed
@@ -63,11 +88,22 @@ class ResponseEvents:
     async def run(self) -> AsyncIterator[dict[str, Any]]:
         yield self.lifecycle("response.created", self.turn.response("in_progress", []))
         yield self.lifecycle("response.in_progress", self.turn.response("in_progress", []))
+        rounds = self.turn.rounds
+        for event in self.mcp_preamble():
+            yield event
+        source = (
+            rounds.events(self.generation)
+            if rounds is not None
+            else chat_chunks(self.generation, include_usage=False)
+        )
         try:
-            async for chunk in chat_chunks(self.generation, include_usage=False):
-                for event in self.feed(chunk):
+            async for chunk in source:
+                events = self.feed(chunk) if isinstance(chunk, dict) else self.feed_call(chunk)
+                for event in events:
                     yield event
         except APIError as exc:
+            if not self.in_band_errors:
+                raise
             # Headers are gone already: the failure goes in-band, as OpenAI reports it.
             yield self.event(
                 "error", code=exc.code or exc.error_type, message=exc.message, param=None
@@ -78,8 +114,84 @@ class ResponseEvents:
             )
             return
         status = "incomplete" if self.finish_reason == "length" else "completed"
-        response = await self.turn.complete(status, self.output, self.generation)
+        last = rounds.last if rounds is not None and rounds.last is not None else self.generation
+        response = await self.turn.complete(status, self.output, last)
         yield self.lifecycle(f"response.{status}", response)
+
+    def mcp_preamble(self) -> list[dict[str, Any]]:
+        """Each MCP server's listed tools, then the calls the client approved, run."""
+        toolset = self.turn.toolset
+        if toolset is None:
+            return []
+        events: list[dict[str, Any]] = []
+        for label in toolset.servers():
+            item = {
+                "type": "mcp_list_tools",
+                "id": new_item_id("mcpl"),
+                "server_label": label,
+                "tools": toolset.listed(label),
+                "error": None,
+            }
+            events += self.start({**item, "tools": []})
+            place = {"item_id": item["id"], "output_index": len(self.output) - 1}
+            events.append(self.event("response.mcp_list_tools.in_progress", **place))
+            events.append(self.event("response.mcp_list_tools.completed", **place))
+            self.output[-1] = self.open = item
+            events += self.close("completed")
+        for approved in self.turn.approved:
+            tool = approved.outcome.tool
+            call = CallStarted(approved.call_id, tool, approved.outcome.arguments)
+            events += self.feed_call(call, approved.approval_request_id)
+            events += self.feed_call(CallFinished(approved.call_id, approved.outcome))
+        return events
+
+    def feed_call(
+        self, event: LoopEvent, approval_request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """An MCP call's items and events: ``mcp_call`` (its arguments, then its output or
+        error), or an ``mcp_approval_request`` for the client to answer."""
+        events = self.close("completed")
+        if isinstance(event, ApprovalRequested):
+            item = {
+                "type": "mcp_approval_request",
+                "id": new_item_id("mcpr"),
+                "server_label": event.tool.server_label,
+                "name": event.tool.name,
+                "arguments": event.arguments,
+            }
+            events += self.start(item)
+            return events + self.close("completed")
+        if isinstance(event, CallStarted):
+            item = mcp_call_item(
+                new_item_id("mcp"),
+                event.tool.server_label,
+                event.tool.name,
+                event.arguments,
+                approval_request_id,
+            )
+            events += self.start(item)
+            self.open = None  # stays in progress while other items may start
+            index = len(self.output) - 1
+            self.calls[event.call_id] = index
+            place = {"item_id": item["id"], "output_index": index}
+            events.append(self.event("response.mcp_call.in_progress", **place))
+            events.append(
+                self.event("response.mcp_call_arguments.delta", **place, delta=event.arguments)
+            )
+            events.append(
+                self.event("response.mcp_call_arguments.done", **place, arguments=event.arguments)
+            )
+            return events
+        index = self.calls[event.call_id]
+        item = self.output[index]
+        outcome = event.outcome
+        item["output"], item["error"] = outcome.output, outcome.error
+        item["status"] = "completed" if outcome.ok else "failed"
+        place = {"item_id": item["id"], "output_index": index}
+        kind = "completed" if outcome.ok else "failed"
+        events.append(self.event(f"response.mcp_call.{kind}", **place))
+        events.append(self.event("response.output_item.done", output_index=index, item=item))
+        return events
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         choice = chunk["choices"][0]
@@ -169,7 +281,9 @@ class ResponseEvents:
             return []
         index = len(self.output) - 1
         events = []
-        if item["type"] == "function_call":
+        if item["type"].startswith("mcp_"):
+            pass  # no parts: it is done as it is
+        elif item["type"] == "function_call":
             events.append(
                 self.event(
                     "response.function_call_arguments.done",

@@ -3,6 +3,7 @@ items, and stored items listed back (``GET /v1/responses/{id}/input_items``)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any, Literal
 
@@ -50,6 +51,23 @@ def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[s
         "summary": [],
         "content": [reasoning_text(text)],
         "status": status,
+    }
+
+
+def mcp_call_item(
+    item_id: str, server_label: str, name: str, arguments: str, approval_request_id: str | None
+) -> dict[str, Any]:
+    """A call of an MCP tool the server runs, in progress (its output comes later)."""
+    return {
+        "type": "mcp_call",
+        "id": item_id,
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+        "output": None,
+        "error": None,
+        "status": "in_progress",
+        "approval_request_id": approval_request_id,
     }
 
 
@@ -160,6 +178,22 @@ def chat_messages(
             assert item.output is not None
             content = _content(item.output, f"{param}.output", images=True)
             messages.append(ChatMessage(role="tool", tool_call_id=item.call_id, content=content))
+        elif item.type == "mcp_call":
+            # A call the server ran: the model sees it and its result, as a function's.
+            assert item.name is not None
+            call_id = item.id or new_item_id("mcp")
+            call = ToolCall.of(call_id, item.name, item.arguments)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant" and not last.tool_calls:
+                last.tool_calls = [call]
+            else:
+                messages.append(ChatMessage(role="assistant", tool_calls=[call]))
+            result = item.output if isinstance(item.output, str) else None
+            if result is None:
+                error = item.error if isinstance(item.error, str) else json.dumps(item.error)
+                result = f"Error: {error}"
+            messages.append(ChatMessage(role="tool", tool_call_id=call_id, content=result))
+        # mcp_list_tools, approval requests and answers: the turn deals with them.
     return messages
 
 
@@ -197,6 +231,9 @@ def public_item(item: InputItem) -> dict[str, Any]:
             "output": output,
             "status": "completed",
         }
+    if item.type.startswith("mcp_"):
+        fields = item.model_dump(exclude_none=True, exclude={"role", "content", "call_id"})
+        return {**fields, "id": item.id or new_item_id("mcp")}
     return {"type": "reasoning", "id": new_item_id("rs"), "summary": []}
 
 

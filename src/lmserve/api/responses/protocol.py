@@ -56,6 +56,12 @@ _REQUIRED = {
     "function_call": ("call_id", "name"),
     "function_call_output": ("call_id", "output"),
     "reasoning": (),
+    # Items of MCP tools run by the server, sent back as earlier outputs; and the client's
+    # answer to an approval request.
+    "mcp_list_tools": ("server_label",),
+    "mcp_call": ("server_label", "name"),
+    "mcp_approval_request": ("id", "server_label", "name"),
+    "mcp_approval_response": ("approval_request_id", "approve"),
 }
 
 
@@ -67,7 +73,17 @@ class InputItem(RequestModel):
     the error (``input[0].role``) instead of under a union member's name.
     """
 
-    type: Literal["message", "function_call", "function_call_output", "reasoning"] = "message"
+    type: Literal[
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "mcp_list_tools",
+        "mcp_call",
+        "mcp_approval_request",
+        "mcp_approval_response",
+    ] = "message"
+    id: str | None = Field(default=None, max_length=200)
     role: Literal["user", "system", "developer", "assistant"] | None = None
     content: str | list[ContentPart] | None = None
     call_id: str | None = Field(default=None, min_length=1, max_length=200)
@@ -75,6 +91,10 @@ class InputItem(RequestModel):
     namespace: str | None = Field(default=None, min_length=1, max_length=64)
     arguments: str = ""
     output: str | list[ContentPart] | None = None
+    server_label: str | None = Field(default=None, min_length=1, max_length=64)
+    error: str | dict[str, Any] | None = None
+    approval_request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    approve: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +102,9 @@ class InputItem(RequestModel):
         # A reasoning item's content is reasoning text, which is never shown to the model.
         if isinstance(value, dict) and value.get("type") == "reasoning":
             return {"type": "reasoning"}
+        if isinstance(value, dict) and value.get("type") == "mcp_list_tools":
+            # The listing is made afresh each turn; only its label is kept.
+            return {"type": "mcp_list_tools", "server_label": value.get("server_label")}
         return value
 
     @model_validator(mode="after")
@@ -97,6 +120,54 @@ class FunctionTool(FunctionDefinition):
     """A Responses tool is flat: ``{"type": "function", "name", "parameters", ...}``."""
 
     type: Literal["function"]
+
+
+class McpToolFilter(RequestModel):
+    tool_names: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=128
+    )
+    read_only: bool | None = None  # accepted; a server's own hints are not trusted
+
+
+class McpApprovalFilter(RequestModel):
+    always: McpToolFilter | None = None
+    never: McpToolFilter | None = None
+
+
+class McpToolParam(RequestModel):
+    """An MCP server whose tools the server offers the model and runs: by ``server_url``,
+    or, with none, the server of mcp.json named ``server_label``."""
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1, max_length=64)
+    server_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    server_description: str | None = Field(default=None, max_length=bounds.MAX_DESCRIPTION)
+    allowed_tools: (
+        list[Annotated[str, Field(min_length=1, max_length=128)]] | McpToolFilter | None
+    ) = Field(default=None)
+    headers: dict[str, Annotated[str, Field(max_length=8192)]] | None = Field(
+        default=None, max_length=64
+    )
+    authorization: str | None = Field(default=None, max_length=8192)
+    # OpenAI's default: every call waits for the client's approval.
+    require_approval: Literal["always", "never"] | McpApprovalFilter | None = "always"
+
+    @property
+    def tool_names(self) -> list[str] | None:
+        allowed = self.allowed_tools
+        return allowed.tool_names if isinstance(allowed, McpToolFilter) else allowed
+
+    def needs_approval(self, tool: str) -> bool:
+        rule = self.require_approval
+        if rule is None or rule == "always":
+            return True
+        if rule == "never":
+            return False
+        if rule.never is not None and tool in (rule.never.tool_names or []):
+            return False
+        if rule.always is not None:
+            return rule.always.tool_names is None or tool in rule.always.tool_names
+        return True
 
 
 class NamespaceTool(RequestModel):
@@ -126,7 +197,6 @@ HOSTED_TOOL_TYPES = (
     "computer",
     "computer_use_preview",
     "image_generation",
-    "mcp",
     "local_shell",
     "shell",
     "apply_patch",
@@ -138,7 +208,7 @@ class HostedTool(RequestModel):
     type: Literal[HOSTED_TOOL_TYPES]  # type: ignore[valid-type]
 
 
-_TOOL_TYPES = ("function", "namespace", *HOSTED_TOOL_TYPES)
+_TOOL_TYPES = ("function", "namespace", "mcp", *HOSTED_TOOL_TYPES)
 
 
 def _known_tool_type(value: Any) -> Any:
@@ -154,7 +224,7 @@ def _known_tool_type(value: Any) -> Any:
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if kind == "function" else "namespace" if kind == "namespace" else "hosted"
+    return kind if kind in ("function", "namespace", "mcp") else "hosted"
 
 
 # Tagged by kind; the tags are union members to the error mapper (api/common/errors.py), so a
@@ -162,6 +232,7 @@ def _tool_kind(value: Any) -> str:
 Tool = Annotated[
     Annotated[FunctionTool, Tag("union:function")]
     | Annotated[NamespaceTool, Tag("union:namespace")]
+    | Annotated[McpToolParam, Tag("union:mcp")]
     | Annotated[HostedTool, Tag("union:hosted")],
     Discriminator(lambda value: f"union:{_tool_kind(value)}"),
     BeforeValidator(_known_tool_type),
@@ -178,6 +249,14 @@ class FunctionToolChoice(RequestModel):
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=64)
     namespace: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class McpToolChoice(RequestModel):
+    """A call of an MCP server's tool, forced (the first round's)."""
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class TextFormat(RequestModel):
@@ -226,7 +305,10 @@ class ResponsesRequest(RequestModel):
     stream: bool = False
     temperature: bounds.Temperature | None = None
     text: TextConfig | None = None
-    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1, le=1024)
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | McpToolChoice | None = (
+        None
+    )
     tools: list[Tool] | None = Field(default=None, max_length=128)
     top_logprobs: bounds.TopLogprobs | None = None
     top_p: bounds.TopP | None = None
@@ -242,10 +324,16 @@ class ResponsesRequest(RequestModel):
     ttl: bounds.TTL | None = None
     speculative: bool | None = None  # see GenerationRequestFields.speculative
     draft_model: str | None = Field(default=None, min_length=1)  # LM Studio's
+    # lmserve's: rounds of MCP calls in one response (the server's --max-tool-rounds).
+    max_tool_rounds: int | None = Field(default=None, ge=0, le=64)
 
     @property
     def wants_logprobs(self) -> bool:
         return LOGPROBS in (self.include or [])
+
+    @property
+    def mcp_tools(self) -> list[McpToolParam]:
+        return [tool for tool in self.tools or [] if isinstance(tool, McpToolParam)]
 
     @property
     def hosted_tools(self) -> list[str]:

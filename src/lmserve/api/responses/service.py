@@ -26,12 +26,32 @@ from lmserve.api.common.protocol import (
     ChatMessage,
     NamedToolChoice,
     ResponseFormat,
+    ToolCall,
     ToolChoice,
+    ToolDefinition,
+)
+from lmserve.api.common.tool_loop import (
+    ToolRounds,
+    collect_last,
+    configured_use,
+    new_call_id,
+    run_calls,
+    url_use,
 )
 from lmserve.api.responses.events import ResponseEvents
 from lmserve.api.responses.items import chat_messages, output_items, public_item
-from lmserve.api.responses.protocol import FunctionToolChoice, InputItem, ResponsesRequest
+from lmserve.api.responses.protocol import (
+    FunctionToolChoice,
+    InputItem,
+    McpToolChoice,
+    McpToolParam,
+    ResponsesRequest,
+)
 from lmserve.api.responses.tools import ToolNames, call_name
+from lmserve.config import McpSettings
+from lmserve.logbus import LogBus
+from lmserve.mcp.servers import McpServers
+from lmserve.mcp.toolset import CallOutcome, McpTool, ServerUse, Toolset
 from lmserve.models.loader import LoadedModel
 
 _items = TypeAdapter(list[InputItem])
@@ -83,11 +103,71 @@ def _response_format(body: ResponsesRequest) -> ResponseFormat | None:
     )
 
 
-def _tool_choice(body: ResponsesRequest) -> ToolChoice | None:
+def _tool_choice(body: ResponsesRequest, server_tools: list[ToolDefinition]) -> ToolChoice | None:
     choice = body.tool_choice
     if isinstance(choice, FunctionToolChoice):
         return NamedToolChoice.of(call_name(choice.name, choice.namespace))
+    if isinstance(choice, McpToolChoice):
+        # A named tool of that server, else any of its tools: offered under their own names
+        # (or label__name where names clash).
+        label, wanted = choice.server_label, choice.name
+        names = [tool.function.name for tool in server_tools]
+        for name in names:
+            if wanted is not None and name in (wanted, f"{label}__{wanted}"):
+                return NamedToolChoice.of(name)
+        if wanted is None and names:
+            return "required"
+        raise InvalidRequestError(
+            f"tool_choice names the MCP tool '{wanted}' of '{label}', which is not among "
+            "the tools offered.",
+            param="tool_choice",
+        )
     return choice
+
+
+def mcp_uses(body: ResponsesRequest, settings: McpSettings, servers: McpServers) -> list[ServerUse]:
+    """The request's ``mcp`` tools as servers: by ``server_url``, else mcp.json's
+    ``server_label``; ``authorization`` goes as a bearer token."""
+    uses = []
+    for index, tool in enumerate(body.mcp_tools):
+        param = f"tools[{index}]"
+        provider = {"type": "ephemeral_mcp", "server_label": tool.server_label}
+        if tool.server_url is None:
+            uses.append(
+                configured_use(
+                    settings,
+                    servers,
+                    tool.server_label,
+                    allowed_tools=tool.tool_names,
+                    provider={"type": "plugin", "plugin_id": f"mcp/{tool.server_label}"},
+                    param=param,
+                )
+            )
+            continue
+        headers = dict(tool.headers or {})
+        if tool.authorization:
+            headers["Authorization"] = f"Bearer {tool.authorization}"
+        uses.append(
+            url_use(
+                settings,
+                tool.server_label,
+                tool.server_url,
+                headers=headers,
+                allowed_tools=tool.tool_names,
+                provider=provider,
+                param=param,
+            )
+        )
+    return uses
+
+
+@dataclass(frozen=True)
+class ApprovedCall:
+    """A call the client approved (``mcp_approval_response``), run before the first round."""
+
+    approval_request_id: str
+    call_id: str
+    outcome: CallOutcome
 
 
 # -- the turn ---------------------------------------------------------------------------------
@@ -103,26 +183,103 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         self.created_at = int(time.time())
         self.history: list[InputItem] = self.previous.conversation if self.previous else []
         self.tool_names = ToolNames(body)
+        self.rounds: ToolRounds | None = None
+        self.toolset: Toolset | None = None
+        self.approved: list[ApprovedCall] = []
+        self.denied: list[InputItem] = []
 
-    def chat_request(self) -> ChatCompletionRequest:
-        """The conversation so far and this input, as one chat request."""
+    def chat_request(
+        self, server_tools: list[ToolDefinition] | None = None
+    ) -> ChatCompletionRequest:
+        """The conversation so far and this input, as one chat request (with the MCP
+        servers' tools, and the calls the client approved with their results)."""
         body = self.body
         messages = chat_messages([*self.history, *body.input], body.instructions, len(self.history))
+        messages += self._approval_messages()
         if not messages:
             raise InvalidRequestError(
                 "Nothing to answer: 'input' is empty.", param="input", code="empty_input"
             )
+        server_tools = server_tools or []
         return build_chat_request(
             messages=messages,
             logprobs=body.wants_logprobs,
             top_logprobs=(body.top_logprobs or 0) if body.wants_logprobs else None,
             parallel_tool_calls=body.parallel_tool_calls,
             response_format=_response_format(body),
-            tool_choice=_tool_choice(body),
-            tools=self.tool_names.offered or None,
+            tool_choice=_tool_choice(body, server_tools),
+            tools=[*self.tool_names.offered, *server_tools] or None,
             user=body.user,
             **self.chat_fields(),
         )
+
+    def approval_requests(self) -> list[tuple[InputItem, bool]]:
+        """The approval requests this input answers, each with the client's answer; a 400
+        for an answer to a request the conversation does not hold."""
+        asked = {
+            item.id: item
+            for item in [*self.history, *self.body.input]
+            if item.type == "mcp_approval_request"
+        }
+        answered = []
+        for index, item in enumerate(self.body.input):
+            if item.type != "mcp_approval_response":
+                continue
+            request = asked.get(item.approval_request_id)
+            if request is None:
+                raise InvalidRequestError(
+                    f"No MCP approval request '{item.approval_request_id}' in this "
+                    "conversation (send previous_response_id, or the request item).",
+                    param=f"input[{index}].approval_request_id",
+                )
+            answered.append((request, bool(item.approve)))
+        return answered
+
+    async def run_approved(self, toolset: Toolset, logs: LogBus) -> None:
+        """Run the calls the client approved (denied ones are told to the model)."""
+        self.toolset = toolset
+        calls: list[tuple[str, McpTool, str]] = []
+        for request, approve in self.approval_requests():
+            assert request.id is not None and request.name is not None
+            tool = next(
+                (
+                    tool
+                    for tool in toolset.tools
+                    if tool.server_label == request.server_label and tool.name == request.name
+                ),
+                None,
+            )
+            if not approve or tool is None:
+                self.denied.append(request)
+                continue
+            calls.append((request.id, tool, request.arguments))
+        outcomes = await run_calls(toolset, logs, self.id, calls)
+        self.approved = [
+            ApprovedCall(request_id, new_call_id(), outcome)
+            for (request_id, _, _), outcome in zip(calls, outcomes, strict=True)
+        ]
+
+    def _approval_messages(self) -> list[ChatMessage]:
+        calls = [
+            ToolCall.of(call.call_id, call.outcome.tool.offered_name, call.outcome.arguments)
+            for call in self.approved
+        ] + [ToolCall.of(item.id, item.name or "", item.arguments) for item in self.denied]
+        if not calls:
+            return []
+        results = [
+            ChatMessage(role="tool", tool_call_id=call.call_id, content=call.outcome.for_model)
+            for call in self.approved
+        ] + [
+            ChatMessage(
+                role="tool", tool_call_id=item.id, content="The user did not approve this call."
+            )
+            for item in self.denied
+        ]
+        return [ChatMessage(role="assistant", tool_calls=calls), *results]
+
+    def needs_approval(self, tool: McpTool) -> bool:
+        spec = next(t for t in self.body.mcp_tools if t.server_label == tool.server_label)
+        return spec.needs_approval(tool.name)
 
     def response(
         self,
@@ -162,7 +319,13 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
                 else {"type": "text"}
             },
             "tool_choice": _dumped(body.tool_choice) if body.tool_choice is not None else "auto",
-            "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
+            # An MCP server's headers and token are never echoed back.
+            "tools": [
+                tool.model_dump(exclude_none=True, exclude={"headers", "authorization"})
+                if isinstance(tool, McpToolParam)
+                else tool.model_dump(exclude_none=True)
+                for tool in body.tools or []
+            ],
             "top_logprobs": body.top_logprobs or 0,
             "top_p": sampling.top_p,
             "truncation": body.truncation or "disabled",
@@ -171,7 +334,8 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         }
 
     async def usage(self, generation: Generation, output: list[dict[str, Any]]) -> dict[str, Any]:
-        usage = generation.usage
+        rounds = self.rounds
+        usage = rounds.usage if rounds is not None and rounds.usage else generation.usage
         thought = "".join(
             part["text"]
             for item in output
@@ -221,6 +385,9 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
                 chat_body = chat_body.model_copy(update={"messages": shorter})
 
     async def respond(self, generation: Generation) -> dict[str, Any]:
+        if self.rounds is not None:
+            events = ResponseEvents(self, generation, in_band_errors=False).run()
+            return (await collect_last(events))["response"]  # type: ignore[no-any-return]
         completion = await chat_completion(generation)
         choice = completion.choices[0]
         status = "incomplete" if choice.finish_reason == "length" else "completed"
