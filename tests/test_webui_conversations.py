@@ -75,6 +75,62 @@ def test_conversations_round_trip(client: TestClient) -> None:
     assert len(client.get("/lmserve/conversations").json()["data"]) == 1
 
 
+def test_mcp_servers_and_calls_are_kept_with_the_conversation(client: TestClient) -> None:
+    """The MCP servers switched on, tool_choice and an answer's MCP calls: stored, read back,
+    exported and imported as they were; a bad name, or calls on a user message, a 400."""
+    settings = {"mcp_servers": ["local", "docs.v2"], "tool_choice": "secret_word"}
+    ident = client.post("/lmserve/conversations", json={"settings": settings}).json()["id"]
+    base = f"/lmserve/conversations/{ident}"
+    question = client.post(f"{base}/messages", json={"role": "user", "content": "Hi"}).json()
+    call = {
+        "id": "mcp_1",
+        "server_label": "local",
+        "name": "secret_word",
+        "arguments": '{"topic": "apples"}',
+        "output": "The secret word for apples is nonce-1.",
+        "error": None,
+        "status": "completed",
+    }
+    failed = {**call, "id": "mcp_2", "name": "explode", "output": None, "error": "exploded"}
+    answer = client.post(
+        f"{base}/messages",
+        json={
+            "role": "assistant",
+            "content": "It is nonce-1.",
+            "parent_id": question["id"],
+            "mcp_calls": [call, {**failed, "status": "failed"}],
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    calls = [call, {**failed, "status": "failed"}]
+    assert answer.json()["mcp_calls"] == calls
+    kept = client.get(base).json()
+    assert kept["settings"]["mcp_servers"] == ["local", "docs.v2"]
+    assert kept["settings"]["tool_choice"] == "secret_word"
+    assert [m["mcp_calls"] for m in kept["messages"]] == [None, calls]
+    exported = client.get(f"{base}/export").json()
+    assert exported["version"] == 3
+    imported = client.post("/lmserve/conversations/import", json=exported)
+    assert imported.status_code == 201, imported.text
+    copy = client.get(f"/lmserve/conversations/{imported.json()['data'][0]['id']}").json()
+    assert copy["settings"] == kept["settings"]
+    assert [m["mcp_calls"] for m in copy["messages"]] == [None, calls]
+    switched_off = client.patch(base, json={"settings": {"seed": 1}}).json()["settings"]
+    assert switched_off["mcp_servers"] == [] and switched_off["tool_choice"] is None
+    bad = [
+        ("PATCH", base, {"settings": {"mcp_servers": ["../etc"]}}, "settings.mcp_servers"),
+        ("PATCH", base, {"settings": {"tool_choice": "a b"}}, "settings.tool_choice"),
+        ("POST", f"{base}/messages", {"role": "user", "mcp_calls": [call]}, None),
+        ("POST", f"{base}/messages", {"role": "assistant", "mcp_calls": [{**call, "x": 1}]}, None),
+    ]
+    for method, path, body, param in bad:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 400, (body, response.text)
+        if param is not None:
+            assert response.json()["error"]["param"].startswith(param), response.text
+    assert len(client.get(base).json()["messages"]) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

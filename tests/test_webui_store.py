@@ -318,3 +318,29 @@ def test_a_file_from_before_images_is_upgraded_and_takes_them(tmp_path: Path) ->
     messages = store.get(ident)["messages"]
     store.close()
     assert [(m["content"], len(m["images"])) for m in messages] == [("before", 0), ("after", 1)]
+
+
+def test_a_file_from_before_mcp_is_upgraded_and_keeps_calls(tmp_path: Path) -> None:
+    """Schema 3: every conversation's settings spell out the new ones (no MCP server on), and
+    an answer keeps the MCP calls the server ran for it."""
+    path = tmp_path / "conversations.sqlite3"
+    ident = "conv_1"
+    with closing(open_database(path, MIGRATIONS[:2])) as old:  # what lmserve wrote then
+        old.execute(
+            "INSERT INTO conversations VALUES (?, 't', '{\"seed\": 3}', 'm1', 1, 1)", (ident,)
+        )
+        old.execute(
+            "INSERT INTO messages VALUES "
+            "(?, 'm1', 1, NULL, 'user', 'before', NULL, NULL, '{}', 1, NULL)",
+            (ident,),
+        )
+    store = ConversationDB(path)
+    call = {"server_label": "local", "name": "secret_word", "output": "nonce"}
+    store.add_message(
+        ident, NewMessage(role="assistant", content="after", parent_id="m1", mcp_calls=[call])
+    )
+    conversation = store.get(ident)
+    store.close()
+    assert conversation["settings"] == {"seed": 3, "mcp_servers": [], "tool_choice": None}
+    calls = [m["mcp_calls"] for m in conversation["messages"]]
+    assert calls[0] is None and calls[1][0]["output"] == "nonce"

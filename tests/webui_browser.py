@@ -133,7 +133,7 @@ def open_page(page: Any, path: str = "/") -> None:
 def settings(page: Any, **values: Any) -> None:
     """Type settings into the panel (saved with the conversation as they are typed)."""
     page.click("#toggle-settings")
-    if "response_format" in values or "tools" in values:
+    if {"response_format", "tools", "tool_choice"} & values.keys():
         page.click("details.advanced summary")
     for name, value in values.items():
         if name == "stream":

@@ -25,7 +25,9 @@ MAX_ID = 64
 MAX_MESSAGES = 10_000  # per conversation
 MAX_IMPORTED = 1_000  # conversations per import
 EXPORT_FORMAT = "lmserve.conversations"
-EXPORT_VERSION = 2  # 2: a user message may hold images
+EXPORT_VERSION = 3  # 2: a user message may hold images; 3: an answer, MCP calls
+MAX_MCP_SERVERS = 32  # switched on in one conversation
+MAX_MCP_CALLS = 256  # of one answer
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9_.:-]+$")]
 ImageId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # SHA-256 of its bytes, in hex
@@ -33,6 +35,8 @@ Title = Annotated[str, Field(max_length=MAX_TITLE)]
 Role = Literal["system", "user", "assistant", "tool"]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Timestamp = Annotated[float, Field(ge=0, le=1e11)]  # seconds since 1970 (to the year 5138)
+# A server of mcp.json, by name (mcp/config.py's LABEL_PATTERN).
+McpServerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 def _json_only(value: Any) -> Any:
@@ -77,6 +81,12 @@ class ChatSettings(WebModel):
     # JSON schema of a structured answer.
     tools: str | None = Field(default=None, max_length=MAX_JSON_TEXT)
     response_format: str | None = Field(default=None, max_length=MAX_JSON_TEXT)
+    # "auto", "none", "required", or the name of a tool the model must call (the first round's
+    # only, with MCP servers).
+    tool_choice: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # mcp.json's servers switched on for this conversation: answers then come from
+    # /v1/responses, which offers their tools to the model and runs its calls.
+    mcp_servers: list[McpServerName] = Field(default_factory=list, max_length=MAX_MCP_SERVERS)
 
 
 class NewImage(WebModel):
@@ -93,6 +103,18 @@ class NewImage(WebModel):
         return self
 
 
+class McpCall(WebModel):
+    """A call the server ran for an answer, as the Responses ``mcp_call`` item said it."""
+
+    id: str | None = Field(default=None, max_length=200)
+    server_label: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    arguments: str = Field(default="", max_length=MAX_TEXT)
+    output: str | None = Field(default=None, max_length=MAX_TEXT)
+    error: str | None = Field(default=None, max_length=MAX_TEXT)
+    status: str | None = Field(default=None, max_length=32)
+
+
 class NewMessage(WebModel):
     """A message to add under ``parent_id`` (``None``: a first message). A user message may
     hold images, which go to the model before its text."""
@@ -105,14 +127,18 @@ class NewMessage(WebModel):
     tool_calls: Annotated[list[dict[str, Any]] | None, JsonOnly] = Field(
         default=None, max_length=128
     )
+    # The MCP calls the server ran for this answer, in order (they came before its text).
+    mcp_calls: list[McpCall] | None = Field(default=None, max_length=MAX_MCP_CALLS)
     # What the page learnt of the answer: model, request id, stats, the rendered prompt.
     meta: Annotated[dict[str, Any], JsonOnly] = Field(default_factory=dict)
     images: list[NewImage] = Field(default_factory=list, max_length=MAX_IMAGES)
 
     @model_validator(mode="after")
-    def _images_from_the_user(self) -> NewMessage:
+    def _what_each_role_holds(self) -> NewMessage:
         if self.images and self.role != "user":
             raise ValueError("only a user message holds images")
+        if self.mcp_calls and self.role != "assistant":
+            raise ValueError("only an answer holds MCP calls")
         return self
 
 

@@ -65,6 +65,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # JSON array of the message's images in order ({id, media_type, size}), or NULL.
         "ALTER TABLE messages ADD COLUMN images TEXT",
     ),
+    (
+        # The MCP calls the server ran for an answer (protocol.McpCall), JSON array, or NULL.
+        "ALTER TABLE messages ADD COLUMN mcp_calls TEXT",
+        # Two new settings (protocol.ChatSettings): every conversation spells them out, so
+        # what the page reads back is the shape it writes.
+        """UPDATE conversations SET settings = json_set(
+            settings, '$.mcp_servers', json_array(), '$.tool_choice', json('null'))
+           WHERE json_valid(settings) AND json_type(settings) = 'object'""",
+    ),
 )
 
 

@@ -7,7 +7,8 @@ first use, and again after a failure, so a file fixed by hand works without a re
 
 A user message's images are kept once per conversation (``images.py``); a message read
 names them (``{id, media_type, size}``), and :meth:`ConversationDB.image` reads one. An
-export holds their data, as ``data:`` URLs.
+export holds their data, as ``data:`` URLs. An answer keeps the MCP calls the server ran for
+it (``mcp_calls``: server, tool, arguments, output or error), as JSON beside its text.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class ConversationDB:
             raise NotFound("conversation", ident)
         messages = conn.execute(
             "SELECT id, parent_id, role, content, reasoning_content, tool_calls, meta, "
-            "created_at, images FROM messages WHERE conversation_id = ? ORDER BY seq",
+            "created_at, images, mcp_calls FROM messages WHERE conversation_id = ? ORDER BY seq",
             (ident,),
         ).fetchall()
         data_urls: dict[str, str] = {}
@@ -174,6 +175,7 @@ class ConversationDB:
                     "meta": json.loads(m[6]),
                     "created_at": m[7],
                     "images": images(m[8]),
+                    "mcp_calls": json.loads(m[9]) if m[9] is not None else None,
                 }
                 for m in messages
             ],
@@ -371,10 +373,11 @@ class ConversationDB:
     ) -> list[dict[str, Any]]:
         """Write the message (and its images); its images' references."""
         refs = self._store_images(conn, ident, message.images, f"{param}." if param else "")
+        calls = [call.model_dump() for call in message.mcp_calls or []] or None
         conn.execute(
             "INSERT INTO messages (conversation_id, id, seq, parent_id, role, content, "
-            "reasoning_content, tool_calls, meta, created_at, images) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "reasoning_content, tool_calls, meta, created_at, images, mcp_calls) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ident,
                 message_id,
@@ -387,6 +390,7 @@ class ConversationDB:
                 _dumps(message.meta),
                 created_at,
                 _dumps(refs) if refs else None,
+                _dumps(calls) if calls else None,
             ),
         )
         return refs

@@ -3,7 +3,8 @@
 // key), conversation.js (the tree, on the server), chat.js (one answer), logs.js (what the
 // model received), models.js, settings.js, view.js (drawing), markdown.js (safe rendering),
 // layout.js (panels, drawer, theme), attachments.js (images in the composer), images.js
-// (a message's images: fetched, shown, sent).
+// (a message's images: fetched, shown, sent), mcp.js (mcp.json's servers, on per
+// conversation) and responses.js (an answer with them, through /v1/responses).
 
 import { Attachments } from './attachments.js';
 import { answerMeta, generate } from './chat.js';
@@ -18,7 +19,9 @@ import { $, fill, h } from './dom.js';
 import { remember, requestMessage } from './images.js';
 import { closeDrawers, showPanel, wireLayout } from './layout.js';
 import { attachLogPanel, LogStream } from './logs.js';
+import { loadMcpServers, usableMcpServers } from './mcp.js';
 import { Models } from './models.js';
+import { inputItems, respond, responsesBody } from './responses.js';
 import {
   defaultSettings,
   emptySettings,
@@ -213,6 +216,7 @@ async function edit(message, text) {
     parent_id: message.parent_id,
     role: message.role,
     content: text,
+    mcp_calls: message.mcp_calls ?? null, // the calls were made: the edit is of the text
     meta: { ...message.meta, edited: true },
   });
   render();
@@ -240,15 +244,13 @@ async function answer(parentId) {
     // is known; with none, the page says so where the answer would be.
     model = await models.pick(model);
     if (!model) throw new Error(models.missing());
-    const messages = await Promise.all(
-      conversation.path().map((message) => requestMessage(conversation.id, message)),
-    );
-    const body = requestBody({ ...conversation.settings, model }, messages);
+    const ask = await asking(conversation, { ...conversation.settings, model });
     const pending = pendingAnswer($('messages'), model);
     // The rendered prompt comes from the log stream: be subscribed before asking.
     await Promise.race([logs.ready, new Promise((resolve) => setTimeout(resolve, 3000))]);
-    const result = await generate(body, controller.signal, pending.update);
-    if (result.stopped && !result.content && !result.reasoning && !result.toolCalls.length) {
+    const result = await ask(controller.signal, pending.update);
+    const empty = !result.content && !result.reasoning && !result.toolCalls.length;
+    if (result.stopped && empty && !result.mcpCalls.length) {
       status('Stopped before the first token.');
     } else {
       const input = await logs.input(result.id);
@@ -258,6 +260,7 @@ async function answer(parentId) {
         content: result.content,
         reasoning_content: result.reasoning || null,
         tool_calls: result.toolCalls.length ? result.toolCalls : null,
+        mcp_calls: result.mcpCalls.length ? result.mcpCalls : null,
         meta: answerMeta(result, input),
       });
       status(result.stopped ? 'Stopped: the answer so far is kept.' : '');
@@ -277,6 +280,20 @@ async function answer(parentId) {
   }
   await refreshList();
   models.refresh(conversation.settings.model); // a just-in-time load shows as loaded now
+}
+
+// How to ask for the answer to the branch shown: through chat completions, or, with MCP
+// servers switched on (and listed by the server), through /v1/responses.
+async function asking(conversation, settings) {
+  const path = conversation.path();
+  const servers = usableMcpServers(settings);
+  if (servers.length) {
+    const body = responsesBody(settings, await inputItems(conversation.id, path), servers);
+    return (signal, onUpdate) => respond(body, signal, onUpdate);
+  }
+  const messages = await Promise.all(path.map((message) => requestMessage(conversation.id, message)));
+  const body = requestBody(settings, messages);
+  return (signal, onUpdate) => generate(body, signal, onUpdate);
 }
 
 function stop() {
@@ -419,6 +436,7 @@ async function init() {
   const id = decodeURIComponent(location.hash.slice(1)); // the conversation open before a reload
   startConversation();
   await run(() => models.refresh(state.conversation.settings.model));
+  await run(loadMcpServers);
   await run(refreshList);
   if (id) await run(() => openConversation(id));
   state.loaded = true;

@@ -10,6 +10,7 @@ import { ApiError, events, request } from './api.js';
 
 const ENDPOINT = '/api/v0/chat/completions';
 
+// What an answer holds as it grows (responses.js fills the same shape).
 function emptyResult() {
   return {
     id: null,
@@ -17,6 +18,7 @@ function emptyResult() {
     content: '',
     reasoning: '',
     toolCalls: [],
+    mcpCalls: [], // calls the server ran (responses.js): {id, server_label, name, arguments, ...}
     finishReason: null,
     usage: null,
     stats: null,
@@ -32,11 +34,18 @@ function emptyResult() {
  * it ends, also when `signal` stopped it (then `stopped` is true). Errors throw ApiError.
  */
 export async function generate(body, signal, onUpdate) {
-  const result = emptyResult();
-  try {
+  return collect(onUpdate, async (result) => {
     const response = await request(ENDPOINT, { method: 'POST', body, signal });
     if (body.stream) await readStream(response, result, onUpdate);
     else readWhole(await response.json(), result);
+  });
+}
+
+/** A fresh result filled by `read(result)`; a stop (an aborted fetch) keeps what came. */
+export async function collect(onUpdate, read) {
+  const result = emptyResult();
+  try {
+    await read(result);
   } catch (error) {
     if (error.name !== 'AbortError') throw error;
     result.stopped = true;

@@ -53,8 +53,9 @@ export class LogStream {
     const id = record.request_id;
     if (id && (record.type === 'llm.prediction.input' || record.type === 'llm.prediction.output')) {
       const entry = this.byRequest.get(id) || {};
-      // A request with n > 1 has one record per choice; the page asks for one.
-      if (record.type === 'llm.prediction.input') entry.input ??= record;
+      // A request with n > 1 has one record per choice, all of one prompt; a response with
+      // MCP calls has one per round, and the last is the prompt its answer came from.
+      if (record.type === 'llm.prediction.input') entry.input = record;
       else entry.output ??= record;
       this.byRequest.set(id, entry);
       if (this.byRequest.size > KEEP_REQUESTS) {

@@ -1,11 +1,13 @@
 // A conversation's settings: the seed's request parameters (model, temperature, top_p, top_k,
 // max_tokens, stream, stop, presence_penalty, frequency_penalty, logit_bias, repeat_penalty,
-// seed; `messages` is the conversation itself), the system prompt, and tools and a JSON
-// schema. The form shows them; the server keeps them with the conversation (the same shape
-// as ChatSettings in api/webui/protocol.py). Empty means "the server's default", and is left
-// out of the request, so the server's own defaults (LM Studio's, or serve's flags) apply.
+// seed; `messages` is the conversation itself), the system prompt, tools, tool_choice and a
+// JSON schema, and the MCP servers switched on (mcp.js). The form shows them; the server
+// keeps them with the conversation (the same shape as ChatSettings in
+// api/webui/protocol.py). Empty means "the server's default", and is left out of the
+// request, so the server's own defaults (LM Studio's, or serve's flags) apply.
 
 import { $ } from './dom.js';
+import { chosenMcpServers, showMcpServers } from './mcp.js';
 
 const NUMBERS = {
   temperature: parseFloat,
@@ -19,9 +21,12 @@ const NUMBERS = {
 };
 const TEXTS = ['system_prompt', 'tools', 'response_format'];
 const DEFAULTS_STORAGE = 'lmserve.settings';
+const CHOICES = ['auto', 'none', 'required']; // tool_choice, else the name of a tool
 
 export function emptySettings() {
-  const settings = { model: null, stream: true, stop: [], logit_bias: {} };
+  const settings = {
+    model: null, stream: true, stop: [], logit_bias: {}, tool_choice: null, mcp_servers: [],
+  };
   for (const name of [...Object.keys(NUMBERS), ...TEXTS]) settings[name] = null;
   return settings;
 }
@@ -36,8 +41,10 @@ export function defaultSettings() {
 }
 
 export function rememberSettings(settings) {
+  // MCP servers run tools on this machine: a new conversation starts with none switched on.
+  const { mcp_servers: _, ...kept } = settings;
   try {
-    localStorage.setItem(DEFAULTS_STORAGE, JSON.stringify(settings));
+    localStorage.setItem(DEFAULTS_STORAGE, JSON.stringify(kept));
   } catch {
     /* private mode: nothing to remember with */
   }
@@ -56,6 +63,8 @@ export function showSettings(settings) {
   $('stop_lines').value = (settings.stop || []).map(escape).join('\n');
   const bias = settings.logit_bias || {};
   $('logit_bias').value = Object.keys(bias).length ? JSON.stringify(bias) : '';
+  $('tool_choice').value = settings.tool_choice ?? '';
+  showMcpServers(settings.mcp_servers);
   $('settings-error').textContent = '';
 }
 
@@ -86,6 +95,11 @@ export function readSettings(model) {
     }
     settings.logit_bias = parsed;
   }
+  settings.tool_choice = $('tool_choice').value.trim() || null;
+  if (settings.tool_choice && !/^[A-Za-z0-9_.:-]+$/.test(settings.tool_choice)) {
+    throw new Error("tool_choice is auto, none, required or a tool's name");
+  }
+  settings.mcp_servers = chosenMcpServers();
   requestExtras(settings); // throws if the tools or the schema are not JSON
   return settings;
 }
@@ -101,6 +115,10 @@ function parseJson(text, what) {
 function requestExtras(settings) {
   const extras = {};
   if (settings.tools) extras.tools = parseJson(settings.tools, 'tools');
+  const choice = settings.tool_choice;
+  if (choice) {
+    extras.tool_choice = CHOICES.includes(choice) ? choice : { type: 'function', function: { name: choice } };
+  }
   if (settings.response_format) {
     const schema = parseJson(settings.response_format, 'The structured output schema');
     extras.response_format = { type: 'json_schema', json_schema: { name: 'answer', schema } };

@@ -1,5 +1,6 @@
 // The messages of the branch shown, each with what the page knows of it: the answer as
-// markdown, its reasoning (collapsed), its tool calls, its figures, and the exact prompt the
+// markdown, its reasoning (collapsed), the MCP calls the server ran for it (collapsed: server,
+// tool, arguments, output or error), its tool calls, its figures, and the exact prompt the
 // model received. User text is shown as typed (plain text, never parsed), below the images
 // the user attached.
 
@@ -61,6 +62,7 @@ function messageElement(message, conversation, actions, busy) {
       branchSwitcher(message, conversation, actions, busy)),
     message.reasoning_content ? reasoningBlock(message.reasoning_content) : null,
     message.role === 'user' ? thumbnails(conversation.id, message.images) : null,
+    mcpCallsBlock(message.mcp_calls),
     content,
     toolCallsBlock(message.tool_calls),
     message.role === 'assistant' ? h('div', { class: 'stats', text: statsText(meta) }) : null,
@@ -126,21 +128,48 @@ function reasoningBlock(text) {
   return h('details', { class: 'reasoning' }, h('summary', { text: 'Reasoning' }), body);
 }
 
+// Arguments as JSON, indented; as they came when they are not JSON.
+function prettyJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}
+
 function toolCallsBlock(calls) {
   if (!calls?.length) return null;
-  return calls.map((call) => {
-    let args = call.function?.arguments ?? '';
-    try {
-      args = JSON.stringify(JSON.parse(args), null, 2);
-    } catch {
-      /* show it as it came */
-    }
-    return h(
+  return calls.map((call) =>
+    h(
       'div',
       { class: 'tool-call' },
       h('span', { text: 'Tool call: ' }),
       h('span', { class: 'name', text: call.function?.name || '?' }),
-      h('pre', { text: args }),
+      h('pre', { text: prettyJson(call.function?.arguments ?? '') }),
+    ),
+  );
+}
+
+// A call the server ran (an MCP tool): collapsed to its server, tool and outcome.
+function mcpCallsBlock(calls) {
+  if (!calls?.length) return null;
+  return calls.map((call) => {
+    const failed = call.error != null;
+    const done = call.output != null || failed;
+    return h(
+      'details',
+      { class: `tool-call mcp-call${failed ? ' failed' : ''}`, dataset: { server: call.server_label } },
+      h(
+        'summary',
+        {},
+        h('span', { text: 'MCP call: ' }),
+        h('span', { class: 'name', text: `${call.server_label} · ${call.name}` }),
+        h('span', { class: 'outcome', text: failed ? ' failed' : done ? '' : ' running…' }),
+      ),
+      h('div', { class: 'label', text: 'Arguments' }),
+      h('pre', { class: 'arguments', text: prettyJson(call.arguments || '{}') }),
+      done ? h('div', { class: 'label', text: failed ? 'Error' : 'Output' }) : null,
+      done ? h('pre', { class: failed ? 'call-error' : 'output', text: failed ? call.error : call.output }) : null,
     );
   });
 }
@@ -193,17 +222,19 @@ export function pendingAnswer(container, model) {
   const reasoning = h('div', { class: 'md' });
   const reasoningBox = h('details', { class: 'reasoning', open: true, hidden: true },
     h('summary', { text: 'Reasoning' }), reasoning);
+  const calls = h('div');
   const tools = h('div');
   const stats = h('div', { class: 'stats', text: 'waiting for the first token…' });
   const element = h(
     'article',
     { class: 'message assistant pending', 'aria-busy': 'true' },
     h('header', { class: 'message-head' }, h('span', { class: 'role', text: model || 'Assistant' })),
-    reasoningBox, content, tools, stats,
+    reasoningBox, calls, content, tools, stats,
   );
   container.append(element);
   let scheduled = null;
   let latest = null;
+  let shownCalls = ''; // the calls' states last drawn: a block is redrawn (closed) only on change
   // Markdown is rendered once per frame at most, however fast tokens come.
   const draw = () => {
     scheduled = null;
@@ -213,6 +244,9 @@ export function pendingAnswer(container, model) {
       renderMarkdown(reasoning, latest.reasoning);
     }
     fill(tools, toolCallsBlock(latest.toolCalls));
+    const callStates = latest.mcpCalls.map((call) => `${call.id}:${call.status}`).join();
+    if (callStates !== shownCalls) fill(calls, mcpCallsBlock(latest.mcpCalls));
+    shownCalls = callStates;
     const seconds = (performance.now() - latest.startedAt) / 1000;
     stats.textContent = latest.firstTokenAt ? `generating… ${num(seconds)} s` : stats.textContent;
     const nearBottom = container.scrollHeight - container.scrollTop - container.clientHeight < 80;
