@@ -512,6 +512,40 @@ def test_responses_approval_round_trip(
     assert [record["tool"] for record in records] == ["secret_word"]
 
 
+def test_a_client_function_beside_mcp_tools_ends_the_response(
+    openai_client: Any, mcp_url: str
+) -> None:
+    """The client's own function is the client's to run: the response ends at its call."""
+    function = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    response = openai_client.responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=[function, mcp_tool(mcp_url, require_approval="never")],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=128,
+        temperature=0,
+    )
+    kinds = [item.type for item in response.output]
+    assert kinds[0] == "mcp_list_tools" and "function_call" in kinds
+    assert "mcp_call" not in kinds
+    call = next(item for item in response.output if item.type == "function_call")
+    assert call.name == "get_weather"
+
+
+def test_mcp_json_off_loopback_needs_an_api_key(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli(tmp_path, "serve", "--host", "0.0.0.0", "--allow-mcp-json", "--no-model")
+    assert result.returncode != 0
+    assert "--allow-mcp-json" in result.stderr and "--api-key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_responses_unreachable_server_is_424(openai_client: Any) -> None:
     import openai
 

@@ -261,9 +261,11 @@ class ToolRounds:
                     for chunk in current.held:
                         yield chunk
                     if current.finish is not None:
-                        reason = current.finish["choices"][0]["finish_reason"]
-                        if ran and not client_calls and reason == "tool_calls":
-                            current.finish["choices"][0]["finish_reason"] = "stop"
+                        # Calls of the client's own functions are the only ones it is asked
+                        # to make: with none, the turn just ends.
+                        choice = current.finish["choices"][0]
+                        if not client_calls and choice["finish_reason"] == "tool_calls":
+                            choice["finish_reason"] = "stop"
                         yield current.finish
                     return
                 self.rounds += 1
