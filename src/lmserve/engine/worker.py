@@ -29,6 +29,7 @@ from lmserve.engine import wire
 from lmserve.engine.draft import DraftModel
 from lmserve.engine.embeddings import Embedder
 from lmserve.engine.exits import ENGINE_BUG_STATUS
+from lmserve.engine.grammar import tokenizer as grammar_tokenizer
 from lmserve.engine.llama import (
     ContextConfig,
     LlamaContext,
@@ -184,6 +185,12 @@ class Worker:
             projector=projector,
         )
         self.outbox.engine = self.engine
+        # llguidance's view of the vocabulary takes up to seconds to build (a 262k vocabulary:
+        # 1.5 s): built now, beside the first requests, rather than on the reading thread by
+        # the first request with a grammar, which would hold up every other request's messages.
+        threading.Thread(
+            target=grammar_tokenizer, args=(self.model,), name="grammar-vocabulary", daemon=True
+        ).start()
         if "engine-bug" in injected_faults():
             _inject_engine_bug(self.engine)
         self._requests: dict[int, _RemoteRequest] = {}
