@@ -41,11 +41,20 @@ def vocabulary() -> list[str]:
     return CONTROL + pieces
 
 
-def write_embedding_model(path: Path, seed: int = 0, name: str = "lmserve test embedder") -> Path:
+def write_embedding_model(
+    path: Path,
+    seed: int = 0,
+    name: str = "lmserve test embedder",
+    *,
+    embed: int = EMBED,
+    context: int = CONTEXT,
+    heads: int = HEAD_COUNT,
+) -> Path:
     """Write a tiny ``bert`` embedding model to ``path`` and return ``path``.
 
     Norms are 1 with bias 0, other weights ``normal * 0.1`` from
-    ``numpy.random.default_rng(seed)``.
+    ``numpy.random.default_rng(seed)``.  ``embed`` (its width), ``context`` (its trained
+    context) and ``heads`` make it as wide and as long as a real model, still 2 layers.
     """
     rng = np.random.default_rng(seed)
 
@@ -68,11 +77,11 @@ def write_embedding_model(path: Path, seed: int = 0, name: str = "lmserve test e
     writer = gguf.GGUFWriter(str(path), "bert")
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(EMBED)
+    writer.add_context_length(context)
+    writer.add_embedding_length(embed)
     writer.add_block_count(BLOCK_COUNT)
     writer.add_feed_forward_length(FEED_FORWARD)
-    writer.add_head_count(HEAD_COUNT)
+    writer.add_head_count(heads)
     writer.add_layer_norm_eps(1e-12)
     writer.add_causal_attention(False)
     writer.add_pooling_type(gguf.PoolingType.MEAN)
@@ -88,25 +97,25 @@ def write_embedding_model(path: Path, seed: int = 0, name: str = "lmserve test e
     writer.add_mask_token_id(ids["[MASK]"])
 
     tensors: dict[str, np.ndarray] = {
-        "token_embd.weight": rand(len(tokens), EMBED),
-        "token_types.weight": rand(2, EMBED),
-        "position_embd.weight": rand(CONTEXT, EMBED),
-        "token_embd_norm.weight": ones(EMBED),
-        "token_embd_norm.bias": zeros(EMBED),
+        "token_embd.weight": rand(len(tokens), embed),
+        "token_types.weight": rand(2, embed),
+        "position_embd.weight": rand(context, embed),
+        "token_embd_norm.weight": ones(embed),
+        "token_embd_norm.bias": zeros(embed),
     }
     for i in range(BLOCK_COUNT):
         blk = f"blk.{i}"
         for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensors[f"{blk}.{part}.weight"] = rand(EMBED, EMBED)
-            tensors[f"{blk}.{part}.bias"] = zeros(EMBED)
-        tensors[f"{blk}.attn_output_norm.weight"] = ones(EMBED)
-        tensors[f"{blk}.attn_output_norm.bias"] = zeros(EMBED)
-        tensors[f"{blk}.ffn_up.weight"] = rand(FEED_FORWARD, EMBED)
+            tensors[f"{blk}.{part}.weight"] = rand(embed, embed)
+            tensors[f"{blk}.{part}.bias"] = zeros(embed)
+        tensors[f"{blk}.attn_output_norm.weight"] = ones(embed)
+        tensors[f"{blk}.attn_output_norm.bias"] = zeros(embed)
+        tensors[f"{blk}.ffn_up.weight"] = rand(FEED_FORWARD, embed)
         tensors[f"{blk}.ffn_up.bias"] = zeros(FEED_FORWARD)
-        tensors[f"{blk}.ffn_down.weight"] = rand(EMBED, FEED_FORWARD)
-        tensors[f"{blk}.ffn_down.bias"] = zeros(EMBED)
-        tensors[f"{blk}.layer_output_norm.weight"] = ones(EMBED)
-        tensors[f"{blk}.layer_output_norm.bias"] = zeros(EMBED)
+        tensors[f"{blk}.ffn_down.weight"] = rand(embed, FEED_FORWARD)
+        tensors[f"{blk}.ffn_down.bias"] = zeros(embed)
+        tensors[f"{blk}.layer_output_norm.weight"] = ones(embed)
+        tensors[f"{blk}.layer_output_norm.bias"] = zeros(embed)
     for tensor_name, data in tensors.items():
         writer.add_tensor(tensor_name, data)
 

@@ -119,6 +119,54 @@ def test_bad_frames_get_errors_and_the_connection_keeps_serving(server: Server) 
         assert receive(ws) == {"type": "keepAliveAck"}
 
 
+def test_an_unknown_endpoint_gets_a_warning_and_no_answer_as_from_lm_studio(
+    server: Server,
+) -> None:
+    with session(server) as ws:
+        frames = [
+            {"type": "channelCreate", "endpoint": "noSuchEndpoint", "channelId": 1},
+            {"type": "rpcCall", "endpoint": "noSuchCall", "callId": 2},
+            {"type": "signalSubscribe", "endpoint": "noSuchSignal", "subscribeId": 3},
+            {"type": "writableSignalSubscribe", "endpoint": "noSuchWritable", "subscribeId": 4},
+        ]
+        for frame in frames:
+            ws.send_json({**frame, "creationParameter": {}})
+            warning = (
+                f"Received {frame['type']} for unknown endpoint, endpoint = {frame['endpoint']}"
+            )
+            assert receive(ws) == {"type": "communicationWarning", "warning": warning}
+        # Nothing else comes for them: the next frame is the next call's answer.
+        ws.send_json({"type": "rpcCall", "endpoint": "listLoaded", "callId": 5})
+        answer = receive(ws)
+        assert (answer["type"], answer["callId"]) == ("rpcResult", 5)
+    # An endpoint LM Studio has and lmserve does not serve is refused by name.
+    with session(server, "plugins") as ws:
+        ws.send_json({"type": "channelCreate", "endpoint": "setToolsProvider", "channelId": 1})
+        error = receive(ws)
+        assert error["type"] == "channelError" and error["channelId"] == 1
+        assert (
+            "does not serve the 'plugins' namespace's endpoint 'setToolsProvider'"
+            in (error["error"]["title"])
+        )
+    with session(server, "system") as ws:
+        ws.send_json({"type": "rpcCall", "endpoint": "startHttpServer", "callId": 1})
+        assert "is not supported by lmserve" in receive(ws)["error"]["title"]
+    # Each refusal is one line of the server's log: namespace, endpoint and why.
+    deadline = time.monotonic() + 10
+    while "system.startHttpServer" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refusals = [line for line in server.log().splitlines() if "refused an SDK" in line]
+    for expected in [
+        "channel, llm.noSuchEndpoint: no such endpoint",
+        "call, llm.noSuchCall: no such endpoint",
+        "signal, llm.noSuchSignal: no such endpoint",
+        "signal, llm.noSuchWritable: no such endpoint",
+        "channel, plugins.setToolsProvider: lmserve does not serve",
+        "call, system.startHttpServer: Starting or stopping the HTTP server",
+    ]:
+        assert sum(expected in line for line in refusals) == 1, (expected, refusals)
+
+
 def test_an_unknown_model_is_no_model_matching_query(server: Server) -> None:
     with session(server) as ws:
         frame = predict_frame(0, "Hi")

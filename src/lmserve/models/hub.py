@@ -289,6 +289,33 @@ def resolve_plan(
     )
 
 
+@dataclass(frozen=True)
+class DownloadOption:
+    """One model a repository offers: a quantization (or, where its name tells two apart, a
+    file), the path of its (first) file, and the bytes it takes with its vision projector."""
+
+    label: str
+    quantization: str | None
+    path: str
+    size: int
+
+
+def download_options(ref: str) -> list[DownloadOption]:
+    """What ``publisher/repo`` offers to download, the one taken when nobody chooses first
+    (:func:`preferred_quantization`).  Raises :class:`DownloadError` with a message for users."""
+    parsed = parse(ref)
+    info = _model_info(parsed.repo_id, parsed.revision)
+    files = [_remote_file(sibling) for sibling in info.siblings or []]
+    projectors = {file.path: file for file in files if _is_projector(file)}
+    options = []
+    for group in _file_sets(files):  # in order of preference
+        chosen = choose_projector(projectors, group.quantization)
+        extra = projectors[chosen].size if chosen is not None else 0
+        size = sum(file.size for file in group.files) + max(extra, 0)
+        options.append(DownloadOption(group.label, group.quantization, group.files[0].path, size))
+    return options
+
+
 def _model_info(repo_id: str, revision: str) -> Any:
     # Imported here: huggingface_hub takes a noticeable time to import, and only this needs it.
     from huggingface_hub import HfApi

@@ -235,6 +235,31 @@ class UploadFileParameter(Frame):
     contentBase64: str
 
 
+class SearchOpts(Frame):
+    searchTerm: str | None = Field(default=None, max_length=100)
+    limit: int | None = Field(default=None, gt=0, le=25)
+    compatibilityTypes: list[str] | None = Field(default=None, max_length=16)
+
+
+class SearchModelsParameter(Frame):
+    """``repository.searchModels``: what ``client.repository.search_models`` sends."""
+
+    opts: SearchOpts
+
+
+class SearchResultIdentifier(Frame):
+    type: Literal["catalog", "hf"]
+    identifier: str = Field(min_length=1, max_length=500)
+
+
+class DownloadOptionsParameter(Frame):
+    modelSearchResultIdentifier: SearchResultIdentifier
+
+
+class DownloadModelParameter(Frame):
+    downloadIdentifier: str = Field(min_length=1, max_length=1000)
+
+
 class FunctionTool(Frame):
     name: str
     description: str | None = None

@@ -5,8 +5,9 @@ tokenizing; ``llm`` also predicts and applies the prompt template, ``embedding``
 ``system`` lists downloaded models and answers the SDKs' housekeeping calls; ``diagnostics``
 streams the prompts the models receive (the log stream's ``llm.prediction.input`` records);
 ``files`` takes the images a history names (:mod:`lmserve.api.lmstudio_ws.system`).
-``repository`` (downloads from LM Studio's hub) is a namespace lmserve does not serve: each
-of its calls gets an error saying so, rather than no answer.
+``repository`` searches Hugging Face and downloads from it
+(:mod:`lmserve.api.lmstudio_ws.repository`).  ``plugins`` is a namespace lmserve does not
+serve: each of its endpoints is refused by name (:mod:`lmserve.api.lmstudio_ws.endpoints`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from lmserve.api.lmstudio_ws.protocol import (
     TokenizeParameter,
     UnloadParameter,
 )
+from lmserve.api.lmstudio_ws.repository import repository_namespace
 from lmserve.api.lmstudio_ws.session import VOID, ChannelEndpoint, Context, Namespace, Rpc
 from lmserve.api.lmstudio_ws.system import system_namespaces
 
@@ -147,7 +149,7 @@ def _model_namespace() -> tuple[dict[str, Rpc], dict[str, ChannelEndpoint]]:
 
 
 def namespaces() -> dict[str, Namespace]:
-    """Every namespace's endpoints; ``repository`` and ``plugins`` have none here."""
+    """Every namespace's endpoints; ``plugins`` has none here."""
     llm_rpcs, llm_channels = _model_namespace()
     llm_rpcs["applyPromptTemplate"] = Rpc(ApplyTemplateParameter, apply_prompt_template)
     llm_rpcs["preloadDraftModel"] = Rpc(PreloadDraftParameter, preload_draft_model)
@@ -158,6 +160,6 @@ def namespaces() -> dict[str, Namespace]:
         "llm": Namespace(llm_rpcs, llm_channels),
         "embedding": Namespace(embedding_rpcs, embedding_channels),
         **system_namespaces(),
-        "repository": Namespace({}, {}),
+        "repository": repository_namespace(),
         "plugins": Namespace({}, {}),
     }

@@ -6,6 +6,10 @@ The client sends ``rpcCall`` (answered by one ``rpcResult`` or ``rpcError``) and
 of its own, so a cancel reaches a prediction while it streams, and one slow call never holds up
 another.  A frame that cannot be read is answered where it can be: on its call or channel when
 it names one, else with a ``communicationWarning``; the connection keeps serving either way.
+An endpoint LM Studio does not have gets what LM Studio gives it, one ``communicationWarning``
+naming it and no answer; one it has that lmserve does not serve, an error naming it
+(:mod:`lmserve.api.lmstudio_ws.endpoints`).  Every refusal is also one line in the server's
+log (namespace, endpoint, why), for whoever debugs a client.
 When the client goes, every task it started is cancelled (a prediction frees its slot).
 """
 
@@ -24,6 +28,7 @@ from starlette.datastructures import State
 from starlette.websockets import WebSocket
 
 from lmserve.api.common.lifecycle import Lifecycle
+from lmserve.api.lmstudio_ws.endpoints import LM_STUDIO
 from lmserve.api.lmstudio_ws.errors import SDKError, error_body, invalid
 from lmserve.api.lmstudio_ws.files import FileStore
 from lmserve.api.lmstudio_ws.protocol import (
@@ -37,6 +42,7 @@ from lmserve.api.lmstudio_ws.protocol import (
     SignalSubscribe,
 )
 from lmserve.logbus import LogBus
+from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.manager import ModelManager
 
 logger = logging.getLogger("lmserve.api")
@@ -62,6 +68,10 @@ class Context:
     @property
     def files(self) -> FileStore:
         return self.state.sdk_files  # type: ignore[no-any-return]
+
+    @property
+    def downloads(self) -> DownloadJobs:
+        return self.state.downloads  # type: ignore[no-any-return]
 
     @property
     def domain(self) -> Any:
@@ -153,9 +163,15 @@ class Session:
             self._unreadable(raw, exc)
             return
         if isinstance(frame, RpcCall):
-            self._start(self._call(frame))
+            if frame.endpoint in self.served.rpcs or self._known(frame.endpoint, rpc=True):
+                self._start(self._call(frame))
+            else:
+                self._unknown("rpcCall", "call", frame.endpoint)
         elif isinstance(frame, ChannelCreate):
-            self._create(frame)
+            if frame.endpoint in self.served.channels or self._known(frame.endpoint, rpc=False):
+                self._create(frame)
+            else:
+                self._unknown("channelCreate", "channel", frame.endpoint)
         elif isinstance(frame, ChannelSend):
             channel = self.channels.get(frame.channelId)
             if channel is None:
@@ -169,15 +185,31 @@ class Session:
         elif isinstance(frame, CommunicationWarning):
             logger.warning("an SDK client reports: %s", frame.warning[:500])
         elif isinstance(frame, SignalSubscribe):
-            error = SDKError(f"Signal endpoints such as '{frame.endpoint}' are not served.")
-            answer = "writableSignalError" if frame.type.startswith("writable") else "signalError"
-            refusal = {"type": answer, "subscribeId": frame.subscribeId, "error": error.body()}
-            self._start(self.send(refusal))
+            # LM Studio's SDKs have no signal endpoints: every one is unknown.
+            self._unknown(frame.type, "signal", frame.endpoint)
         # channelAck and signal unsubscriptions need no answer.
+
+    def _known(self, endpoint: str, *, rpc: bool) -> bool:
+        """Whether LM Studio has this endpoint in this namespace."""
+        known = LM_STUDIO.get(self.context.namespace)
+        return known is not None and endpoint in (known.rpcs if rpc else known.channels)
+
+    def _unknown(self, frame_type: str, what: str, endpoint: str) -> None:
+        """An endpoint LM Studio does not have: as LM Studio, a warning and no answer."""
+        self.refused(what, endpoint, "no such endpoint (a communication warning, no answer)")
+        self.warn(f"Received {frame_type} for unknown endpoint, endpoint = {_shown(endpoint)}")
+
+    def refused(self, what: str, endpoint: object, why: str) -> None:
+        """The server's log line for a call, channel or signal refused."""
+        namespace = self.context.namespace
+        shown = _shown(endpoint), _shown(why, 1000)
+        logger.warning("refused an SDK %s, %s.%s: %s", what, namespace, *shown)
 
     def _unreadable(self, raw: dict[str, Any], exc: ValidationError) -> None:
         """A frame that does not parse: answered on its call or channel if it names one."""
         error = invalid(f"{raw['type']} frame", exc).body()
+        what = {"rpcCall": "call", "channelCreate": "channel"}.get(raw["type"], "frame")
+        self.refused(what, raw.get("endpoint", "?"), error["title"])
         if isinstance(raw.get("callId"), int):
             self._start(self.send({"type": "rpcError", "callId": raw["callId"], "error": error}))
         elif raw["type"] == "channelCreate" and isinstance(raw.get("channelId"), int):
@@ -214,23 +246,30 @@ class Session:
         try:
             rpc = self.served.rpcs.get(frame.endpoint)
             if rpc is None:
-                raise SDKError(
-                    f"The '{self.context.namespace}' namespace has no endpoint "
-                    f"'{frame.endpoint}' in lmserve."
-                )
+                raise self._not_served(frame.endpoint)
             with self._counted(True):
                 result = await rpc.handler(self.context, _parse(rpc.parameter, frame))
         except Exception as exc:
-            await self.send({"type": "rpcError", "callId": frame.callId, "error": error_body(exc)})
+            error = error_body(exc)
+            self.refused("call", frame.endpoint, error["title"])
+            await self.send({"type": "rpcError", "callId": frame.callId, "error": error})
             return
         answer: dict[str, Any] = {"type": "rpcResult", "callId": frame.callId}
         if result is not VOID:
             answer["result"] = result
         await self.send(answer)
 
+    def _not_served(self, endpoint: str) -> SDKError:
+        return SDKError(
+            f"lmserve does not serve the '{self.context.namespace}' namespace's endpoint "
+            f"'{endpoint}' (LM Studio's)."
+        )
+
     def _create(self, frame: ChannelCreate) -> None:
         if frame.channelId in self.channels:
-            self.warn(f"Received channelCreate for an open channel, channelId = {frame.channelId}")
+            self.warn(
+                f"Received channelCreate for already open channel, channelId = {frame.channelId}"
+            )
             return
         channel = Channel(self, frame.channelId)
         self.channels[frame.channelId] = channel
@@ -240,16 +279,14 @@ class Session:
         try:
             endpoint = self.served.channels.get(frame.endpoint)
             if endpoint is None:
-                raise SDKError(
-                    f"The '{self.context.namespace}' namespace has no channel "
-                    f"'{frame.endpoint}' in lmserve."
-                )
+                raise self._not_served(frame.endpoint)
             with self._counted(not endpoint.long_lived):
                 parameter = _parse(endpoint.parameter, frame)
                 await endpoint.handler(self.context, parameter, channel)
         except Exception as exc:
-            error = {"type": "channelError", "channelId": channel.id, "error": error_body(exc)}
-            await self.send(error)
+            body = error_body(exc)
+            self.refused("channel", frame.endpoint, body["title"])
+            await self.send({"type": "channelError", "channelId": channel.id, "error": body})
         else:
             await self.send({"type": "channelClose", "channelId": channel.id})
         finally:
@@ -264,6 +301,12 @@ async def receive_text(websocket: WebSocket) -> str | None:
     if message.get("text") is not None:
         return str(message["text"])
     return bytes(message.get("bytes") or b"").decode("utf-8", "replace")
+
+
+def _shown(sent: object, limit: int = 200) -> str:
+    """What a client sent, for a warning or the log: cut short, control characters escaped."""
+    text = str(sent)[:limit]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _parse(model: type[BaseModel] | None, frame: RpcCall | ChannelCreate) -> Any:

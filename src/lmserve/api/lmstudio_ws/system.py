@@ -58,8 +58,7 @@ async def upload_file_base64(ctx: Context, param: UploadFileParameter) -> Any:
         data = base64.b64decode(param.contentBase64, validate=True)
     except (binascii.Error, ValueError):
         raise SDKError("The file's contentBase64 is not base64.") from None
-    if not data:
-        raise SDKError("The file is empty.")
+    # An empty file is kept too, as LM Studio keeps it (a stream read twice sends nothing).
     stored = ctx.files.add(param.name, data)
     return {"identifier": stored.identifier, "fileType": stored.file_type, "sizeBytes": len(data)}
 
