@@ -38,8 +38,10 @@ async function main() {
     properties: { name: { type: "string", maxLength: 20 }, age: { type: "integer" } },
     required: ["name", "age"],
   };
+  // Greedy, and room to close the object: sampled, an age can run on past the cap.
   const structured = await model.respond("Describe a person.", {
-    maxTokens: 60,
+    maxTokens: 120,
+    temperature: 0,
     structured: { type: "json", jsonSchema: schema },
   });
   report("structured", { content: structured.content });
