@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -40,6 +42,25 @@ _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 _CDN = re.compile(r"^/cdn/([^/]+/[^/]+)/(.+)$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _WRITE_CHUNK = 1 << 20
+# What would make a process use another hub, or none: a token of this machine's, offline mode.
+_HUB_VARIABLES_LEFT_OUT = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")
+
+
+def hub_env(endpoint: str, hf_home: Path) -> dict[str, str]:
+    """This process's environment, for a process that is to use the hub at ``endpoint``.
+
+    huggingface_hub (and so lmserve) goes to ``endpoint``, sends no telemetry, keeps its cache
+    (and would look for a token) in ``hf_home``, reaches loopback without a proxy, and has no
+    token or offline switch of this machine's.
+    """
+    env = {key: value for key, value in os.environ.items() if key not in _HUB_VARIABLES_LEFT_OUT}
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HOME=str(hf_home),
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    return env
 
 
 @dataclass
@@ -152,6 +173,10 @@ class HubStandIn:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def env(self, hf_home: Path) -> dict[str, str]:
+        """The environment a process needs to use this stand-in as its hub (see :func:`hub_env`)."""
+        return hub_env(self.url, hf_home)
 
     def __enter__(self) -> HubStandIn:
         return self.start()

@@ -51,18 +51,9 @@ def home(tmp_path: Path) -> Path:
 
 
 def hub_env(hub: HubStandIn, home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")
-    }
-    env.update(
-        LMSERVE_HOME=str(home),
-        HF_ENDPOINT=hub.url,
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HOME=str(home / "hf"),  # no token cached on this machine leaks in
-        NO_PROXY="127.0.0.1,localhost",
-    )
+    # HF_HOME in the home: no token cached on this machine leaks in.
+    env = hub.env(home / "hf")
+    env.update(LMSERVE_HOME=str(home))
     env.update(extra)
     return env
 

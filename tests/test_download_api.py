@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,14 +30,7 @@ def hub(default_model_file: Path) -> Iterator[HubStandIn]:
 @pytest.fixture()
 def server(tmp_path: Path, default_model_file: Path, hub: HubStandIn) -> Iterator[Server]:
     install_default_model(tmp_path, default_model_file)
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    env.pop("HF_TOKEN", None)
+    env = hub.env(tmp_path / "hf")
     server = start_server(tmp_path, env=env)
     yield server
     server.stop()

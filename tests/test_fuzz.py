@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import MODEL_ID, Server, free_port, install_default_model, start_server
+from tests.hf_standin import hub_env
 
 KEY = "fuzz-key-0d5e"
 MAX_ERROR_BYTES = 4096
@@ -75,14 +75,8 @@ class Target:
 def target(tmp_path_factory: pytest.TempPathFactory, default_model_file: Path) -> Iterator[Target]:
     home = tmp_path_factory.mktemp("fuzz")
     install_default_model(home, default_model_file)
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HOME": str(home / "hf"),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    env.pop("HF_TOKEN", None)
+    # No stand-in: a hub where nothing listens, so a fuzzed download route fails fast, offline.
+    env = hub_env(f"http://127.0.0.1:{free_port()}", home / "hf")
     # One llama.cpp thread: two spin on each other when the machine is busy with other work,
     # and three-token answers gain nothing from a second.  A body that names no model is
     # served by the one loaded, so a route fuzzed with a body of its own may generate: 16

@@ -4,7 +4,6 @@ lists download options and downloads, against a stand-in Hugging Face hub on loo
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,14 +36,7 @@ def hub(default_model_file: Path) -> Iterator[HubStandIn]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, hub: HubStandIn) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("home")
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HOME": str(home / "hf"),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    env.pop("HF_TOKEN", None)
+    env = hub.env(home / "hf")
     started = start_server(home, "--no-model", env=env)
     try:
         yield started

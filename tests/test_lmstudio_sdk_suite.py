@@ -204,14 +204,7 @@ def test_lm_studios_sdk_suite_passes_but_for_what_only_real_models_can(
     with HubStandIn() as hub:
         smollm2 = default_model_file.read_bytes()
         hub.add_file(SMOLLM2_REPO, default_model_file.name, smollm2)
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": hub.url,
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HOME": str(tmp_path / "hf"),
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-        env.pop("HF_TOKEN", None)
+        env = hub.env(tmp_path / "hf")
         # A prediction that sets no limit stops at MAX_TOKENS: the stand-ins, unlike the
         # real models, would go on to the end of their context (minutes on 2 cores).
         flags = ("--no-model", "--sdk-port", str(sdk_port), "--max-tokens", str(MAX_TOKENS))
