@@ -4,6 +4,7 @@ rendered prompts, and a stand-in for a generation that fails half-way."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 
 from lmserve.api.common.generation import Prepared
+from lmserve.config import SDK_DISCOVERY_PORTS
 from lmserve.engine.llama import LlamaModel, gpu_offload_supported
 from lmserve.engine.types import Finished, SamplingParams, TextDelta
 from tests.conftest import MODEL_ID, Server
@@ -133,3 +135,26 @@ def vocabulary(path: Path) -> LlamaModel:
     GPU backend loads the whole model, on the CPU, instead.
     """
     return LlamaModel(path, vocab_only=not gpu_offload_supported())
+
+
+def _greets(port: int) -> bool:
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/lmstudio-greeting", timeout=1)
+        return answer.status_code == 200 and answer.json().get("lmstudio") is True
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def free_sdk_port() -> int | str:
+    """An LM Studio SDK discovery port a test's server can take (so that clients with no host,
+    such as ``python -m lmstudio.plugin``, find it), or why none can be."""
+    for port in SDK_DISCOVERY_PORTS:
+        if _greets(port):
+            return f"an LM Studio server already answers on 127.0.0.1:{port}, where the SDK looks"
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken by another program: the SDK passes it by
+            return port
+    return "every LM Studio SDK port is taken by another program"

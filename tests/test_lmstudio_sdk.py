@@ -9,7 +9,6 @@ loading new instances run on a server of their own that starts with no model.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +23,8 @@ from lmstudio import LMStudioModelNotFoundError, LMStudioServerError
 from lmstudio._sdk_models import LlmRpcUnloadModelParameter
 from lmstudio.json_api import ChatResponseEndpoint
 
-from lmserve.config import SDK_DISCOVERY_PORTS
 from tests.conftest import MODEL_ID, Server, running_server
-from tests.helpers import prompts
+from tests.helpers import free_sdk_port, prompts
 
 GREEDY = {"temperature": 0.0}
 
@@ -324,33 +322,11 @@ def test_embeddings_are_the_rest_apis(server: Server, client: lms.Client) -> Non
 # -- a server that starts with no model -----------------------------------------------------------
 
 
-def _greets(port: int) -> bool:
-    try:
-        answer = httpx.get(f"http://127.0.0.1:{port}/lmstudio-greeting", timeout=1)
-        return answer.status_code == 200 and answer.json().get("lmstudio") is True
-    except (httpx.HTTPError, ValueError):
-        return False
-
-
-def _free_sdk_port() -> int | str:
-    """The SDK port this test's server can take, or why it cannot."""
-    for port in SDK_DISCOVERY_PORTS:
-        if _greets(port):
-            return f"an LM Studio server already answers on 127.0.0.1:{port}, where the SDK looks"
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # taken by another program: the SDK passes it by
-            return port
-    return "every LM Studio SDK port is taken by another program"
-
-
 @pytest.fixture(scope="module")
 def empty_server(
     tmp_path_factory: pytest.TempPathFactory, default_model_file: Path
 ) -> Iterator[tuple[Server, int | str]]:
-    port = _free_sdk_port()
+    port = free_sdk_port()
     sdk_port = str(port) if isinstance(port, int) else "off"
     with running_server(
         tmp_path_factory,

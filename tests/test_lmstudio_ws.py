@@ -142,13 +142,19 @@ def test_an_unknown_endpoint_gets_a_warning_and_no_answer_as_from_lm_studio(
         assert (answer["type"], answer["callId"]) == ("rpcResult", 5)
     # An endpoint LM Studio has and lmserve does not serve is refused by name.
     with session(server, "plugins") as ws:
-        ws.send_json({"type": "channelCreate", "endpoint": "setToolsProvider", "channelId": 1})
+        frame = {"type": "channelCreate", "endpoint": "setPredictionLoopHandler", "channelId": 1}
+        ws.send_json(frame)
         error = receive(ws)
         assert error["type"] == "channelError" and error["channelId"] == 1
         assert (
-            "does not serve the 'plugins' namespace's endpoint 'setToolsProvider'"
+            "does not serve the 'plugins' namespace's endpoint 'setPredictionLoopHandler'"
             in (error["error"]["title"])
         )
+        # A hook is a plugin's own: a client without a plugin's credentials is told so.
+        ws.send_json({"type": "channelCreate", "endpoint": "setToolsProvider", "channelId": 2})
+        error = receive(ws)
+        assert error["type"] == "channelError" and error["channelId"] == 2
+        assert "Only a plugin may call this" in error["error"]["title"]
     with session(server, "system") as ws:
         ws.send_json({"type": "rpcCall", "endpoint": "startHttpServer", "callId": 1})
         assert "is not supported by lmserve" in receive(ws)["error"]["title"]
@@ -163,7 +169,8 @@ def test_an_unknown_endpoint_gets_a_warning_and_no_answer_as_from_lm_studio(
         "call, llm.noSuchCall: no such endpoint",
         "signal, llm.noSuchSignal: no such endpoint",
         "signal, llm.noSuchWritable: no such endpoint",
-        "channel, plugins.setToolsProvider: lmserve does not serve",
+        "channel, plugins.setPredictionLoopHandler: lmserve does not serve",
+        "channel, plugins.setToolsProvider: Only a plugin may call this",
         "call, system.startHttpServer: Starting or stopping the HTTP server",
     ]:
         assert sum(expected in line for line in refusals) == 1, (expected, refusals)

@@ -243,6 +243,9 @@ class Settings:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     images: ImageLimits = ImageLimits()
     mcp: McpSettings = McpSettings()
+    # Seconds an LM Studio plugin has for each answer (a tool's result, a preprocessed
+    # message, its generator's next fragment) before the prediction waiting on it fails.
+    plugin_timeout: float = 60.0
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off
     # The loopback port LM Studio's SDKs discover: "auto" (the first free of

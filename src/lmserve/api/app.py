@@ -37,6 +37,7 @@ from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.loader import LoadOptions
 from lmserve.models.manager import ModelManager
 from lmserve.paths import conversations_file, downloads_dir, mcp_config_file
+from lmserve.plugins import Plugins
 
 
 def create_app(
@@ -64,6 +65,7 @@ def create_app(
             app.state.downloads.cancel_all()  # the parts stay, for a later resume
             await app.state.conversations.aclose()
             await app.state.mcp.close()  # mcp.json's stdio servers stop with lmserve
+            app.state.plugins.close()
             models.close()
 
     app = FastAPI(title="lmserve", version=__version__, lifespan=lifespan)
@@ -80,6 +82,7 @@ def create_app(
     app.state.mcp = McpServers(
         mcp_config_file(), Timeouts(settings.mcp.connect_timeout, settings.mcp.call_timeout)
     )
+    app.state.plugins = Plugins(settings.plugin_timeout)  # LM Studio plugins, registered
     # The page's conversations: the file is opened (and created) on first use only.
     app.state.conversations = Conversations(conversations_file())
     if settings.webui:

@@ -304,6 +304,14 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Seconds an MCP tool call may take.",
         ),
         click.option(
+            "--plugin-timeout",
+            default=Settings.plugin_timeout,
+            show_default=True,
+            type=click.FloatRange(min=0.1, max=3600),
+            help="Seconds an LM Studio plugin has for each answer (a tool's result, a "
+            "preprocessed message, its generator's next fragment).",
+        ),
+        click.option(
             "--max-tool-rounds",
             default=McpSettings.max_tool_rounds,
             show_default=True,
@@ -464,6 +472,7 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             max_images=int(options.get("max_images") or ImageLimits.max_images),  # type: ignore[call-overload]
         ),
         mcp=mcp_from_options(options),
+        plugin_timeout=float(options.get("plugin_timeout") or Settings.plugin_timeout),  # type: ignore[arg-type]
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
         sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),

@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from lmserve.mcp.config import ServerSpec
 from lmserve.mcp.errors import McpCallFailed, McpUnavailable
+from lmserve.toolsource import ToolResult
 
 logger = logging.getLogger("lmserve.mcp")
 
@@ -37,14 +38,6 @@ class Timeouts:
 
     connect: float = 10.0
     call: float = 60.0
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """What a call returned: its content as text, and whether the tool says it failed."""
-
-    text: str
-    is_error: bool
 
 
 def result_text(result: mcp_types.CallToolResult) -> str:

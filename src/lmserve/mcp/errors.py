@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from lmserve.toolsource import ToolSourceError
 
-class McpError(Exception):
+
+class McpError(ToolSourceError):
     """Base of every MCP failure; ``str()`` is a sentence for a user or a model to read."""
 
 

@@ -9,12 +9,11 @@ request only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmserve.mcp.config import ServerSpec, read_config
 from lmserve.mcp.connection import Connection, Timeouts
-from lmserve.mcp.toolset import ServerUse, Toolset, build_toolset
+from lmserve.mcp.toolset import ServerUse
 
 
 class McpServers:
@@ -32,7 +31,9 @@ class McpServers:
         ``McpConfigError`` if the file is not valid."""
         return read_config(self.config_path)
 
-    async def _connect(self, use: ServerUse) -> tuple[Connection, bool]:
+    async def connect(self, use: ServerUse) -> tuple[Connection, bool]:
+        """``use``'s connection, and whether the caller owns it (a per-request one, closed
+        when the request is over) or it is kept (mcp.json's)."""
         if not use.configured:
             connection = Connection(use.spec, self.timeouts)
             await connection.open()
@@ -51,12 +52,6 @@ class McpServers:
             await connection.open()
             self._kept[label] = connection
             return connection, False
-
-    async def toolset(
-        self, uses: Sequence[ServerUse], reserved_names: Iterable[str] = ()
-    ) -> Toolset:
-        """The tools of ``uses`` for one request (see :func:`build_toolset`)."""
-        return await build_toolset(uses, self._connect, reserved_names)
 
     def running(self) -> list[str]:
         """Labels of the mcp.json servers kept open now."""

@@ -1,11 +1,12 @@
-"""The MCP tools one request may use: its servers' listed tools, and the calls to them.
+"""The tools one request may use: its MCP servers' and plugins' listed tools, and the calls.
 
-A request names its servers (:class:`ServerUse`); :meth:`McpServers.toolset` connects to them
-and lists their tools (only ``allowed_tools``, where given).  Each tool is offered to the model
-under its own name, or ``<label>__<name>`` where two servers (or a client's own function)
-share a name.  :meth:`Toolset.call` runs a call and never raises: a tool that fails, a server
-that is gone, arguments that are not a JSON object, all become an outcome with an ``error``
-for the model (and the client) to read.
+A request names its sources (an MCP server is a :class:`ServerUse`; a plugin, a
+:class:`lmserve.plugins.PluginUse`); :func:`build_toolset` opens them and lists their tools
+(only ``allowed_tools``, where given).  Each tool is offered to the model under its own name,
+or ``<label>__<name>`` where two sources (or a client's own function) share a name.
+:meth:`Toolset.call` runs a call and never raises: a tool that fails, a source that is gone,
+arguments that are not a JSON object, all become an outcome with an ``error`` for the model
+(and the client) to read.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmserve.mcp.config import ServerSpec
-from lmserve.mcp.connection import Connection
-from lmserve.mcp.errors import McpError
+from lmserve.toolsource import ToolSource, ToolSourceError, ToolUse
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class ServerUse:
 
 
 @dataclass(frozen=True)
-class McpTool:
-    """A server's tool as the model is offered it."""
+class ServedTool:
+    """A source's tool as the model is offered it (the server runs its calls)."""
 
     offered_name: str  # the function name the model calls
-    name: str  # the tool's own name on its server
-    use: ServerUse
+    name: str  # the tool's own name on its source
+    use: ToolUse
     description: str | None
     input_schema: dict[str, Any]
 
@@ -65,7 +65,7 @@ class McpTool:
 class CallOutcome:
     """A finished call: its output, or why there is none."""
 
-    tool: McpTool
+    tool: ServedTool
     arguments: str  # JSON text, as the model wrote it
     output: str | None = None
     error: str | None = None
@@ -94,20 +94,20 @@ def parse_arguments(arguments: str) -> dict[str, Any] | None:
 
 
 class Toolset:
-    """Tools of the servers one request uses; its per-request connections close with it."""
+    """Tools of the sources one request uses; its per-request sources close with it."""
 
     def __init__(
         self,
-        tools: list[McpTool],
-        connections: dict[str, Connection],
-        owned: Sequence[Connection],
+        tools: list[ServedTool],
+        connections: dict[str, ToolSource],
+        owned: Sequence[ToolSource],
     ) -> None:
         self.tools = tools
         self._by_name = {tool.offered_name: tool for tool in tools}
         self._connections = connections
         self._owned = list(owned)
 
-    def find(self, offered_name: str) -> McpTool | None:
+    def find(self, offered_name: str) -> ServedTool | None:
         return self._by_name.get(offered_name)
 
     def servers(self) -> list[str]:
@@ -116,7 +116,7 @@ class Toolset:
     def listed(self, label: str) -> list[dict[str, Any]]:
         return [tool.listed() for tool in self.tools if tool.server_label == label]
 
-    async def call(self, tool: McpTool, arguments: str) -> CallOutcome:
+    async def call(self, tool: ServedTool, arguments: str) -> CallOutcome:
         started = time.monotonic()
         outcome = CallOutcome(tool, arguments)
         parsed = parse_arguments(arguments)
@@ -126,7 +126,7 @@ class Toolset:
         else:
             try:
                 result = await self._connections[tool.server_label].call(tool.name, parsed)
-            except McpError as exc:
+            except ToolSourceError as exc:
                 outcome.error, outcome.error_kind = str(exc), "call_failed"
             else:
                 if result.is_error:
@@ -144,15 +144,15 @@ class Toolset:
 
 
 async def build_toolset(
-    uses: Sequence[ServerUse],
-    connect: Callable[[ServerUse], Awaitable[tuple[Connection, bool]]],
+    uses: Sequence[ToolUse],
+    connect: Callable[[ToolUse], Awaitable[tuple[ToolSource, bool]]],
     reserved_names: Iterable[str] = (),
 ) -> Toolset:
-    """Connect to each server (at once), list its tools, and name them for the model.
+    """Open each source (at once), list its tools, and name them for the model.
 
-    ``connect`` gives a use's connection and whether the toolset owns it (a per-request one,
-    closed with the toolset).  Any server that cannot be reached or listed raises its
-    :class:`McpError` (every connection opened so far is closed first).
+    ``connect`` gives a use's source and whether the toolset owns it (a per-request one,
+    closed with the toolset).  Any source that cannot be reached or listed raises its
+    :class:`ToolSourceError` (every source opened so far is closed first).
     """
     results = await asyncio.gather(*(connect(use) for use in uses), return_exceptions=True)
     owned = [result[0] for result in results if isinstance(result, tuple) and result[1]]
@@ -179,7 +179,7 @@ async def build_toolset(
     for name in [tool.name for _, tool in entries] + list(reserved_names):
         counts[name] = counts.get(name, 0) + 1
     tools = [
-        McpTool(
+        ServedTool(
             offered_name=tool.name if counts[tool.name] == 1 else f"{use.label}__{tool.name}",
             name=tool.name,
             use=use,

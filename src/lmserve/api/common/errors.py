@@ -11,8 +11,8 @@ Hierarchy (each class fixes the HTTP status and the ``type``):
   - :class:`PermissionDeniedError` (403, ``permission_error``): e.g. a foreign ``Host``
   - :class:`NotFoundError` (404, ``invalid_request_error``): unknown route or resource
     - :class:`ModelNotFoundError` (code ``model_not_found``)
-  - :class:`FailedDependencyError` (424, ``external_connector_error``): an MCP server a
-    request names cannot be reached or listed
+  - :class:`FailedDependencyError` (424, ``external_connector_error``): an MCP server or a
+    plugin a request names cannot be reached or used
   - :class:`BadGatewayError` (502, ``server_error``): the Hugging Face hub failed
   - :class:`ServiceUnavailableError` (503, ``server_error``): overloaded or shutting down
   - :class:`GenerationFailed`, :class:`EngineCrashed` (500): a generation ended in error
@@ -43,7 +43,6 @@ from lmserve.engine.types import (
     ImageError,
     QueueFullError,
 )
-from lmserve.mcp.errors import McpError
 from lmserve.models.errors import (
     DraftModelRefused,
     ModelCapacityError,
@@ -54,6 +53,8 @@ from lmserve.models.errors import (
 )
 from lmserve.models.hub import QuantizationNotFound
 from lmserve.models.references import DownloadError, InvalidModelReference
+from lmserve.plugins.errors import PluginNotFound
+from lmserve.toolsource import ToolSourceError
 
 logger = logging.getLogger("lmserve.api")
 
@@ -277,7 +278,9 @@ def api_error_for(exc: Exception) -> APIError:
             param="messages",
             code="invalid_image",
         )
-    if isinstance(exc, McpError):
+    if isinstance(exc, PluginNotFound):
+        return InvalidRequestError(str(exc), code="plugin_not_found")
+    if isinstance(exc, ToolSourceError):  # an MCP server, a plugin
         return FailedDependencyError(_sentence(str(exc)))
     if isinstance(exc, QueueFullError):
         return ServiceUnavailableError(
@@ -327,7 +330,7 @@ _MAPPED = (
     ModelCrashedError,
     ModelLoadFailed,
     DownloadError,
-    McpError,
+    ToolSourceError,
 )
 
 

@@ -1,7 +1,9 @@
-"""Tools the server runs (MCP): the rounds of one turn, model → calls → results → model.
+"""Tools the server runs (MCP servers', plugins'): the rounds of one turn, model → calls →
+results → model.
 
 A surface that lets a request name MCP servers (LM Studio's ``integrations``, the Responses
-``mcp`` tools, Anthropic's ``mcp_servers``) offers their tools to the model beside the client's
+``mcp`` tools, Anthropic's ``mcp_servers``) or LM Studio plugins (``integrations``) offers
+their tools to the model beside the client's
 own functions (:func:`offered_tools`) and serves the turn through :class:`ToolRounds`.  Each
 round is one generation; when the model calls server tools, the calls run (at once), their
 results are appended to the conversation as tool messages, which the model's chat template
@@ -44,7 +46,9 @@ from lmserve.config import McpSettings
 from lmserve.logbus import LogBus
 from lmserve.mcp.config import LABEL_PATTERN, ServerSpec
 from lmserve.mcp.servers import McpServers
-from lmserve.mcp.toolset import CallOutcome, McpTool, ServerUse, Toolset
+from lmserve.mcp.toolset import CallOutcome, ServedTool, ServerUse, Toolset, build_toolset
+from lmserve.plugins import Plugins, PluginUse
+from lmserve.toolsource import ToolSource, ToolUse
 
 # A request's own cap on rounds of calls may be at most this (the server's default is 8).
 MAX_TOOL_ROUNDS = 64
@@ -53,7 +57,7 @@ MAX_TOOL_ROUNDS = 64
 @dataclass(frozen=True)
 class CallStarted:
     call_id: str
-    tool: McpTool
+    tool: ServedTool
     arguments: str
 
 
@@ -68,7 +72,7 @@ class ApprovalRequested:
     """A call the client must approve before it runs (the Responses ``require_approval``)."""
 
     call_id: str
-    tool: McpTool
+    tool: ServedTool
     arguments: str
 
 
@@ -133,9 +137,9 @@ def configured_use(
     return ServerUse(spec, allowed_tools=allowed, configured=True, provider=provider)
 
 
-def check_labels(uses: Sequence[ServerUse], param: str) -> None:
-    """A 400 for two servers of one request under one label (it names their calls)."""
-    labels = [use.label for use in uses]
+def check_labels(uses: Sequence[ToolUse], param: str) -> None:
+    """A 400 for two MCP servers of one request under one label (it names their calls)."""
+    labels = [use.label for use in uses if isinstance(use, ServerUse)]
     for label in labels:
         if not LABEL_PATTERN.match(label):
             raise InvalidRequestError(
@@ -212,7 +216,7 @@ class ToolRounds:
         request_id: str,
         max_rounds: int,
         max_calls: int | None = None,
-        needs_approval: Callable[[McpTool], bool] | None = None,
+        needs_approval: Callable[[ServedTool], bool] | None = None,
         progress: bool = False,
     ) -> None:
         self.toolset = toolset
@@ -310,7 +314,7 @@ class ToolRounds:
 
     async def _calls(self, current: _Round) -> AsyncIterator[LoopEvent]:
         """The round's server calls: approvals asked for, the rest run at once."""
-        to_run: list[tuple[str, McpTool, str]] = []
+        to_run: list[tuple[str, ServedTool, str]] = []
         for call in current.calls:
             tool = self.toolset.find(call["name"])
             if tool is None:
@@ -364,7 +368,9 @@ class ToolRounds:
         return body.model_copy(update=update)
 
 
-def _log_call(logs: LogBus, request_id: str, call_id: str, tool: McpTool, arguments: str) -> None:
+def _log_call(
+    logs: LogBus, request_id: str, call_id: str, tool: ServedTool, arguments: str
+) -> None:
     logs.publish(
         "mcp.call",
         request_id=request_id,
@@ -376,7 +382,7 @@ def _log_call(logs: LogBus, request_id: str, call_id: str, tool: McpTool, argume
 
 
 async def _called(
-    toolset: Toolset, logs: LogBus, request_id: str, calls: Sequence[tuple[str, McpTool, str]]
+    toolset: Toolset, logs: LogBus, request_id: str, calls: Sequence[tuple[str, ServedTool, str]]
 ) -> list[CallOutcome]:
     """The calls' outcomes (run at once), each result logged."""
     outcomes = await asyncio.gather(
@@ -397,7 +403,7 @@ async def _called(
 
 
 async def run_calls(
-    toolset: Toolset, logs: LogBus, request_id: str, calls: Sequence[tuple[str, McpTool, str]]
+    toolset: Toolset, logs: LogBus, request_id: str, calls: Sequence[tuple[str, ServedTool, str]]
 ) -> list[CallOutcome]:
     """Run ``(call_id, tool, arguments)`` calls at once; each call and result is a log
     record."""
@@ -429,21 +435,22 @@ class ToolTurn(Protocol):
 async def serve_with_tools(
     request: Request,
     turn: ToolTurn,
-    uses: Sequence[ServerUse],
+    uses: Sequence[ToolUse],
     make_body: Callable[[list[ToolDefinition]], ChatCompletionRequest],
     *,
     param: str,
     max_rounds: int | None,
     max_calls: int | None = None,
-    needs_approval: Callable[[McpTool], bool] | None = None,
+    needs_approval: Callable[[ServedTool], bool] | None = None,
     reserved_names: Sequence[str] = (),
     progress: bool = False,
     before: Callable[[Toolset], Awaitable[None]] | None = None,
 ) -> Any:
-    """Serve ``turn`` with the tools of the MCP servers ``uses`` names.
+    """Serve ``turn`` with the tools of the MCP servers and plugins ``uses`` names.
 
     The servers (from :func:`url_use` and :func:`configured_use`, which check the server's
-    flags) are connected and listed (424 if one cannot be), and their tools given to
+    flags) and plugins (:class:`PluginUse`: their tools providers) are connected and listed
+    (424 if one cannot be), and their tools given to
     ``make_body``, which makes the first round's chat request; the turn's
     :class:`ToolRounds` then run the rounds.  Per-request connections close when the answer
     is over.  ``max_rounds`` 0 offers the model no server tools at all.
@@ -452,7 +459,15 @@ async def serve_with_tools(
     settings: McpSettings = state.mcp_settings
     check_labels(uses, param)
     servers: McpServers = state.mcp
-    toolset = await servers.toolset(uses, reserved_names)
+    plugins: Plugins = state.plugins
+
+    async def connect(use: ToolUse) -> tuple[ToolSource, bool]:
+        if isinstance(use, PluginUse):
+            return await plugins.tools_session(use), True
+        assert isinstance(use, ServerUse)
+        return await servers.connect(use)
+
+    toolset = await build_toolset(uses, connect, reserved_names)
     rounds = settings.max_tool_rounds if max_rounds is None else max_rounds
     try:
         if before is not None:

@@ -66,6 +66,13 @@ async def clear_prompt_cache(
     return await service.clear_cache(models, tier, model)
 
 
+@router.get("/lmserve/plugins")
+async def plugins(request: Request) -> dict[str, Any]:
+    """The LM Studio plugins registered now: each one's id, hooks, and whether it has
+    finished starting."""
+    return service.plugins_report(request.app.state.plugins)
+
+
 @router.get("/lmserve/mcp")
 async def mcp_servers(request: Request) -> dict[str, Any]:
     """What requests may use of MCP: whether URLs and mcp.json are allowed, and mcp.json's

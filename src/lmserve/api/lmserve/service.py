@@ -11,6 +11,7 @@ from lmserve.mcp.errors import McpConfigError
 from lmserve.mcp.servers import McpServers
 from lmserve.models.manager import ModelManager
 from lmserve.paths import prompt_cache_dir
+from lmserve.plugins import Plugins
 
 CacheTier = Literal["memory", "disk", "all"]
 
@@ -142,3 +143,18 @@ def mcp_report(settings: McpSettings, servers: McpServers) -> dict[str, Any]:
         for name, spec in sorted(configured.items())
     ]
     return report
+
+
+def plugins_report(plugins: Plugins) -> dict[str, Any]:
+    """``GET /lmserve/plugins``."""
+    return {
+        "plugins": [
+            {
+                "id": plugin.id,
+                "development": True,
+                "started": plugin.initialized.is_set(),
+                "hooks": sorted(plugin.links),
+            }
+            for plugin in plugins.listed()
+        ]
+    }

@@ -16,7 +16,7 @@ from lmserve.api.common.errors import APIError
 from lmserve.api.common.generation import Generation
 from lmserve.api.common.tool_loop import CallFinished, CallStarted, ToolRounds
 from lmserve.api.common.tools import arguments_object
-from lmserve.mcp.toolset import CallOutcome, McpTool
+from lmserve.mcp.toolset import CallOutcome, ServedTool
 
 
 class ResultMaker(Protocol):
@@ -56,7 +56,7 @@ def tool_call_item(outcome: CallOutcome) -> dict[str, Any]:
     }
 
 
-def _call_fields(tool: McpTool) -> dict[str, Any]:
+def _call_fields(tool: ServedTool) -> dict[str, Any]:
     return {"tool": tool.name, "provider_info": tool.use.provider}
 
 

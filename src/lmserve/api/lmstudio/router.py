@@ -16,6 +16,7 @@ from lmserve.api.common.errors import NotFoundError
 from lmserve.api.common.protocol import EmbeddingRequest
 from lmserve.api.common.serving import serve_generation
 from lmserve.api.common.tool_loop import serve_with_tools
+from lmserve.api.lmstudio.plugins import plugin_ids, preprocess
 from lmserve.api.lmstudio.protocol import (
     DownloadRequest,
     LoadRequest,
@@ -105,7 +106,12 @@ async def native_chat(body: NativeChatRequest, request: Request) -> Response | A
     """LM Studio's stateful chat: one input, the conversation kept by id."""
     turn = NativeChatTurn(body, _chat_threads(request))
     state = request.app.state
-    uses = integration_uses(body, state.mcp_settings, state.mcp)
+    uses = integration_uses(body, state.mcp_settings, state.mcp, state.plugins)
+    plugins = [state.plugins.get(plugin_id) for plugin_id in plugin_ids(body.integrations)]
+    if plugins:
+        turn.content = await preprocess(
+            state.plugins, plugins, turn.earlier(), turn.content, body.model
+        )
     if not uses:
         return await serve_generation(request, turn.chat_request(), turn)
     return await serve_with_tools(

@@ -40,12 +40,13 @@ from lmserve.api.lmstudio.protocol import (
 )
 from lmserve.config import McpSettings
 from lmserve.mcp.servers import McpServers
-from lmserve.mcp.toolset import ServerUse
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.hub import resolve_plan
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
+from lmserve.plugins import PluginNotFound, Plugins, PluginUse
+from lmserve.toolsource import ToolUse
 
 RUNTIME = {
     "name": "llama.cpp-cpu",
@@ -269,6 +270,13 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
         self.body = body
         self.messages: list[ChatMessage] = []
         self.rounds: ToolRounds | None = None
+        self.content = user_content(body)  # the input, as plugins' preprocessors leave it
+
+    def earlier(self) -> list[ChatMessage]:
+        """The thread's messages before this input (its system prompt, unless this request
+        brings another)."""
+        system = bool(self.body.system_prompt)
+        return [m for m in self.previous or [] if not (system and m.role == "system")]
 
     def chat_request(
         self, server_tools: list[ToolDefinition] | None = None
@@ -279,11 +287,9 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
         system = (
             [ChatMessage(role="system", content=body.system_prompt)] if body.system_prompt else []
         )
-        # A thread's own system prompt stays unless this request brings another.
-        earlier = [m for m in self.previous or [] if not (system and m.role == "system")]
         choice = body.tool_choice
         chat_body = build_chat_request(
-            messages=[*system, *earlier, ChatMessage(role="user", content=user_content(body))],
+            messages=[*system, *self.earlier(), ChatMessage(role="user", content=self.content)],
             tools=server_tools or None,
             tool_choice=NamedToolChoice.of(choice.name)
             if isinstance(choice, NamedTool)
@@ -337,11 +343,12 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
 
 
 def integration_uses(
-    body: NativeChatRequest, settings: McpSettings, servers: McpServers
-) -> list[ServerUse]:
-    """The MCP servers a request's ``integrations`` name: ``mcp/<name>`` (a plugin id, alone
-    or as ``{"type": "plugin"}``) from mcp.json, ``ephemeral_mcp`` by URL."""
-    uses = []
+    body: NativeChatRequest, settings: McpSettings, servers: McpServers, plugins: Plugins
+) -> list[ToolUse]:
+    """The tool sources a request's ``integrations`` name: ``mcp/<name>`` (a plugin id, alone
+    or as ``{"type": "plugin"}``) from mcp.json, ``ephemeral_mcp`` by URL, and registered
+    plugins by ``owner/name`` (a 400 ``plugin_not_found`` naming those there are, if none)."""
+    uses: list[ToolUse] = []
     for item in body.integrations or []:
         if isinstance(item, EphemeralMcpIntegration):
             uses.append(
@@ -362,12 +369,19 @@ def integration_uses(
             else PluginIntegration(type="plugin", id=item)
         )
         if not plugin.id.startswith("mcp/"):
-            raise InvalidRequestError(
-                f"There is no plugin '{plugin.id}': lmserve's plugins are the MCP servers of "
-                "mcp.json, named mcp/<name>.",
-                param="integrations",
-                code="plugin_not_found",
-            )
+            try:
+                plugins.get(plugin.id)
+            except PluginNotFound as exc:
+                raise InvalidRequestError(
+                    f"{exc} A plugin is registered while it runs (python -m lmstudio.plugin "
+                    "--dev PATH); the MCP servers of mcp.json are mcp/<name>.",
+                    param="integrations",
+                    code="plugin_not_found",
+                ) from None
+            allowed = tuple(plugin.allowed_tools) if plugin.allowed_tools is not None else None
+            provider = {"type": "plugin", "plugin_id": plugin.id}
+            uses.append(PluginUse(plugin.id, allowed_tools=allowed, provider=provider))
+            continue
         uses.append(
             configured_use(
                 settings,

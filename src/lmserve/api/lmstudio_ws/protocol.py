@@ -236,7 +236,7 @@ class UploadFileParameter(Frame):
 
 
 class SearchOpts(Frame):
-    searchTerm: str | None = Field(default=None, max_length=100)
+    searchTerm: str | None = Field(default=None, max_length=500)  # words, or a hub URL
     limit: int | None = Field(default=None, gt=0, le=25)
     compatibilityTypes: list[str] | None = Field(default=None, max_length=16)
 
@@ -282,6 +282,44 @@ class ApplyTemplateParameter(Frame):
     history: ChatHistory
     predictionConfigStack: KvStack = Field(default_factory=KvStack)
     opts: PromptTemplateOpts = Field(default_factory=PromptTemplateOpts)
+
+
+# -- plugins ------------------------------------------------------------------------------------
+
+
+class RegisterPluginParameter(Frame):
+    manifest: dict[str, Any]
+
+
+class PluginParameter(Frame):
+    """A client's use of a plugin: which (``owner/name``), and its config (not read yet)."""
+
+    pluginIdentifier: str = Field(min_length=1, max_length=256)
+    pluginConfigSpecifier: Any = None
+
+
+class GenerateWithGeneratorParameter(PluginParameter):
+    tools: list[ToolDefinition] = Field(default_factory=list, max_length=128)
+    history: ChatHistory
+
+
+class SchematicsParameter(Frame):
+    schematics: Any = None
+
+
+class ProcessingParameter(Frame):
+    """A hook's call about the prediction it serves: its processing context and token."""
+
+    pci: str = Field(max_length=256)
+    token: str = Field(max_length=256)
+
+
+class PullHistoryParameter(ProcessingParameter):
+    includeCurrent: bool = False
+
+
+class HandleUpdateParameter(ProcessingParameter):
+    update: dict[str, Any]
 
 
 class CancelPacket(Frame):

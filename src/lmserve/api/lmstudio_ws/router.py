@@ -23,6 +23,7 @@ from lmserve.api.lmstudio_ws.protocol import AuthPacket
 from lmserve.api.lmstudio_ws.service import namespaces
 from lmserve.api.lmstudio_ws.session import Session, receive_text
 from lmserve.apikeys import APIKeys
+from lmserve.plugins import Plugin, Plugins
 
 router = APIRouter()
 NAMESPACES = namespaces()
@@ -35,29 +36,32 @@ async def greeting() -> dict[str, Any]:
     return {"lmstudio": True, "server": "lmserve", "version": __version__}
 
 
-async def _authenticate(websocket: WebSocket) -> str | None:
-    """None when the client may go on, else why not."""
+async def _authenticate(websocket: WebSocket) -> tuple[str | None, Plugin | None]:
+    """None when the client may go on, else why not; and the plugin it is, by its
+    credentials (a plugin's own process connects with those its registration gave)."""
     try:
         text = await asyncio.wait_for(receive_text(websocket), AUTH_TIMEOUT)
     except TimeoutError:
-        return "No authentication frame came within 10 seconds."
+        return "No authentication frame came within 10 seconds.", None
     if text is None:
-        return ""  # gone already
+        return "", None  # gone already
     try:
         packet = AuthPacket.model_validate_json(text)
     except ValidationError:
         return (
             "The first frame must be the authentication frame: "
             '{"authVersion": 1, "clientIdentifier": ..., "clientPasskey": ...}.'
-        )
+        ), None
+    plugins: Plugins = websocket.app.state.plugins
+    plugin = plugins.authenticate(packet.clientIdentifier, packet.clientPasskey)
     keys: APIKeys = websocket.app.state.api_keys
     by_header = keys.accepts(presented_key(websocket.scope))
-    if keys and not by_header and not keys.accepts(packet.clientPasskey):
+    if keys and not by_header and plugin is None and not keys.accepts(packet.clientPasskey):
         return (
             "This server requires an API key: send it as the client passkey "
             "(clientPasskey) or in an 'Authorization: Bearer KEY' header."
-        )
-    return None
+        ), None
+    return None, plugin
 
 
 async def serve(websocket: WebSocket, namespace: str) -> None:
@@ -65,14 +69,14 @@ async def serve(websocket: WebSocket, namespace: str) -> None:
         await websocket.close(code=1013, reason="the server is shutting down")
         return
     await websocket.accept()
-    refused = await _authenticate(websocket)
+    refused, plugin = await _authenticate(websocket)
     if refused is not None:
         if refused:
             await websocket.send_json({"success": False, "error": refused})
             await websocket.close(code=1008)
         return
     await websocket.send_json({"success": True})
-    await Session(websocket, namespace, NAMESPACES[namespace]).run()
+    await Session(websocket, namespace, NAMESPACES[namespace], plugin).run()
 
 
 def _route(namespace: str) -> Any:

@@ -6,8 +6,8 @@ tokenizing; ``llm`` also predicts and applies the prompt template, ``embedding``
 streams the prompts the models receive (the log stream's ``llm.prediction.input`` records);
 ``files`` takes the images a history names (:mod:`lmserve.api.lmstudio_ws.system`).
 ``repository`` searches Hugging Face and downloads from it
-(:mod:`lmserve.api.lmstudio_ws.repository`).  ``plugins`` is a namespace lmserve does not
-serve: each of its endpoints is refused by name (:mod:`lmserve.api.lmstudio_ws.endpoints`).
+(:mod:`lmserve.api.lmstudio_ws.repository`).  ``plugins`` registers plugins, takes their
+hooks and lets clients use them (:mod:`lmserve.api.lmstudio_ws.plugins`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lmserve.api.lmstudio_ws.info import (
 )
 from lmserve.api.lmstudio_ws.kvconfig import flatten, load_config, prediction, with_system_prompt
 from lmserve.api.lmstudio_ws.loading import get_or_load, load_model, unload_model
+from lmserve.api.lmstudio_ws.plugins import plugins_namespace
 from lmserve.api.lmstudio_ws.predict import predict
 from lmserve.api.lmstudio_ws.protocol import (
     ApplyTemplateParameter,
@@ -149,7 +150,7 @@ def _model_namespace() -> tuple[dict[str, Rpc], dict[str, ChannelEndpoint]]:
 
 
 def namespaces() -> dict[str, Namespace]:
-    """Every namespace's endpoints; ``plugins`` has none here."""
+    """Every namespace's endpoints."""
     llm_rpcs, llm_channels = _model_namespace()
     llm_rpcs["applyPromptTemplate"] = Rpc(ApplyTemplateParameter, apply_prompt_template)
     llm_rpcs["preloadDraftModel"] = Rpc(PreloadDraftParameter, preload_draft_model)
@@ -161,5 +162,5 @@ def namespaces() -> dict[str, Namespace]:
         "embedding": Namespace(embedding_rpcs, embedding_channels),
         **system_namespaces(),
         "repository": repository_namespace(),
-        "plugins": Namespace({}, {}),
+        "plugins": plugins_namespace(),
     }

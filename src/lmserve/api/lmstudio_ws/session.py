@@ -44,6 +44,7 @@ from lmserve.api.lmstudio_ws.protocol import (
 from lmserve.logbus import LogBus
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.manager import ModelManager
+from lmserve.plugins import Plugin, Plugins
 
 logger = logging.getLogger("lmserve.api")
 
@@ -56,6 +57,11 @@ class Context:
 
     state: State
     namespace: str
+    plugin: Plugin | None = None  # the plugin this connection is, by its credentials
+
+    @property
+    def plugins(self) -> Plugins:
+        return self.state.plugins  # type: ignore[no-any-return]
 
     @property
     def models(self) -> ModelManager:
@@ -89,6 +95,7 @@ class ChannelEndpoint:
     parameter: type[BaseModel] | None
     handler: Callable[[Context, Any, Channel], Awaitable[None]]
     long_lived: bool = False  # runs until the client stops it: never holds up a drain
+    receives: bool = False  # the client sends it packets (besides ``cancel``): its inbox
 
 
 @dataclass(frozen=True)
@@ -98,12 +105,14 @@ class Namespace:
 
 
 class Channel:
-    """A handler's end of one channel: ``send`` packets; ``cancelled`` is set by the client."""
+    """A handler's end of one channel: ``send`` packets; ``cancelled`` is set by the client;
+    an endpoint that ``receives`` reads the client's other packets from ``inbox``."""
 
-    def __init__(self, session: Session, channel_id: int) -> None:
+    def __init__(self, session: Session, channel_id: int, receives: bool = False) -> None:
         self.session = session
         self.id = channel_id
         self.cancelled = asyncio.Event()
+        self.inbox: asyncio.Queue[Any] | None = asyncio.Queue() if receives else None
 
     async def send(self, packet: dict[str, Any]) -> None:
         await self.session.send({"type": "channelSend", "channelId": self.id, "message": packet})
@@ -112,15 +121,24 @@ class Channel:
         try:
             CancelPacket.model_validate(message)
         except ValidationError:
+            if self.inbox is not None:
+                self.inbox.put_nowait(message)
+                return
             self.session.warn(f"Unexpected message on channel {self.id}: {str(message)[:200]}")
             return
         self.cancelled.set()
 
 
 class Session:
-    def __init__(self, websocket: WebSocket, namespace: str, served: Namespace) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        namespace: str,
+        served: Namespace,
+        plugin: Plugin | None = None,
+    ) -> None:
         self.websocket = websocket
-        self.context = Context(websocket.app.state, namespace)
+        self.context = Context(websocket.app.state, namespace, plugin)
         self.served = served
         self.lifecycle: Lifecycle = websocket.app.state.lifecycle
         self.channels: dict[int, Channel] = {}
@@ -271,7 +289,8 @@ class Session:
                 f"Received channelCreate for already open channel, channelId = {frame.channelId}"
             )
             return
-        channel = Channel(self, frame.channelId)
+        endpoint = self.served.channels.get(frame.endpoint)
+        channel = Channel(self, frame.channelId, endpoint is not None and endpoint.receives)
         self.channels[frame.channelId] = channel
         self._start(self._serve_channel(frame, channel))
 

@@ -51,7 +51,7 @@ from lmserve.api.responses.tools import ToolNames, call_name
 from lmserve.config import McpSettings
 from lmserve.logbus import LogBus
 from lmserve.mcp.servers import McpServers
-from lmserve.mcp.toolset import CallOutcome, McpTool, ServerUse, Toolset
+from lmserve.mcp.toolset import CallOutcome, ServedTool, ServerUse, Toolset
 from lmserve.models.loader import LoadedModel
 
 _items = TypeAdapter(list[InputItem])
@@ -238,7 +238,7 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
     async def run_approved(self, toolset: Toolset, logs: LogBus) -> None:
         """Run the calls the client approved (denied ones are told to the model)."""
         self.toolset = toolset
-        calls: list[tuple[str, McpTool, str]] = []
+        calls: list[tuple[str, ServedTool, str]] = []
         for request, approve in self.approval_requests():
             assert request.id is not None and request.name is not None
             tool = next(
@@ -277,7 +277,7 @@ class ResponseTurn(ConversationTurn[StoredResponse]):
         ]
         return [ChatMessage(role="assistant", tool_calls=calls), *results]
 
-    def needs_approval(self, tool: McpTool) -> bool:
+    def needs_approval(self, tool: ServedTool) -> bool:
         spec = next(t for t in self.body.mcp_tools if t.server_label == tool.server_label)
         return spec.needs_approval(tool.name)
 
