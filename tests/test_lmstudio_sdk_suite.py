@@ -24,8 +24,9 @@ putting the models back before each test.  Predictions that set no token limit s
 their context, where the real models stop at once.  Every test must pass except those in
 :data:`STAND_IN_ONLY`, which only the real models can pass, each with its reason; a listed test
 that passes fails this test too (unless its stand-in output is sampled: :data:`SAMPLED`), so
-the list stays true.  ``test_plugin_examples.py`` is left
-out: the plugin examples it runs are only in the SDK's repository, not in the sdist.
+the list stays true.  The plugin examples ``test_plugin_examples.py`` runs are only in the
+SDK's repository, not in the sdist: lmserve's own test plugin (``tests/lmstudio_plugin``)
+stands in for them, run and stopped by the suite's test as a dev plugin.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +50,7 @@ from tests.vision_assets import write_projector
 
 SUITE = "lmstudio==1.5.0"
 PLUGIN_DIR = Path(__file__).parent / "lmstudio_suite"
+TEST_PLUGIN = Path(__file__).parent / "lmstudio_plugin"
 
 LLM = "hugging-quants/Llama-3.2-1B-Instruct-Q4_1-GGUF/llama-3.2-1b-instruct-q4_1.gguf"
 VLM = "ZiangWu/MobileVLM_V2-1.7B-GGUF/ggml-model-q4_k.gguf"
@@ -148,6 +151,11 @@ def unpack_suite(destination: Path) -> Path:
         ]
         archive.extractall(destination, members=members, filter="data")
     [root] = destination.iterdir()
+    # Where the suite's plugin test looks for the SDK repository's examples.
+    examples = root / "examples" / "plugins"
+    shutil.copytree(
+        TEST_PLUGIN, examples / TEST_PLUGIN.name, ignore=shutil.ignore_patterns("__pycache__")
+    )
     return root
 
 
@@ -176,7 +184,7 @@ def run_suite(root: Path, base_url: str, sdk_port: int, results: Path) -> str:
         "LMSERVE_SUITE_RESULTS": str(results),
     }
     command = [sys.executable, "-m", "pytest", "-p", "lmserve_suite_plugin", "-p"]
-    command += ["no:cacheprovider", "-q", "--ignore=tests/test_plugin_examples.py"]
+    command += ["no:cacheprovider", "-q"]
     # The suite makes every warning an error; pytest 9 warns of what pytest 10 will remove
     # (parametrize over a zip), which is the suite's affair, not the server's.
     command += ["-W", "ignore::pytest.PytestRemovedIn10Warning", "tests"]

@@ -4,8 +4,7 @@ It is loaded into the suite's own pytest (``-p lmserve_suite_plugin``), never in
 What it does is what LM Studio's maintainers do by hand around a run:
 
 - the SDK finds its server on the discovery ports; here the only one is the port the test
-  started lmserve on (``LMSERVE_SUITE_SDK_PORT``), so the suite never reaches another server
-  and two runs never share a port;
+  started lmserve on (``sitecustomize.py`` beside this module, for every process of the run);
 - before each test, the models the suite expects are loaded under their identifiers (as
   ``tox -m load-test-models`` does once) and any other instance is unloaded (the suite's
   README: "Additional models should NOT be loaded"), since some of its tests load and unload;
@@ -25,12 +24,6 @@ import pytest
 _BASE_URL = os.environ.get("LMSERVE_SUITE_URL", "")
 _EXPECTED: dict[str, str] = json.loads(os.environ.get("LMSERVE_SUITE_MODELS", "{}"))
 _outcomes: dict[str, str] = {}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    from lmstudio.json_api import ClientBase
-
-    ClientBase._DEFAULT_API_PORTS = (int(os.environ["LMSERVE_SUITE_SDK_PORT"]),)
 
 
 def _loaded() -> set[str]:

@@ -38,9 +38,10 @@ def sdk_message(message: ChatMessage) -> dict[str, Any]:
 
 
 def _replace_text(content: str | list[ContentPart], processed: dict[str, Any]) -> Any:
-    """``content`` with its text as the plugin rewrote it; its images stay where they were."""
+    """``content`` with its text as the plugin rewrote it (its text parts joined as the SDKs'
+    ``getText()`` joins them); its images stay where they were."""
     parts = processed.get("content")
-    text = "\n".join(
+    text = " ".join(
         str(part.get("text", ""))
         for part in (parts if isinstance(parts, list) else [])
         if isinstance(part, dict) and part.get("type") == "text"
