@@ -14,6 +14,7 @@ import pytest
 from httpx_ws import connect_ws
 from lmstudio import LMStudioServerError
 from lmstudio._sdk_models import RepositoryRpcGetModelDownloadOptionsParameter as Options
+from lmstudio._sdk_models import RepositoryRpcSearchModelsParameter as Search
 
 from tests.conftest import Server, start_server
 from tests.hf_standin import HubStandIn
@@ -83,8 +84,30 @@ def test_search_options_and_download_then_the_model_is_downloaded(
     model = client.llm.model("tiny-chat")
     assert model.respond("Hi", config={"maxTokens": 2}).stats.predicted_tokens_count == 2
     model.unload()
-    # Downloading it again finds it in place.
-    assert options[1].download() == "tiny-chat"
+    # Downloading it again finds it in place: success alone, no progress and no finalizing, as
+    # from LM Studio (lms get then says "You already have this model" instead of downloading).
+    again: list[object] = []
+    key = options[1].download(on_progress=again.append, on_finalize=lambda: again.append("fin"))
+    assert key == "tiny-chat" and again == []
+
+
+def test_lms_get_with_no_term_a_hub_url_or_a_repo_name_finds_the_repository(
+    client: lms.Client,
+) -> None:
+    # `lms get` alone searches with no term (LM Studio's staff picks), `{"opts": {}}`, which
+    # the Python SDK will not send: the most downloaded.
+    for opts, expected in (({}, [REPO, "someone/Other-Thing-GGUF"]), ({"limit": 1}, [REPO])):
+        found = client.repository.remote_call("searchModels", Search._from_api_dict({"opts": opts}))
+        assert [result["name"] for result in found["results"]] == expected
+    # `lms get https://huggingface.co/publisher/repo` (and hf.co/..., or publisher/repo from
+    # an SDK) sends the URL as the term: that repository alone, an exact match.
+    for term in (f"https://huggingface.co/{REPO}", f"hf.co/{REPO}", REPO):
+        found = client.repository.search_models(term)
+        assert [(m.search_result.name, m.search_result.exact) for m in found] == [(REPO, True)]
+    assert found[0].get_download_options()[0].info.quantization == "Q8_0"
+    assert client.repository.search_models("https://huggingface.co/someone/Missing-GGUF") == []
+    # The repository's name with its "-GGUF" is as exact as without.
+    assert client.repository.search_models("Tiny-Chat-GGUF")[0].search_result.exact
 
 
 def test_what_cannot_be_searched_or_downloaded_is_an_error_naming_it(

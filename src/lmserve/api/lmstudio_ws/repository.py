@@ -2,13 +2,18 @@
 
 LM Studio searches its own catalog and Hugging Face; lmserve searches Hugging Face, as
 ``lmserve get`` does (``HF_ENDPOINT`` and ``HF_TOKEN`` apply), so every result is an ``hf``
-identifier.  ``getModelDownloadOptions`` lists a repository's GGUF models, one per
-quantization, the one lmserve would take first (``recommended``); a download identifier is
+identifier.  A search with no term (``lms get`` alone: LM Studio's staff picks) lists the hub's
+most downloaded GGUF models; a term that names a repository (``lms get
+https://huggingface.co/publisher/repo``, or ``publisher/repo`` from an SDK) gives that
+repository alone, as an exact match, or nothing if the hub has none.
+``getModelDownloadOptions`` lists a repository's GGUF models, one per quantization, the one
+lmserve would take first (``recommended``); a download identifier is
 ``publisher/repo/path.gguf``.  ``downloadModel`` runs as a job of the server's (the same as
 ``POST /api/v1/models/download``: one at a time per model, resumable, checked against the
 hub's sha256), with its progress on the channel every quarter second, then ``startFinalizing``
-and ``success`` with the key the model now has among the downloaded ones.  A ``cancel`` on the
-channel stops the download (its part stays, for a later resume).
+and ``success`` with the key the model now has among the downloaded ones; a model already
+downloaded gets ``success`` alone, as from LM Studio (``lms get`` then says it is there).  A
+``cancel`` on the channel stops the download (its part stays, for a later resume).
 
 The namespace's other endpoints (artifacts, plugins' dependencies, LM Studio hub logins) are
 refused by name (:mod:`lmserve.api.lmstudio_ws.endpoints`).
@@ -31,7 +36,14 @@ from lmserve.api.lmstudio_ws.session import Channel, ChannelEndpoint, Context, N
 from lmserve.models.download_jobs import DownloadJob
 from lmserve.models.hub import DownloadOption, download_options, resolve_plan
 from lmserve.models.references import DownloadError
-from lmserve.models.search import SEARCH_LIMIT, is_search_term, search_models
+from lmserve.models.search import (
+    SEARCH_LIMIT,
+    SearchHit,
+    find_repository,
+    is_search_term,
+    names_repository,
+    search_models,
+)
 
 PROGRESS_EVERY = 0.25  # seconds between two progress packets
 
@@ -47,26 +59,39 @@ async def search(ctx: Context, param: SearchModelsParameter) -> Any:
     if opts.compatibilityTypes is not None and "gguf" not in opts.compatibilityTypes:
         return {"results": []}  # lmserve runs GGUF models only
     term = (opts.searchTerm or "").strip()
-    if not is_search_term(term):
-        raise SDKError(
-            "lmserve searches Hugging Face by a search term: words of a model's name "
-            f"(letters, digits, spaces, '.', '_', '+' and '-'), not {term!r}."
-        )
+    limit = opts.limit or SEARCH_LIMIT
     try:
-        hits = await asyncio.to_thread(search_models, term, opts.limit or SEARCH_LIMIT)
+        if not term or is_search_term(term):
+            hits = await asyncio.to_thread(search_models, term, limit)
+        elif names_repository(term):
+            found = await asyncio.to_thread(find_repository, term)
+            return {"results": [_result(found, exact=True)] if found else []}
+        else:
+            raise SDKError(
+                "lmserve searches Hugging Face by a search term: words of a model's name "
+                "(letters, digits, spaces, '.', '_', '+' and '-'), or a repository "
+                f"(publisher/repo or its hub URL), not {term!r}."
+            )
     except DownloadError as exc:
         raise SDKError(str(exc)) from None
-    results = []
-    for hit in hits:
-        name = hit.repo_id.split("/")[-1].lower().removesuffix("-gguf")
-        result: dict[str, Any] = {
-            "name": hit.repo_id,
-            "identifier": {"type": "hf", "identifier": hit.repo_id},
-        }
-        if name == term.lower():
-            result["exact"] = True
-        results.append(result)
-    return {"results": results}
+    return {"results": [_result(hit, exact=_is_exact(hit.repo_id, term)) for hit in hits]}
+
+
+def _is_exact(repo_id: str, term: str) -> bool:
+    """Whether ``term`` is the repository's name, with or without its "-GGUF" (LM Studio then
+    takes it without asking which)."""
+    name = repo_id.split("/")[-1].lower()
+    return bool(term) and term.lower() in (name, name.removesuffix("-gguf"))
+
+
+def _result(hit: SearchHit, *, exact: bool) -> Any:
+    result: dict[str, Any] = {
+        "name": hit.repo_id,
+        "identifier": {"type": "hf", "identifier": hit.repo_id},
+    }
+    if exact:
+        result["exact"] = True
+    return result
 
 
 def _option(repo_id: str, option: DownloadOption, first: bool, memory: int | None) -> Any:
@@ -146,7 +171,7 @@ async def download_model(ctx: Context, param: DownloadModelParameter, channel: C
         if job.status != "completed":
             raise SDKError(job.error or f"The download ended {job.status}.")
         await _progress(job, channel, done=True)
-    await channel.send({"type": "startFinalizing"})
+        await channel.send({"type": "startFinalizing"})
     catalog = ctx.models.rescan()
     target = plan.targets[0].resolve()
     entry = next((e for e in catalog.entries if e.path.resolve() == target), None)
