@@ -220,6 +220,15 @@ class McpSettings:
 
 
 @dataclass(frozen=True)
+class RaySettings:
+    """``--ray``: the cluster to join, and how many Serve replicas each loaded model gets."""
+
+    address: str = "auto"  # "auto": RAY_ADDRESS, or the local `ray start --head`
+    replicas: int | None = 1  # None: autoscaled (--replicas auto)
+    max_replicas: int = 4  # the most an autoscaled model gets
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -246,6 +255,7 @@ class Settings:
     # Seconds an LM Studio plugin has for each answer (a tool's result, a preprocessed
     # message, its generator's next fragment) before the prediction waiting on it fails.
     plugin_timeout: float = 60.0
+    ray: RaySettings | None = None  # None: one machine, and Ray is never imported
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     webui: bool = True  # the chat page at / (api/webui); --no-webui turns it off
     # The loopback port LM Studio's SDKs discover: "auto" (the first free of

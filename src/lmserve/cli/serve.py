@@ -33,6 +33,7 @@ from lmserve.config import (
     ModelDefaults,
     PredictionDefaults,
     PromptCacheConfig,
+    RaySettings,
     Settings,
 )
 
@@ -332,6 +333,30 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="Do not serve the chat page at / (the API and the conversations API stay).",
         ),
         click.option(
+            "--ray",
+            "ray_address",
+            default=None,
+            metavar="ADDRESS",
+            help="Serve each model as Ray Serve replicas across this Ray cluster (auto: the "
+            "one RAY_ADDRESS or a local `ray start --head` names); needs lmserve[ray].",
+        ),
+        click.option(
+            "--replicas",
+            default="1",
+            show_default=True,
+            metavar="N|auto",
+            callback=lambda _ctx, _param, v: replicas_option(v),
+            help="With --ray: replicas of each model; auto scales them between 1 and "
+            "--max-replicas on ongoing requests.",
+        ),
+        click.option(
+            "--max-replicas",
+            default=RaySettings.max_replicas,
+            show_default=True,
+            type=click.IntRange(min=1, max=1024),
+            help="With --ray --replicas auto: the most replicas a model gets.",
+        ),
+        click.option(
             "--sdk-port",
             default="auto",
             show_default=True,
@@ -473,9 +498,41 @@ def settings_from_options(options: dict[str, object]) -> Settings:
         ),
         mcp=mcp_from_options(options),
         plugin_timeout=float(options.get("plugin_timeout") or Settings.plugin_timeout),  # type: ignore[arg-type]
+        ray=ray_from_options(options),
         drain_timeout=float(options.get("drain_timeout") or 0),  # type: ignore[arg-type]
         webui=not options.get("no_webui"),
         sdk_port=_sdk_port(str(options.get("sdk_port") or "auto")),
+    )
+
+
+def replicas_option(value: str) -> int | None:
+    """``--replicas``: a count, or None for ``auto``."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of replicas or 'auto'") from None
+    if not 1 <= count <= 1024:
+        raise click.BadParameter("give 1 to 1024 replicas, or 'auto'")
+    return count
+
+
+def ray_from_options(options: dict[str, object]) -> RaySettings | None:
+    address = options.get("ray_address")
+    if address is None:
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise click.UsageError(
+            "--ray needs Ray Serve: pip install 'lmserve[ray]' (ray[serve])."
+        ) from None
+    replicas = options.get("replicas", 1)
+    return RaySettings(
+        address=str(address),
+        replicas=replicas if isinstance(replicas, int) or replicas is None else 1,
+        max_replicas=int(options.get("max_replicas") or RaySettings.max_replicas),  # type: ignore[call-overload]
     )
 
 

@@ -283,6 +283,8 @@ class GenerationStream:
         self.cancelled = False
         self.finished: Finished | None = None
         self.completion_tokens = 0  # as of the last text event, for a crash's report
+        self.replica: str | None = None  # the replica that runs it, when a model has several
+        self.placed = asyncio.Event()  # set once it is known (or never will be)
 
     def cancel(self) -> None:
         """Ask the engine to stop this request; it frees the slot within one decode step."""
@@ -291,6 +293,12 @@ class GenerationStream:
         self.cancelled = True
         if self._on_cancel is not None and self.finished is None:
             self._on_cancel()
+
+    def place(self, replica: str | None) -> None:
+        """Say which replica runs this request (None: it ended before any did)."""
+        if replica is not None:
+            self.replica = replica
+        self.placed.set()
 
     def publish(self, event: Event) -> None:
         """Called from the engine thread; delivered when the engine flushes its outbox."""

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmserve.config import (
     KV_CACHE_TYPE_BYTES,
@@ -30,6 +31,10 @@ from lmserve.models.repack import RepackChoice, VerdictCache, start_checked, ver
 from lmserve.paths import prompt_cache_dir
 
 logger = logging.getLogger("lmserve.models")
+
+
+# Starts a model's engine somewhere else than in a local worker process (its replicas).
+Deploy = Callable[[WorkerSpec, asyncio.AbstractEventLoop], Any]
 
 
 @dataclass(frozen=True)
@@ -171,9 +176,11 @@ def load_instance(
     verdicts: VerdictCache,
     loop: asyncio.AbstractEventLoop,
     on_exit: Callable[[WorkerExit], None] | None = None,
+    deploy: Deploy | None = None,
 ) -> LoadedModel:
     """Start the model's worker (after the self-check) and wrap it; raises
-    :class:`lmserve.engine.types.WorkerStartError`."""
+    :class:`lmserve.engine.types.WorkerStartError`.  ``deploy`` starts it elsewhere instead
+    (as Ray Serve replicas: :mod:`lmserve.replicas`), giving an engine with the same calls."""
     started = time.perf_counter()
     parallel, n_ctx = plan_context(entry, options, defaults)
     gpu = options.gpu or defaults.gpu
@@ -207,6 +214,8 @@ def load_instance(
             media_marker=MEDIA_MARKER,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
         )
+        if deploy is not None:
+            return deploy(spec, loop)
         return EngineWorker(spec, loop, on_exit=on_exit)
 
     engine, repack = start_checked(setting, verdicts, verdict_facts(entry.quantization, gpu), start)

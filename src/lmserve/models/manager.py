@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lmserve.config import ModelDefaults, Settings, default_memory_budget
 from lmserve.engine.exits import WorkerExit
@@ -80,6 +81,12 @@ class ModelManager:
         self._closed = False
         self.verdicts = verdicts or VerdictCache(selfcheck_file())
         self.crashes = CrashHistory()
+        # With --ray, models load as Ray Serve replicas (Ray imported only then).
+        self.replicas: Any = None
+        if settings.ray is not None:
+            from lmserve.replicas.cluster import RayReplicas
+
+            self.replicas = RayReplicas(settings.ray)
 
     # -- lookup ------------------------------------------------------------------------------
     def rescan(self) -> Catalog:
@@ -297,6 +304,8 @@ class ModelManager:
         models, self._loaded = list(self._loaded.values()), {}
         for model in models:
             model.close("the server is shutting down")
+        if self.replicas is not None:
+            self.replicas.close()
 
     # -- loading -------------------------------------------------------------------------------
     def _start_load(
@@ -376,6 +385,7 @@ class ModelManager:
                 verdicts=self.verdicts,
                 loop=loop,
                 on_exit=on_exit,
+                deploy=self.replicas.deploy if self.replicas is not None else None,
             )
         except Exception as exc:
             logger.error("could not load %s: %s", entry.relative_path, exc)

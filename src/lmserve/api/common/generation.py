@@ -8,6 +8,7 @@ services only differ in how they build the prompt and shape the response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -266,6 +267,10 @@ def public_finish_reason(finished: Finished) -> str:
     return "length" if finished.finish_reason == "length" else "stop"
 
 
+REPLICA_HEADER = "x-lmserve-replica"
+PLACEMENT_TIMEOUT = 60.0  # seconds for a replicated model's router to place a request
+
+
 class Generation:
     """One API request in flight: its engine streams and its log records."""
 
@@ -310,6 +315,17 @@ class Generation:
                     "stop": list(prepared.stop),
                 },
             )
+
+    async def placement(self) -> dict[str, str]:
+        """The response headers naming the replicas that run it (``x-lmserve-replica``),
+        once they are known; none for a model that is not replicated."""
+        if not getattr(self.prepared.model.engine, "replicated", False):
+            return {}
+        waits = [stream.placed.wait() for stream in self.streams]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), PLACEMENT_TIMEOUT)
+        names = list(dict.fromkeys(s.replica for s in self.streams if s.replica is not None))
+        return {REPLICA_HEADER: ",".join(names)} if names else {}
 
     def cancel(self) -> None:
         for stream in self.streams:

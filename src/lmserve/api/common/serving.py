@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -163,11 +165,21 @@ async def serve_generation(
             await after()
         raise
     generation = started.generation
+    try:
+        placed = await generation.placement()  # a replicated model's: where it runs
+    except BaseException:
+        started.finish()
+        if after is not None:
+            await after()
+        raise
     if body.stream:
         events = turn.encode(turn.events(generation))
-        return EventStreamResponse(events, on_close=started.finish, after=after)
+        return EventStreamResponse(events, on_close=started.finish, after=after, headers=placed)
     try:
-        return await unless_disconnected(request, turn.respond(generation))
+        answer = await unless_disconnected(request, turn.respond(generation))
+        if placed and not isinstance(answer, Response):
+            return JSONResponse(jsonable_encoder(answer), headers=placed)
+        return answer
     except ClientGone:
         return gone_response()
     finally:

@@ -96,8 +96,13 @@ class EventStreamResponse(StreamingResponse):
         status_code: int = 200,
         on_close: Callable[[], None] | None = None,
         after: Callable[[], Awaitable[None]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(with_keepalive(content), status_code=status_code, headers=SSE_HEADERS)
+        super().__init__(
+            with_keepalive(content),
+            status_code=status_code,
+            headers={**SSE_HEADERS, **(headers or {})},
+        )
         self._on_close = on_close
         self._after = after
 

@@ -1,0 +1,215 @@
+"""``lmserve serve --ray``: a model as Ray Serve replicas, on a real two-node Ray cluster on
+loopback (a head and one worker node, one CPU each: one SmolLM2 replica of one thread on each),
+the real server, the official ``openai`` SDK.
+
+Ray keeps to 127.0.0.1 only with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the environment of
+every Ray process (the notes): this module sets it for the cluster, the test process (a Ray
+driver, to kill a replica and read Serve's status) and lmserve.  Without Ray installed the
+module is skipped, unless ``LMSERVE_REQUIRE_RAY`` is set (CI installs ``lmserve[ray]``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID as MODEL
+from tests.conftest import Server, install_default_model, start_server
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported
+if not os.environ.get("LMSERVE_REQUIRE_RAY"):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (lmserve[ray])")
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+HEADER = "x-lmserve-replica"
+APP = f"lmserve-{MODEL}"
+# About 1,200 tokens every request of a "conversation" shares.
+SHARED = " ".join(f"Rule {i}: answer briefly and politely about topic {i}." for i in range(80))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    started = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    started.add_node(num_cpus=1)
+    ray.init(address=started.address, namespace="lmserve-tests", log_to_driver=False)
+    try:
+        yield started
+    finally:
+        ray.shutdown()
+        started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, default_model_file: Path
+) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    install_default_model(home, default_model_file)
+    flags = ("--ray", cluster.address, "--replicas", "2", "--threads", "1", "--parallel", "2")
+    started = start_server(home, *flags, timeout=240, env=dict(os.environ))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        yield client
+
+
+def ask(api: httpx.Client, question: str, shared: str | None = None, **fields: Any) -> Any:
+    messages = [{"role": "user", "content": question}]
+    if shared is not None:
+        messages.insert(0, {"role": "system", "content": shared})
+    body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0, **fields}
+    return api.post("/v1/chat/completions", json=body)
+
+
+def running_replicas() -> int:
+    deployment = serve.status().applications[APP].deployments["ModelReplica"]
+    return int(deployment.replica_states.get("RUNNING", 0))
+
+
+def replica_actors() -> dict[str, str]:
+    """The model's replica actors alive now: each one's Serve id, to its actor name."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return {name.rsplit("#", 1)[-1]: name for name in names if "ModelReplica" in name}
+
+
+def test_two_replicas_stream_through_the_openai_sdk(server: Server) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.api_url, api_key="any", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from one to twenty."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+    )
+    assert raw.headers[HEADER].endswith("@127.0.0.1")
+    arrivals, texts = [], []
+    for chunk in raw.parse():
+        arrivals.append(time.monotonic())
+        if chunk.choices and chunk.choices[0].delta.content:
+            texts.append(chunk.choices[0].delta.content)
+    # Token by token across Ray: chunks come apart in time, not in one burst at the end.
+    assert len(texts) >= 10
+    assert arrivals[-1] - arrivals[1] > 0.05
+    assert running_replicas() == 2
+
+
+def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(api: httpx.Client) -> None:
+    first = ask(api, "What is two and two?", SHARED)
+    assert first.status_code == 200, first.text
+    replica = first.headers[HEADER]
+    for question in ["Name a color.", "Say hello.", "Name a fruit."]:
+        answer = ask(api, question, SHARED)
+        assert answer.headers[HEADER] == replica
+        assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 1000
+    # Conversations that share nothing go to the replica with least work, one after another.
+    seen = {ask(api, f"Say the number {n}.").headers[HEADER] for n in range(2)}
+    assert len(seen) == 2
+
+
+def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -> None:
+    other = SHARED.replace("briefly", "at length")
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": other}, {"role": "user", "content": "Go."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        replica = response.headers[HEADER]
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data:")
+            if chunks > 3:
+                break
+    # Both slots of that replica would be held if the generation went on; the same prefix
+    # is answered there at once, from the cache.
+    started = time.monotonic()
+    answers = [ask(api, f"Question {n}.", other) for n in range(2)]
+    assert all(a.headers[HEADER] == replica for a in answers)
+    assert time.monotonic() - started < 20
+    assert answers[1].json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 1000
+
+
+def test_a_replica_lost_mid_stream_fails_only_its_request_and_comes_back(
+    api: httpx.Client,
+) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 2000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    events = []
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        replica = response.headers[HEADER]
+        unique_id = replica.split("@")[0]
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            events.append(line)
+            if len(events) == 3:
+                name = replica_actors()[unique_id]
+                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    # The stream ends with the error event, as a crash ends it on one machine.
+    assert '"code":"engine_crashed"' in events[-1].replace(" ", ""), events[-3:]
+    assert "was lost" in events[-1]
+    # The API keeps serving on the other replica meanwhile.
+    after = ask(api, "Say hi.")
+    assert after.status_code == 200
+    assert after.headers[HEADER] != replica
+    # Serve replaces the lost replica.
+    deadline = time.monotonic() + 120
+    while not (running_replicas() == 2 and len(replica_actors()) == 2):
+        assert time.monotonic() < deadline, serve.status()
+        time.sleep(0.5)
+    assert unique_id not in replica_actors()
+
+
+def test_nothing_listens_beyond_loopback(server: Server) -> None:
+    """Ray's processes and lmserve's keep to 127.0.0.1 (the tests' traffic too)."""
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ours = [line for line in listening.splitlines() if "ray" in line or "python" in line]
+    assert ours, listening  # ss names the processes (it runs as their user)
+    loopback = ("127.", "[::ffff:127.", "[::1]")
+    elsewhere = [line for line in ours if not line.split()[3].startswith(loopback)]
+    assert not elsewhere, elsewhere
+
+
+def test_serve_without_ray_never_imports_ray(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from lmserve.cli.main import cli\n"
+        "from lmserve.api.app import create_app\n"
+        "from lmserve.config import Settings\n"
+        "from lmserve.models.manager import ModelManager\n"
+        "import pathlib\n"
+        "create_app(ModelManager(pathlib.Path(sys.argv[1]), Settings()), settings=Settings())\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray'\n"
+    )
+    env = {**os.environ, "LMSERVE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
