@@ -32,7 +32,6 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 HEADER = "x-lmserve-replica"
-APP = f"lmserve-{MODEL}"
 # About 1,200 tokens every request of a "conversation" shares.
 SHARED = " ".join(f"Rule {i}: answer briefly and politely about topic {i}." for i in range(80))
 
@@ -79,8 +78,9 @@ def ask(api: httpx.Client, question: str, shared: str | None = None, **fields: A
     return api.post("/v1/chat/completions", json=body)
 
 
-def running_replicas() -> int:
-    deployment = serve.status().applications[APP].deployments["ModelReplica"]
+def running_replicas(server: Server) -> int:
+    app = f"lmserve-{server.port}-{MODEL}"
+    deployment = serve.status().applications[app].deployments["ModelReplica"]
     return int(deployment.replica_states.get("RUNNING", 0))
 
 
@@ -110,7 +110,7 @@ def test_two_replicas_stream_through_the_openai_sdk(server: Server) -> None:
     # Token by token across Ray: chunks come apart in time, not in one burst at the end.
     assert len(texts) >= 10
     assert arrivals[-1] - arrivals[1] > 0.05
-    assert running_replicas() == 2
+    assert running_replicas(server) == 2
 
 
 def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(api: httpx.Client) -> None:
@@ -124,6 +124,13 @@ def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(api: httpx.Cl
     # Conversations that share nothing go to the replica with least work, one after another.
     seen = {ask(api, f"Say the number {n}.").headers[HEADER] for n in range(2)}
     assert len(seen) == 2
+    # /lmserve/slots shows each replica: its node (one per node here) and what it holds.
+    [model] = api.get("/lmserve/slots").json()["models"]
+    replicas = {line["replica"]: line for line in model["replicas"]}
+    assert set(replicas) == seen
+    assert len({line["node_id"] for line in replicas.values()}) == 2
+    assert replicas[replica]["cached_tokens"] > 1000
+    assert len(model["slots"]) == 4 and {slot["replica"] for slot in model["slots"]} == seen
 
 
 def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -> None:
@@ -152,7 +159,7 @@ def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -
 
 
 def test_a_replica_lost_mid_stream_fails_only_its_request_and_comes_back(
-    api: httpx.Client,
+    api: httpx.Client, server: Server
 ) -> None:
     body = {
         "model": MODEL,
@@ -181,7 +188,7 @@ def test_a_replica_lost_mid_stream_fails_only_its_request_and_comes_back(
     assert after.headers[HEADER] != replica
     # Serve replaces the lost replica.
     deadline = time.monotonic() + 120
-    while not (running_replicas() == 2 and len(replica_actors()) == 2):
+    while not (running_replicas(server) == 2 and len(replica_actors()) == 2):
         assert time.monotonic() < deadline, serve.status()
         time.sleep(0.5)
     assert unique_id not in replica_actors()

@@ -226,6 +226,11 @@ class RaySettings:
     address: str = "auto"  # "auto": RAY_ADDRESS, or the local `ray start --head`
     replicas: int | None = 1  # None: autoscaled (--replicas auto)
     max_replicas: int = 4  # the most an autoscaled model gets
+    # "prefix": PrefixAffinityRouter; "random": RandomRouter, the benchmark's baseline
+    routing: str = "prefix"
+    # Names this server's Serve applications (lmserve-<port>-<model>): servers sharing a
+    # cluster never replace each other's; one restarted on its port takes its own back.
+    server_port: int = 0
 
 
 @dataclass(frozen=True)

@@ -350,6 +350,14 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             "--max-replicas on ongoing requests.",
         ),
         click.option(
+            "--replica-routing",
+            type=click.Choice(["prefix", "random"]),
+            default=RaySettings.routing,
+            show_default=True,
+            help="With --ray: prefix sends a prompt to the replica that holds its prefix; "
+            "random picks a replica at random (the benchmark's baseline).",
+        ),
+        click.option(
             "--max-replicas",
             default=RaySettings.max_replicas,
             show_default=True,
@@ -533,6 +541,8 @@ def ray_from_options(options: dict[str, object]) -> RaySettings | None:
         address=str(address),
         replicas=replicas if isinstance(replicas, int) or replicas is None else 1,
         max_replicas=int(options.get("max_replicas") or RaySettings.max_replicas),  # type: ignore[call-overload]
+        routing=str(options.get("replica_routing") or RaySettings.routing),
+        server_port=int(options.get("port") or 0),  # type: ignore[call-overload]
     )
 
 

@@ -58,7 +58,65 @@ _STDERR_LINES = 80  # kept for the reason of a crash
 _READ_SIZE = 1 << 16  # bytes a read of the worker's socket takes at most
 
 
-class EngineWorker:
+class EngineCalls:
+    """An engine's calls besides generating, each one message to where the model runs and
+    its answer (:meth:`_call`): an :class:`EngineWorker` sends them down its pipe, a model's
+    Ray Serve replicas (:mod:`lmserve.replicas`) over Ray."""
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool = True
+    ) -> list[int]:
+        result: list[int] = await self._call("tokenize", text, add_special, parse_special)
+        return result
+
+    async def tokenize_prompt(self, text: str) -> list[int]:
+        """A rendered chat prompt's tokens: special tokens parsed, BOS added once at most."""
+        result: list[int] = await self._call("tokenize_prompt", text)
+        return result
+
+    async def tokenize_images(self, text: str, images: list[ImageInput]) -> TokenizedPrompt:
+        """A rendered chat prompt with images (one media marker each): its tokens, each
+        image's placeholders in them; raises :class:`ImageError` for images the model's
+        projector cannot take (or a model without one)."""
+        result: TokenizedPrompt = await self._call("tokenize_images", text, images)
+        return result
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        result: str = await self._call("detokenize", tokens)
+        return result
+
+    async def rerank(self, query: str, documents: list[str]) -> list[tuple[float, int]]:
+        """Each document's score against ``query`` by this reranker, and the tokens of its
+        pair; raises :class:`RerankInputError` for a pair that does not fit."""
+        result: list[tuple[float, int]] = await self._call("rerank", query, documents)
+        return result
+
+    async def embed(self, token_lists: list[list[int]]) -> list[np.ndarray]:
+        """The normalised embedding of each tokenized input."""
+        vectors: list[bytes] = await self._call("embed", token_lists)
+        return [np.frombuffer(vector, dtype="<f4") for vector in vectors]
+
+    async def load_draft(self, name: str, path: str) -> None:
+        """Load the draft model at ``path`` into the worker, under ``name`` (what requests
+        give as their ``draft_model``); raises :class:`DraftModelError` for a draft of
+        another vocabulary, :class:`EngineError` for a file llama.cpp cannot load."""
+        await self._call("load_draft", name, path)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What each slot holds and the engine's running totals."""
+        result: dict[str, Any] = await self._call("snapshot")
+        return result
+
+    async def clear_prompt_cache(self, memory: bool, disk: bool) -> dict[str, int]:
+        """Empty the worker's prompt cache tiers (memory, disk or both); blocks each had."""
+        result: dict[str, int] = await self._call("clear_prompt_cache", memory, disk)
+        return result
+
+
+class EngineWorker(EngineCalls):
     """One model's engine, in its own process.  See the module docstring."""
 
     def __init__(
@@ -157,55 +215,6 @@ class EngineWorker:
     def in_flight(self) -> int:
         """Requests submitted whose last event has not come back yet."""
         return len(self._streams)
-
-    async def tokenize(
-        self, text: str, *, add_special: bool, parse_special: bool = True
-    ) -> list[int]:
-        result: list[int] = await self._call("tokenize", text, add_special, parse_special)
-        return result
-
-    async def tokenize_prompt(self, text: str) -> list[int]:
-        """A rendered chat prompt's tokens: special tokens parsed, BOS added once at most."""
-        result: list[int] = await self._call("tokenize_prompt", text)
-        return result
-
-    async def tokenize_images(self, text: str, images: list[ImageInput]) -> TokenizedPrompt:
-        """A rendered chat prompt with images (one media marker each): its tokens, each
-        image's placeholders in them; raises :class:`ImageError` for images the model's
-        projector cannot take (or a model without one)."""
-        result: TokenizedPrompt = await self._call("tokenize_images", text, images)
-        return result
-
-    async def detokenize(self, tokens: list[int]) -> str:
-        result: str = await self._call("detokenize", tokens)
-        return result
-
-    async def rerank(self, query: str, documents: list[str]) -> list[tuple[float, int]]:
-        """Each document's score against ``query`` by this reranker, and the tokens of its
-        pair; raises :class:`RerankInputError` for a pair that does not fit."""
-        result: list[tuple[float, int]] = await self._call("rerank", query, documents)
-        return result
-
-    async def embed(self, token_lists: list[list[int]]) -> list[np.ndarray]:
-        """The normalised embedding of each tokenized input."""
-        vectors: list[bytes] = await self._call("embed", token_lists)
-        return [np.frombuffer(vector, dtype="<f4") for vector in vectors]
-
-    async def load_draft(self, name: str, path: str) -> None:
-        """Load the draft model at ``path`` into the worker, under ``name`` (what requests
-        give as their ``draft_model``); raises :class:`DraftModelError` for a draft of
-        another vocabulary, :class:`EngineError` for a file llama.cpp cannot load."""
-        await self._call("load_draft", name, path)
-
-    async def snapshot(self) -> dict[str, Any]:
-        """What each slot holds and the engine's running totals."""
-        result: dict[str, Any] = await self._call("snapshot")
-        return result
-
-    async def clear_prompt_cache(self, memory: bool, disk: bool) -> dict[str, int]:
-        """Empty the worker's prompt cache tiers (memory, disk or both); blocks each had."""
-        result: dict[str, int] = await self._call("clear_prompt_cache", memory, disk)
-        return result
 
     async def _call(self, method: str, *args: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

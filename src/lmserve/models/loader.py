@@ -242,6 +242,8 @@ def load_instance(
         "prompt_cache": info.prompt_cache,
         "mmproj": mmproj,
     }
+    if deploy is not None:  # Ray Serve replicas, each with the slots above (None: autoscaled)
+        config["replicas"] = engine.replicas
     if changed := defaults.prediction.describe():
         # Only what the server was told: the rest are LM Studio's defaults.
         config["prediction_defaults"] = changed

@@ -26,7 +26,7 @@ from lmserve.engine.types import WorkerStartError
 from lmserve.engine.wire import WorkerSpec
 from lmserve.replicas.deployment import ModelReplica
 from lmserve.replicas.engine import ReplicatedEngine
-from lmserve.replicas.routing import PrefixAffinityRouter
+from lmserve.replicas.routing import PrefixAffinityRouter, RandomRouter
 
 logger = logging.getLogger("lmserve.replicas")
 
@@ -35,9 +35,9 @@ NAMESPACE = "lmserve"
 CONTROL_CALLS = 8
 
 
-def app_name(identifier: str) -> str:
-    """The Serve application of a loaded model."""
-    return "lmserve-" + re.sub(r"[^A-Za-z0-9_.-]", "_", identifier)
+def app_name(server_port: int, identifier: str) -> str:
+    """The Serve application of a model this server loaded."""
+    return f"lmserve-{server_port}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", identifier)
 
 
 class RayReplicas:
@@ -68,19 +68,21 @@ class RayReplicas:
         """Deploy ``spec``'s model as replicas and wait until they are up (blocking);
         raises :class:`WorkerStartError` if they cannot load it."""
         self.connect()
-        name = app_name(spec.name)
+        name = app_name(self.settings.server_port, spec.name)
         settings = self.settings
         options: dict[str, Any] = {
             "name": "ModelReplica",
             "max_ongoing_requests": spec.n_slots + spec.max_queue + CONTROL_CALLS,
+            # Beyond every replica's queue, a request waits in Serve's, up to this many.
+            "max_queued_requests": spec.max_queue,
             "ray_actor_options": {"num_cpus": max(1, spec.n_threads or 1)},
-            "request_router_config": RequestRouterConfig(
-                request_router_class=PrefixAffinityRouter,
-                request_router_kwargs={"slots": spec.n_slots},
-            ),
             "health_check_period_s": 2,
             "health_check_timeout_s": 30,
         }
+        router = PrefixAffinityRouter if settings.routing == "prefix" else RandomRouter
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=router, request_router_kwargs={"slots": spec.n_slots}
+        )
         if settings.replicas is None:
             options["autoscaling_config"] = {
                 "min_replicas": 1,
@@ -110,14 +112,11 @@ class RayReplicas:
             name,
             described["n_slots"],
         )
-        return ReplicatedEngine(spec, handle, described, loop, name)
+        return ReplicatedEngine(spec, handle, described, loop, name, settings.replicas)
 
     def close(self) -> None:
-        """Delete lmserve's applications and leave the cluster (lmserve is stopping)."""
-        if not self._started:
-            return
-        try:
-            serve.shutdown()
-        finally:
+        """Leave the cluster (lmserve is stopping; each model's engine has deleted its own
+        application: Serve itself, and other servers' applications, stay)."""
+        if self._started:
             ray.shutdown()
             self._started = False

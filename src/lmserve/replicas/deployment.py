@@ -36,9 +36,9 @@ def _listen_on_the_node_only() -> None:
     else.  It runs in the replica's process, before Serve starts that server."""
     from ray.serve._private import replica as serve_replica
 
-    add_port = serve_replica.add_port_to_grpc_server
-    if getattr(add_port, "lmserve", False):
-        return
+    add_port = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if add_port is None or getattr(add_port, "lmserve", False):
+        return  # another Serve than 2.60's, or done already
     host = ray.util.get_node_ip_address()
 
     def add_port_on_node(server: Any, address: str) -> Any:
@@ -113,6 +113,12 @@ class ModelReplica:
             return False
         stream.cancel()
         return True
+
+    async def report(self, *, replica: Any) -> dict[str, Any]:
+        """This replica's snapshot (its slots, engine counters, prompt cache) and where it
+        runs."""
+        snapshot = await self.worker.snapshot()
+        return {"replica": self.name(), "node_id": self.node_id, **snapshot}
 
     async def call(self, method: str, *args: Any, replica: Any = None) -> Any:
         """One of the engine's calls (``tokenize``, ``embed``, ``snapshot``, ...)."""

@@ -18,19 +18,19 @@ import logging
 import secrets
 from typing import Any
 
-import numpy as np
+import ray
 from ray.exceptions import RayError
+from ray.serve._private.common import ReplicaID
 from ray.serve.handle import DeploymentHandle
 
+from lmserve.engine.client import EngineCalls
 from lmserve.engine.types import (
     EngineClosedError,
     Finished,
     GenerationRequest,
     GenerationStream,
-    ImageInput,
     Outbox,
     TextDelta,
-    TokenizedPrompt,
 )
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.replicas.deployment import REPLICA
@@ -39,7 +39,7 @@ from lmserve.replicas.routing import prefix_keys
 logger = logging.getLogger("lmserve.replicas")
 
 
-class ReplicatedEngine:
+class ReplicatedEngine(EngineCalls):
     """One model's replicas, behind the deployment's handle.  See the module docstring."""
 
     replicated = True  # its requests' streams say which replica runs them
@@ -51,6 +51,7 @@ class ReplicatedEngine:
         described: dict[str, Any],
         loop: asyncio.AbstractEventLoop,
         app_name: str,
+        replicas: int | None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -62,14 +63,22 @@ class ReplicatedEngine:
         self.max_queue: int = described["max_queue"]
         self.n_ctx_per_slot: int = described["n_ctx_per_slot"]
         self.pid: int = described["pid"]  # the first replica's worker (on its node)
-        self.busy_slots = 0
-        self.queue_depth = 0
+        self.replicas = replicas  # None: autoscaled
         self._streams: dict[GenerationStream, asyncio.Task[None]] = {}  # each one's relay
         self._closed: str | None = None
 
     @property
     def in_flight(self) -> int:
         return len(self._streams)
+
+    @property
+    def busy_slots(self) -> int:
+        """Generations in flight (all replicas' slots together; more wait in their queues)."""
+        return min(len(self._streams), self.n_slots * (self.replicas or 1))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._streams) - self.busy_slots
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         if self._closed is not None:
@@ -118,6 +127,13 @@ class ReplicatedEngine:
                     request, message, completion_tokens=completion_tokens, crashed=True
                 )
             )
+        except Exception as exc:  # Serve refused it (its queues are full, it is shutting down)
+            message = f"the replicas of model '{self.name}' could not take it: {exc}"
+            stream.deliver(
+                Finished.failure(
+                    request, message, completion_tokens=completion_tokens, unavailable=True
+                )
+            )
         finally:
             stream.place(None)
             self._streams.pop(stream, None)
@@ -135,42 +151,28 @@ class ReplicatedEngine:
             raise EngineClosedError(self._closed)
         return await self.handle.call.remote(method, *args)
 
-    async def tokenize(
-        self, text: str, *, add_special: bool, parse_special: bool = True
-    ) -> list[int]:
-        result: list[int] = await self._call("tokenize", text, add_special, parse_special)
-        return result
-
-    async def tokenize_prompt(self, text: str) -> list[int]:
-        result: list[int] = await self._call("tokenize_prompt", text)
-        return result
-
-    async def tokenize_images(self, text: str, images: list[ImageInput]) -> TokenizedPrompt:
-        result: TokenizedPrompt = await self._call("tokenize_images", text, images)
-        return result
-
-    async def detokenize(self, tokens: list[int]) -> str:
-        result: str = await self._call("detokenize", tokens)
-        return result
-
-    async def rerank(self, query: str, documents: list[str]) -> list[tuple[float, int]]:
-        result: list[tuple[float, int]] = await self._call("rerank", query, documents)
-        return result
-
-    async def embed(self, token_lists: list[list[int]]) -> list[np.ndarray]:
-        result: list[np.ndarray] = await self._call("embed", token_lists)
-        return result
-
-    async def load_draft(self, name: str, path: str) -> None:
-        await self._call("load_draft", name, path)
+    async def replica_ids(self) -> list[ReplicaID]:
+        """The Serve ids of the model's replicas alive now (from their actors' names)."""
+        actors = await asyncio.to_thread(ray.util.list_named_actors, True)
+        marker = f"{self.app_name}#ModelReplica#"
+        names = [actor["name"] for actor in actors if marker in actor["name"]]
+        return [ReplicaID.from_full_id_str(name) for name in names]
 
     async def snapshot(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("snapshot")
-        return result
-
-    async def clear_prompt_cache(self, memory: bool, disk: bool) -> dict[str, int]:
-        result: dict[str, int] = await self._call("clear_prompt_cache", memory, disk)
-        return result
+        """Every replica's slots and counters: the slots of all (each naming its replica),
+        the counters summed, and one line per replica (node, slots busy, cached tokens)."""
+        if self._closed is not None:
+            raise EngineClosedError(self._closed)
+        ids = await self.replica_ids()
+        reports = await asyncio.gather(
+            *(self.handle.report.remote(replica=replica) for replica in ids),
+            return_exceptions=True,
+        )
+        alive = [report for report in reports if isinstance(report, dict)]
+        if not alive:
+            result: dict[str, Any] = await self._call("snapshot")
+            return result
+        return merge_reports(alive)
 
     def close(self, reason: str = "the server is shutting down") -> None:
         """Stop serving the model: its Serve application is deleted (blocking)."""
@@ -181,6 +183,43 @@ class ReplicatedEngine:
 
         with contextlib.suppress(Exception):
             serve.delete(self.app_name, _blocking=True)
+
+
+def _summed(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Counters of several replicas, added up (what is not a number: the first one's)."""
+    present = [part for part in parts if part]
+    if not present:
+        return None
+    total = dict(present[0])
+    for part in present[1:]:
+        for key, value in part.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replicas' snapshots as one model's, with a line per replica."""
+    slots = [
+        {**slot, "replica": report["replica"]} for report in reports for slot in report["slots"]
+    ]
+    replicas = [
+        {
+            "replica": report["replica"],
+            "node_id": report["node_id"],
+            "slots": len(report["slots"]),
+            "slots_busy": sum(1 for slot in report["slots"] if slot["busy"]),
+            "cached_tokens": sum(slot["cached_tokens"] for slot in report["slots"]),
+            "prompt_cache": report.get("prompt_cache"),
+        }
+        for report in reports
+    ]
+    return {
+        "slots": slots,
+        "stats": _summed([report["stats"] for report in reports]),
+        "prompt_cache": _summed([report.get("prompt_cache") for report in reports]),
+        "replicas": replicas,
+    }
 
 
 async def _quietly(call: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -127,3 +128,22 @@ class PrefixAffinityRouter(RequestRouter):
         self._in_flight.pop(replica_id, None)
         for key in [key for key, owner in self._owner.items() if owner == replica_id]:
             del self._owner[key]
+
+
+class RandomRouter(RequestRouter):
+    """Each generation to a replica picked at random, whatever it holds or runs: the
+    baseline ``bench/replicas.py`` measures prefix affinity against (``--replica-routing
+    random``).  Serve's own default prefers the replica on the caller's node, which on one
+    head node is no spread at all.  Calls that name a replica still go to it."""
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        by_id = {replica.replica_id: replica for replica in candidate_replicas}
+        pinned = pending_request.kwargs.get("replica") if pending_request is not None else None
+        if pinned is not None and pinned in by_id:
+            return [[by_id[pinned]]]
+        shuffled = random.sample(candidate_replicas, len(candidate_replicas))
+        return [[replica] for replica in shuffled]

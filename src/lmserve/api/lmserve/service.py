@@ -59,6 +59,8 @@ async def slots(models: ModelManager) -> list[dict[str, Any]]:
                 "engine": snapshot["stats"],
                 "prompt_cache": snapshot.get("prompt_cache"),
                 "slots": snapshot["slots"],
+                # A model served by Ray Serve replicas: each one's node and load.
+                **({"replicas": snapshot["replicas"]} if "replicas" in snapshot else {}),
             }
         )
     return report
