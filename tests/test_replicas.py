@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import MODEL_ID as MODEL
 from tests.conftest import Server, install_default_model, start_server
+from tests.helpers import log_records
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported
 if not os.environ.get("LMSERVE_REQUIRE_RAY"):
@@ -113,8 +114,16 @@ def test_two_replicas_stream_through_the_openai_sdk(server: Server) -> None:
     assert running_replicas(server) == 2
 
 
-def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(api: httpx.Client) -> None:
-    first = ask(api, "What is two and two?", SHARED)
+def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(
+    api: httpx.Client, server: Server
+) -> None:
+    with log_records(server, ("llm.prediction.output",)) as records:
+        first = ask(api, "What is two and two?", SHARED)
+        deadline = time.monotonic() + 20
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # The log stream (made in the server) says which replica ran each request.
+    assert records and records[0]["replica"] == first.headers[HEADER]
     assert first.status_code == 200, first.text
     replica = first.headers[HEADER]
     for question in ["Name a color.", "Say hello.", "Name a fruit."]:

@@ -85,6 +85,8 @@ def _format_record(record: dict[str, Any], stats: bool) -> str:
         f"modelIdentifier: {record.get('model')}",
         f"requestId: {record.get('request_id')}",
     ]
+    if record.get("replica"):  # a model served by Ray Serve replicas
+        lines.append(f"replica: {record['replica']}")
     if record.get("type") == "llm.prediction.progress":
         lines.append(
             f"promptProcessing: {record.get('progress', 0):.0%} "

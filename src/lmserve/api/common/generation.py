@@ -348,6 +348,8 @@ class Generation:
             )
             return
         self.finished[index] = event
+        # A replicated model's record says which replica ran it.
+        replica = self.streams[index].replica
         self._logs.publish(
             "llm.prediction.output",
             request_id=self.prepared.request_id,
@@ -355,6 +357,7 @@ class Generation:
             choice=index,
             output=self.texts[index],
             stats=stats_of(event),
+            **({"replica": replica} if replica is not None else {}),
         )
 
     async def events(self) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
