@@ -88,6 +88,10 @@ class RayReplicas:
                 "min_replicas": 1,
                 "max_replicas": settings.max_replicas,
                 "target_ongoing_requests": max(1, spec.n_slots),
+                # A replica loads in seconds: add one soon when every slot is taken; keep
+                # it a while, since loading again costs more than idling.
+                "upscale_delay_s": 5,
+                "downscale_delay_s": 120,
             }
         else:
             options["num_replicas"] = settings.replicas
