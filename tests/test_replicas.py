@@ -85,6 +85,13 @@ def running_replicas(server: Server) -> int:
     return int(deployment.replica_states.get("RUNNING", 0))
 
 
+def busy_slots(api: httpx.Client, replica: str) -> int:
+    """Slots busy on ``replica`` now, as /lmserve/slots reports them."""
+    [model] = api.get("/lmserve/slots").json()["models"]
+    [line] = [line for line in model["replicas"] if line["replica"] == replica]
+    return int(line["slots_busy"])
+
+
 def replica_actors() -> dict[str, str]:
     """The model's replica actors alive now: each one's Serve id, to its actor name."""
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
@@ -158,8 +165,13 @@ def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -
             chunks += line.startswith("data:")
             if chunks > 3:
                 break
-    # Both slots of that replica would be held if the generation went on; the same prefix
-    # is answered there at once, from the cache.
+    # The generation stops on the replica: its slots are all idle again within a few
+    # seconds (the rest of its context, ~2,800 tokens, would take it 15 s or more).
+    deadline = time.monotonic() + 5
+    while busy_slots(api, replica):
+        assert time.monotonic() < deadline, "the replica kept generating for a client gone"
+        time.sleep(0.1)
+    # The same prefix is answered there at once, from the cache.
     started = time.monotonic()
     answers = [ask(api, f"Question {n}.", other) for n in range(2)]
     assert all(a.headers[HEADER] == replica for a in answers)

@@ -10,6 +10,7 @@ is unregistered) every caller waiting on it gets :class:`PluginUnavailable` at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -218,32 +219,21 @@ class Plugin:
         link = await self._link("promptPreprocessor")
         if link is None:
             return None
-        task_id = self.new_id()
-        queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        link.listen(task_id, queue.put_nowait)
-        try:
-            await link.send(
-                {
-                    "type": "preprocess",
-                    "taskId": task_id,
-                    "input": message,
-                    "config": EMPTY_CONFIG,
-                    "pluginConfig": EMPTY_CONFIG,
-                    "globalPluginConfig": EMPTY_CONFIG,
-                    "workingDirectoryPath": working_directory,
-                    "enabledPluginInfos": [plugin.info() for plugin in enabled or [self]],
-                    "pci": context[0],
-                    "token": context[1],
-                }
-            )
-            what = f"the prompt preprocessor of plugin '{self.id}'"
-            answer = await _next(queue, self.timeout, what)
-        except BaseException:
-            if link.closed is None:
-                await _quietly(link.send({"type": "abort", "taskId": task_id}))
-            raise
-        finally:
-            link.forget(task_id)
+        request = {
+            "type": "preprocess",
+            "taskId": self.new_id(),
+            "input": message,
+            "config": EMPTY_CONFIG,
+            "pluginConfig": EMPTY_CONFIG,
+            "globalPluginConfig": EMPTY_CONFIG,
+            "workingDirectoryPath": working_directory,
+            "enabledPluginInfos": [plugin.info() for plugin in enabled or [self]],
+            "pci": context[0],
+            "token": context[1],
+        }
+        what = f"the prompt preprocessor of plugin '{self.id}'"
+        async with contextlib.aclosing(self._task(link, request, what)) as answers:
+            answer = await anext(answers)  # its one answer ends it
         if answer.get("type") == "complete" and isinstance(answer.get("processed"), dict):
             return dict(answer["processed"])
         if answer.get("type") == "error":
@@ -262,36 +252,45 @@ class Plugin:
         link = await self._link("generator")
         if link is None:
             raise PluginFailed(f"plugin '{self.id}' has no generator")
-        task_id = self.new_id()
-        queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        link.listen(task_id, queue.put_nowait)
-        finished = False
-        try:
-            await link.send(
-                {
-                    "type": "generate",
-                    "taskId": task_id,
-                    "input": history,
-                    "pluginConfig": EMPTY_CONFIG,
-                    "globalPluginConfig": EMPTY_CONFIG,
-                    "toolDefinitions": list(tools),
-                    "workingDirectoryPath": None,
-                }
-            )
-            while True:
-                packet = await _next(queue, self.timeout, f"the generator of plugin '{self.id}'")
+        request = {
+            "type": "generate",
+            "taskId": self.new_id(),
+            "input": history,
+            "pluginConfig": EMPTY_CONFIG,
+            "globalPluginConfig": EMPTY_CONFIG,
+            "toolDefinitions": list(tools),
+            "workingDirectoryPath": None,
+        }
+        what = f"the generator of plugin '{self.id}'"
+        async with contextlib.aclosing(self._task(link, request, what)) as packets:
+            async for packet in packets:
                 kind = packet.get("type")
                 if kind in ("complete", "aborted"):
-                    finished = True
                     return
                 if kind == "error":
-                    finished = True
                     reason = error_text(packet.get("error"))
                     raise PluginFailed(f"the generator of plugin '{self.id}' failed: {reason}")
                 yield packet
+
+    async def _task(
+        self, link: HookLink, request: dict[str, Any], what: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Send a hook a task (a preprocessing, a generation); its packets, each within the
+        plugin's time limit, up to the one that ends it (``complete``, ``aborted`` or
+        ``error``, yielded too).  Leaving before that, for whatever reason, aborts it."""
+        task_id = request["taskId"]
+        queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        link.listen(task_id, queue.put_nowait)
+        ended = False
+        try:
+            await link.send(request)
+            while not ended:
+                packet = await _next(queue, self.timeout, what)
+                ended = packet.get("type") in ("complete", "aborted", "error")
+                yield packet
         finally:
             link.forget(task_id)
-            if not finished and link.closed is None:
+            if not ended and link.closed is None:
                 await _quietly(link.send({"type": "abort", "taskId": task_id}))
 
 

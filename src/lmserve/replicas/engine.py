@@ -85,7 +85,7 @@ class ReplicatedEngine(EngineCalls):
             raise EngineClosedError(self._closed)
         loop = asyncio.get_running_loop()
         token = secrets.token_hex(8)
-        where: dict[str, Any] = {}
+        where: dict[str, Any] = {}  # the Serve id of the replica that runs it, once known
         stream = GenerationStream(
             request, loop, Outbox(), on_cancel=lambda: self._cancel(token, where)
         )
@@ -107,7 +107,7 @@ class ReplicatedEngine(EngineCalls):
             async for item in response:
                 if isinstance(item, tuple) and item[:1] == (REPLICA,):
                     stream.place(item[1])
-                    where["replica"], where["replica_id"] = item[1], item[2]
+                    where["replica_id"] = item[2]
                     continue
                 if isinstance(item, TextDelta):
                     completion_tokens = item.completion_tokens
@@ -119,7 +119,7 @@ class ReplicatedEngine(EngineCalls):
             response.cancel()
             raise
         except (RayError, RuntimeError) as exc:
-            replica = where.get("replica", "a replica")
+            replica = stream.replica or "a replica"
             message = f"the engine of model '{self.name}' crashed: {replica} was lost ({exc})"
             logger.error("%s", message)
             stream.deliver(

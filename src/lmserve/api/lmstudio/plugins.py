@@ -16,16 +16,6 @@ from lmserve.api.common.protocol import ChatMessage, ContentPart, TextContentPar
 from lmserve.plugins import Plugin, Plugins
 
 
-def plugin_ids(integrations: list[Any] | None) -> list[str]:
-    """The ids of the plugins (not ``mcp/`` servers) ``integrations`` names, in order."""
-    ids = []
-    for item in integrations or []:
-        plugin_id = item if isinstance(item, str) else getattr(item, "id", None)
-        if isinstance(plugin_id, str) and not plugin_id.startswith("mcp/"):
-            ids.append(plugin_id)
-    return ids
-
-
 def _text_of(content: str | list[ContentPart] | None) -> str:
     if isinstance(content, str):
         return content

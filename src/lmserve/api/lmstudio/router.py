@@ -16,7 +16,7 @@ from lmserve.api.common.errors import NotFoundError
 from lmserve.api.common.protocol import EmbeddingRequest
 from lmserve.api.common.serving import serve_generation
 from lmserve.api.common.tool_loop import serve_with_tools
-from lmserve.api.lmstudio.plugins import plugin_ids, preprocess
+from lmserve.api.lmstudio.plugins import preprocess
 from lmserve.api.lmstudio.protocol import (
     DownloadRequest,
     LoadRequest,
@@ -38,6 +38,7 @@ from lmserve.api.lmstudio.service import (
 )
 from lmserve.models.download_jobs import DownloadJobs
 from lmserve.models.manager import ModelManager
+from lmserve.plugins import PluginUse
 
 router = APIRouter(prefix="/api")
 
@@ -107,7 +108,7 @@ async def native_chat(body: NativeChatRequest, request: Request) -> Response | A
     turn = NativeChatTurn(body, _chat_threads(request))
     state = request.app.state
     uses = integration_uses(body, state.mcp_settings, state.mcp, state.plugins)
-    plugins = [state.plugins.get(plugin_id) for plugin_id in plugin_ids(body.integrations)]
+    plugins = [state.plugins.get(use.plugin_id) for use in uses if isinstance(use, PluginUse)]
     if plugins:
         turn.content = await preprocess(
             state.plugins, plugins, turn.earlier(), turn.content, body.model

@@ -292,11 +292,12 @@ class Session:
         endpoint = self.served.channels.get(frame.endpoint)
         channel = Channel(self, frame.channelId, endpoint is not None and endpoint.receives)
         self.channels[frame.channelId] = channel
-        self._start(self._serve_channel(frame, channel))
+        self._start(self._serve_channel(frame, endpoint, channel))
 
-    async def _serve_channel(self, frame: ChannelCreate, channel: Channel) -> None:
+    async def _serve_channel(
+        self, frame: ChannelCreate, endpoint: ChannelEndpoint | None, channel: Channel
+    ) -> None:
         try:
-            endpoint = self.served.channels.get(frame.endpoint)
             if endpoint is None:
                 raise self._not_served(frame.endpoint)
             with self._counted(not endpoint.long_lived):
