@@ -10,9 +10,12 @@ module is skipped, unless ``LMSERVE_REQUIRE_RAY`` is set (CI installs ``lmserve[
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL_ID as MODEL
-from tests.conftest import Server, install_default_model, start_server
+from tests.conftest import Server, install_default_model, run_cli, start_server
 from tests.helpers import log_records
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported
@@ -37,12 +40,16 @@ HEADER = "x-lmserve-replica"
 SHARED = " ".join(f"Rule {i}: answer briefly and politely about topic {i}." for i in range(80))
 
 
+def node_args(home: Path) -> dict[str, Any]:
+    """A node of one CPU whose lmserve home (its models folder) is ``home``."""
+    return {"num_cpus": 1, "env_vars": {"LMSERVE_HOME": str(home)}}
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    started = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    started.add_node(num_cpus=1)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    head = {**node_args(tmp_path_factory.mktemp("head-node")), "include_dashboard": False}
+    started = Cluster(initialize_head=True, head_node_args=head)
+    started.add_node(**node_args(tmp_path_factory.mktemp("worker-node")))
     ray.init(address=started.address, namespace="lmserve-tests", log_to_driver=False)
     try:
         yield started
@@ -149,6 +156,35 @@ def test_a_shared_prefix_sticks_to_its_replica_and_new_ones_spread(
     assert len(model["slots"]) == 4 and {slot["replica"] for slot in model["slots"]} == seen
 
 
+def test_the_listings_show_every_replica(api: httpx.Client, server: Server) -> None:
+    """/v1/models, LM Studio's models APIs, lmserve ps and /metrics: both replicas, each on
+    its node, and the tokens the one holding the shared prefix caches."""
+    holder = ask(api, "Name a tree.", SHARED).headers[HEADER]
+    [card] = api.get("/v1/models").json()["data"]
+    lines = {line["replica"]: line for line in card["replicas"]}
+    assert holder in lines and len(lines) == 2
+    assert len({line["node_id"] for line in lines.values()}) == 2
+    assert {line["node_address"] for line in lines.values()} == {"127.0.0.1"}
+    assert lines[holder]["cached_tokens"] > 1000 and lines[holder]["slots"] == 2
+    [v0] = [item for item in api.get("/api/v0/models").json()["data"] if "replicas" in item]
+    assert {line["replica"] for line in v0["replicas"]} == set(lines)
+    assert api.get(f"/api/v0/models/{MODEL}").json()["replicas"] == v0["replicas"]
+    [v1] = [m for m in api.get("/api/v1/models").json()["models"] if m["loaded_instances"]]
+    assert {line["replica"] for line in v1["loaded_instances"][0]["replicas"]} == set(lines)
+    # lmserve ps: every replica's slots in the table, a line per replica under it.
+    listed = run_cli(server.home, "ps", "--port", str(server.port))
+    assert listed.returncode == 0, listed.stderr
+    for name in lines:
+        assert f"replica {name}: 0/2 slots busy" in listed.stdout
+    assert "0/4" in listed.stdout
+    # /metrics: a series per replica, labelled with its model, name and node.
+    metrics = api.get("/metrics").text
+    for name in lines:
+        label = f'{{model="{MODEL}",replica="{name}",node="127.0.0.1"}}'
+        assert f"lmserve_replica_slots{label} 2" in metrics
+    assert f'lmserve_slots{{model="{MODEL}"}} 4' in metrics
+
+
 def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -> None:
     other = SHARED.replace("briefly", "at length")
     body = {
@@ -213,6 +249,103 @@ def test_a_replica_lost_mid_stream_fails_only_its_request_and_comes_back(
         assert time.monotonic() < deadline, serve.status()
         time.sleep(0.5)
     assert unique_id not in replica_actors()
+
+
+def node_copies(home: Path, model_file: Path) -> list[Path]:
+    """The model file in a node's lmserve home, complete and identical to the server's."""
+    copies = list((home / "models").rglob(model_file.name))
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    return [c for c in copies if hashlib.sha256(c.read_bytes()).hexdigest() == digest]
+
+
+def test_auto_replicas_scale_out_onto_nodes_that_copy_the_model_and_outlive_one(
+    cluster: Cluster,
+    server: Server,  # its two replicas hold the first two nodes' CPUs: this model's go here
+    tmp_path_factory: pytest.TempPathFactory,
+    default_model_file: Path,
+) -> None:
+    before = {node.node_id for node in cluster.list_all_nodes()}
+    homes = [tmp_path_factory.mktemp(f"added-node-{n}") for n in range(3)]
+    added = [cluster.add_node(**node_args(home)) for home in homes[:2]]
+    server_home = tmp_path_factory.mktemp("auto-server")
+    install_default_model(server_home, default_model_file)
+    flags = ("--ray", cluster.address, "--replicas", "auto", "--max-replicas", "2")
+    auto = start_server(server_home, *flags, "--threads", "1", "--parallel", "2", timeout=240)
+    stop = threading.Event()
+
+    def keep_busy(api: httpx.Client, n: int) -> None:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"Tell story number {n}."}],
+            "max_tokens": 3000,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        with api.stream("POST", "/v1/chat/completions", json=body) as response:
+            for _ in response.iter_lines():
+                if stop.is_set():
+                    return  # leaving cancels it
+
+    try:
+        with httpx.Client(base_url=auto.base_url, timeout=120) as api:
+            assert running_replicas(auto) == 1
+            # Two slots generating and two requests waiting, for more than Serve's 5 s
+            # upscale delay: a second replica starts.
+            busy = [threading.Thread(target=keep_busy, args=(api, n)) for n in range(4)]
+            for thread in busy:
+                thread.start()
+            deadline = time.monotonic() + 90
+            while running_replicas(auto) < 2:
+                assert time.monotonic() < deadline, serve.status()
+                time.sleep(0.5)
+            stop.set()
+            for thread in busy:
+                thread.join()
+            # Both replicas run on the added nodes, which had no model: each copied it from
+            # the server's node into its own models folder.
+            assert all(node_copies(home, default_model_file) for home in homes[:2])
+            seen = {ask(api, f"Say the number {n}.").headers[HEADER] for n in range(2)}
+            assert len(seen) == 2
+
+            # One of those nodes is lost mid-stream: its stream ends with the error event,
+            # the other replica serves, and a node added later gets the replacement.
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Write a long story."}],
+                "max_tokens": 2000,
+                "stream": True,
+                "ignore_eos": True,
+            }
+            events = []
+            with api.stream("POST", "/v1/chat/completions", json=body) as response:
+                replica = response.headers[HEADER]
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    events.append(line)
+                    if len(events) == 3:
+                        [model] = api.get("/lmserve/slots").json()["models"]
+                        [node_id] = [
+                            r["node_id"] for r in model["replicas"] if r["replica"] == replica
+                        ]
+                        [node] = [node for node in added if node.node_id == node_id]
+                        cluster.remove_node(node, allow_graceful=False)
+            assert '"code":"engine_crashed"' in events[-1].replace(" ", ""), events[-3:]
+            after = ask(api, "Say hi.")
+            assert after.status_code == 200 and after.headers[HEADER] != replica
+            cluster.add_node(**node_args(homes[2]))
+            deadline = time.monotonic() + 120
+            while running_replicas(auto) < 2:
+                assert time.monotonic() < deadline, serve.status()
+                time.sleep(0.5)
+            assert node_copies(homes[2], default_model_file)
+    finally:
+        stop.set()
+        auto.stop()
+        for node in cluster.list_all_nodes():
+            if node.node_id not in before:  # the cluster as the module's other tests had it
+                with contextlib.suppress(Exception):
+                    cluster.remove_node(node)
 
 
 def test_nothing_listens_beyond_loopback(server: Server) -> None:

@@ -103,6 +103,8 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
             "model": model["key"],
             **instance["config"],
             "prompt_cache": caches.get(instance["id"]),
+            # A model served by Ray Serve replicas: each one's node and load.
+            **({"replicas": instance["replicas"]} if "replicas" in instance else {}),
         }
         for model in listing["models"]
         for instance in model["loaded_instances"]
@@ -117,6 +119,9 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
         return
     rows = []
     for item in instances:
+        if replicas := item.get("replicas"):  # every replica's slots
+            item["slots"] = sum(replica["slots"] for replica in replicas)
+            item["slots_busy"] = sum(replica["slots_busy"] for replica in replicas)
         ttl = item.get("ttl")
         left = item.get("ttl_remaining")
         rows.append(
@@ -151,6 +156,12 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
         click.echo(
             f"{item['identifier']}: prompt cache {_prompt_cache_line(item['prompt_cache'])}."
         )
+        for replica in item.get("replicas") or ():
+            click.echo(
+                f"{item['identifier']}: replica {replica['replica']}: "
+                f"{replica['slots_busy']}/{replica['slots']} slots busy, "
+                f"{replica['cached_tokens']} tokens cached."
+            )
     _echo_crashes(crashed, {item["identifier"] for item in instances})
 
 

@@ -63,8 +63,15 @@ class EngineCalls:
     its answer (:meth:`_call`): an :class:`EngineWorker` sends them down its pipe, a model's
     Ray Serve replicas (:mod:`lmserve.replicas`) over Ray."""
 
+    replicated = False  # True where the model runs as Ray Serve replicas
+
     async def _call(self, method: str, *args: Any) -> Any:
         raise NotImplementedError
+
+    async def replicas_now(self) -> list[dict[str, Any]] | None:
+        """A replicated model's replicas alive now, one line each (name, node, slots busy,
+        tokens cached); None for a model served from this machine."""
+        return None
 
     async def tokenize(
         self, text: str, *, add_special: bool, parse_special: bool = True

@@ -86,7 +86,7 @@ class ModelManager:
         if settings.ray is not None:
             from lmserve.replicas.cluster import RayReplicas
 
-            self.replicas = RayReplicas(settings.ray)
+            self.replicas = RayReplicas(settings.ray, self.models_root)
 
     # -- lookup ------------------------------------------------------------------------------
     def rescan(self) -> Catalog:

@@ -5,9 +5,9 @@
 the only ingress, on the host and port the user gave.  Each model it loads becomes a Serve
 application of :class:`ModelReplica` replicas (``--replicas N``, or ``auto``: Serve's
 autoscaling between 1 and ``--max-replicas`` on ongoing requests), each taking as many CPUs as
-the model's threads, routed by :class:`PrefixAffinityRouter`.  Every replica loads the model
-from the same path, so the file must be there on every node (shared storage, or the same
-download on each).
+the model's threads, routed by :class:`PrefixAffinityRouter`.  A replica on another node
+loads the model from that node's models folder, copied there from this one the first time
+(:mod:`lmserve.replicas.files`).
 """
 
 from __future__ import annotations
@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lmserve.config import RaySettings
 from lmserve.engine.types import WorkerStartError
 from lmserve.engine.wire import WorkerSpec
 from lmserve.replicas.deployment import ModelReplica
 from lmserve.replicas.engine import ReplicatedEngine
+from lmserve.replicas.files import IN_FLIGHT, FileSource, ModelFiles, spec_files
 from lmserve.replicas.routing import PrefixAffinityRouter, RandomRouter
 
 logger = logging.getLogger("lmserve.replicas")
@@ -43,9 +46,12 @@ def app_name(server_port: int, identifier: str) -> str:
 class RayReplicas:
     """lmserve's part of a Ray cluster: its Serve applications, one per loaded model."""
 
-    def __init__(self, settings: RaySettings) -> None:
+    def __init__(self, settings: RaySettings, models_root: Path) -> None:
         self.settings = settings
+        self.models_root = models_root
         self._started = False
+        self._files: Any = None  # the ModelFiles actor on this node
+        self._source: FileSource | None = None
 
     def connect(self) -> None:
         """Join the cluster and start Serve (blocking)."""
@@ -55,6 +61,20 @@ class RayReplicas:
         ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False)
         serve.start(proxy_location="Disabled")
         self._started = True
+        here = ray.get_runtime_context().get_node_id()
+        files_name = f"lmserve-files-{self.settings.server_port}"
+        self._files = (
+            ray.remote(ModelFiles)
+            .options(
+                name=files_name,
+                namespace=NAMESPACE,
+                num_cpus=0,
+                max_concurrency=IN_FLIGHT * 2,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            )
+            .remote()
+        )
+        self._source = FileSource(here, str(self.models_root), files_name, NAMESPACE)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         logger.info(
             "joined the Ray cluster at %s: %d node%s, %g CPUs",
@@ -95,7 +115,8 @@ class RayReplicas:
             }
         else:
             options["num_replicas"] = settings.replicas
-        application = serve.deployment(ModelReplica).options(**options).bind(spec)
+        ray.get(self._files.serve.remote(spec_files(spec)))
+        application = serve.deployment(ModelReplica).options(**options).bind(spec, self._source)
         try:
             handle = serve.run(application, name=name, route_prefix=None)
             described = handle.describe.remote().result()

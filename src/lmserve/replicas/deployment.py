@@ -1,6 +1,7 @@
 """One replica of a model, as a Ray Serve deployment: today's engine on a node of the cluster.
 
-A replica starts the model's worker process on its node (:class:`lmserve.engine.client.
+A replica starts the model's worker process on its node (its files there first:
+:mod:`lmserve.replicas.files`) (:class:`lmserve.engine.client.
 EngineWorker`, with the load's :class:`WorkerSpec`: slots, context, batching, prompt cache,
 speculative decoding as on one machine) and serves it to lmserve's server over Ray:
 ``generate`` streams a request's events, the first item naming the replica; ``cancel`` stops a
@@ -24,6 +25,7 @@ from lmserve.engine.client import EngineWorker
 from lmserve.engine.exits import WorkerExit
 from lmserve.engine.types import GenerationRequest, GenerationStream
 from lmserve.engine.wire import WorkerSpec
+from lmserve.replicas.files import FileSource, on_this_node
 
 REPLICA = "replica"  # the first item of a stream: ("replica", its name, its Serve id)
 
@@ -53,9 +55,11 @@ def _listen_on_the_node_only() -> None:
 class ModelReplica:
     """See the module's docstring."""
 
-    async def __init__(self, spec: WorkerSpec) -> None:
+    async def __init__(self, spec: WorkerSpec, source: FileSource) -> None:
         _listen_on_the_node_only()
         loop = asyncio.get_running_loop()
+        # The model's files on this node: the server's, or this node's copy of them.
+        spec = await asyncio.to_thread(on_this_node, spec, source)
         self.crash: str | None = None
         self.worker = await asyncio.to_thread(EngineWorker, spec, loop, self._died)
         context = serve.get_replica_context()
@@ -118,7 +122,8 @@ class ModelReplica:
         """This replica's snapshot (its slots, engine counters, prompt cache) and where it
         runs."""
         snapshot = await self.worker.snapshot()
-        return {"replica": self.name(), "node_id": self.node_id, **snapshot}
+        where = {"node_id": self.node_id, "node_address": self.node_address}
+        return {"replica": self.name(), **where, **snapshot}
 
     async def call(self, method: str, *args: Any, replica: Any = None) -> Any:
         """One of the engine's calls (``tokenize``, ``embed``, ``snapshot``, ...)."""

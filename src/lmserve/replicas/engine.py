@@ -158,17 +158,26 @@ class ReplicatedEngine(EngineCalls):
         names = [actor["name"] for actor in actors if marker in actor["name"]]
         return [ReplicaID.from_full_id_str(name) for name in names]
 
-    async def snapshot(self) -> dict[str, Any]:
-        """Every replica's slots and counters: the slots of all (each naming its replica),
-        the counters summed, and one line per replica (node, slots busy, cached tokens)."""
-        if self._closed is not None:
-            raise EngineClosedError(self._closed)
+    async def _reports(self) -> list[dict[str, Any]]:
+        """The snapshot of every replica alive now, each naming its replica and node."""
         ids = await self.replica_ids()
         reports = await asyncio.gather(
             *(self.handle.report.remote(replica=replica) for replica in ids),
             return_exceptions=True,
         )
-        alive = [report for report in reports if isinstance(report, dict)]
+        return [report for report in reports if isinstance(report, dict)]
+
+    async def replicas_now(self) -> list[dict[str, Any]]:
+        if self._closed is not None:
+            raise EngineClosedError(self._closed)
+        return replica_lines(await self._reports())
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Every replica's slots and counters: the slots of all (each naming its replica),
+        the counters summed, and one line per replica (node, slots busy, cached tokens)."""
+        if self._closed is not None:
+            raise EngineClosedError(self._closed)
+        alive = await self._reports()
         if not alive:
             result: dict[str, Any] = await self._call("snapshot")
             return result
@@ -198,15 +207,13 @@ def _summed(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return total
 
 
-def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Replicas' snapshots as one model's, with a line per replica."""
-    slots = [
-        {**slot, "replica": report["replica"]} for report in reports for slot in report["slots"]
-    ]
-    replicas = [
+def replica_lines(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per replica: its name, node, slots, slots busy and tokens its slots hold."""
+    return [
         {
             "replica": report["replica"],
             "node_id": report["node_id"],
+            "node_address": report["node_address"],
             "slots": len(report["slots"]),
             "slots_busy": sum(1 for slot in report["slots"] if slot["busy"]),
             "cached_tokens": sum(slot["cached_tokens"] for slot in report["slots"]),
@@ -214,11 +221,18 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for report in reports
     ]
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replicas' snapshots as one model's, with a line per replica."""
+    slots = [
+        {**slot, "replica": report["replica"]} for report in reports for slot in report["slots"]
+    ]
     return {
         "slots": slots,
         "stats": _summed([report["stats"] for report in reports]),
         "prompt_cache": _summed([report.get("prompt_cache") for report in reports]),
-        "replicas": replicas,
+        "replicas": replica_lines(reports),
     }
 
 

@@ -319,7 +319,7 @@ class Generation:
     async def placement(self) -> dict[str, str]:
         """The response headers naming the replicas that run it (``x-lmserve-replica``),
         once they are known; none for a model that is not replicated."""
-        if not getattr(self.prepared.model.engine, "replicated", False):
+        if not self.prepared.model.engine.replicated:
             return {}
         waits = [stream.placed.wait() for stream in self.streams]
         with contextlib.suppress(TimeoutError):

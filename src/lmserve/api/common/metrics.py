@@ -6,7 +6,8 @@ Three sources, none of which the routes need to know about:
 - every HTTP request, counted by :class:`MetricsMiddleware` (method, route template, status);
 - every finished prediction, from the log bus's listener hook (tokens in and out, time to
   first token, tokens per second);
-- the model manager, read at scrape time (models loaded, slots busy, queue depth).
+- the model manager and each model's engine snapshot, read at scrape time (models loaded,
+  slots busy, queue depth, prompt caches; a replicated model's replicas, one series each).
 
 Written by hand rather than with ``prometheus_client``: a handful of series, and no global
 registry to share between the apps that tests build in one process.
@@ -110,10 +111,11 @@ class Metrics:
         self,
         models: ModelManager,
         lifecycle: Lifecycle | None = None,
-        prompt_caches: dict[str, dict[str, Any] | None] | None = None,
+        snapshots: dict[str, dict[str, Any]] | None = None,
     ) -> str:
-        """The exposition; ``prompt_caches``: each loaded model's prompt cache statistics (as
-        its worker reports them: an awaited call, so the route gathers them)."""
+        """The exposition; ``snapshots``: each loaded model's engine snapshot (prompt cache
+        statistics; a replicated model's replicas), an awaited call the route makes."""
+        snapshots = snapshots or {}
         out = _Exposition()
         out.family("lmserve_http_requests", "counter", "HTTP requests by route and status.")
         out.samples("lmserve_http_requests_total", self.requests)
@@ -159,9 +161,12 @@ class Metrics:
         ):
             out.family(name, "gauge", help_text)
             for model in loaded:
-                out.sample(name, (("model", model.identifier),), value_of(model))
-        if prompt_caches:
-            _prompt_cache_families(out, prompt_caches)
+                value = value_of(model, snapshots.get(model.identifier, {}).get("replicas"))
+                out.sample(name, (("model", model.identifier),), value)
+        caches = {name: snapshot.get("prompt_cache") for name, snapshot in snapshots.items()}
+        if any(caches.values()):
+            _prompt_cache_families(out, caches)
+        _replica_families(out, snapshots)
         if lifecycle is not None:
             out.family("lmserve_requests_in_flight", "gauge", "HTTP requests being served.")
             out.sample("lmserve_requests_in_flight", (), lifecycle.in_flight)
@@ -199,15 +204,46 @@ def _prompt_cache_families(out: _Exposition, caches: dict[str, dict[str, Any] | 
                     out.sample(name, (("model", model), ("tier", tier)), figures[field])
 
 
-def _slots(model: LoadedModel) -> int:
+_REPLICA_FAMILIES = (
+    ("lmserve_replica_slots", "Generation slots of each Ray Serve replica.", "slots"),
+    ("lmserve_replica_slots_busy", "Slots of each replica generating right now.", "slots_busy"),
+    ("lmserve_replica_cached_tokens", "Prompt tokens each replica's slots hold.", "cached_tokens"),
+)
+
+
+def _replica_families(out: _Exposition, snapshots: dict[str, dict[str, Any]]) -> None:
+    """One series per replica of each replicated model (none without --ray)."""
+    replicated = {name: s["replicas"] for name, s in snapshots.items() if s.get("replicas")}
+    if not replicated:
+        return
+    for name, help_text, field in _REPLICA_FAMILIES:
+        out.family(name, "gauge", help_text)
+        for model, replicas in sorted(replicated.items()):
+            for replica in replicas:
+                labels = (
+                    ("model", model),
+                    ("replica", str(replica["replica"])),
+                    ("node", str(replica["node_address"])),
+                )
+                out.sample(name, labels, replica[field])
+
+
+Replicas = list[dict[str, Any]] | None
+
+
+def _slots(model: LoadedModel, replicas: Replicas) -> int:
+    if replicas:  # every replica's
+        return sum(int(replica["slots"]) for replica in replicas)
     return model.engine.n_slots
 
 
-def _busy_slots(model: LoadedModel) -> int:
+def _busy_slots(model: LoadedModel, replicas: Replicas) -> int:
+    if replicas:
+        return sum(int(replica["slots_busy"]) for replica in replicas)
     return model.engine.busy_slots
 
 
-def _queue_depth(model: LoadedModel) -> int:
+def _queue_depth(model: LoadedModel, replicas: Replicas) -> int:
     return model.engine.queue_depth
 
 

@@ -101,6 +101,6 @@ async def log_stream(request: Request) -> EventStreamResponse:
 async def metrics(request: Request) -> Response:
     """Prometheus metrics (needs the API key when keys are configured)."""
     state = request.app.state
-    caches = await service.prompt_caches(state.models)
-    text = state.metrics.render(state.models, getattr(state, "lifecycle", None), caches)
+    snapshots = await service.engine_snapshots(state.models)
+    text = state.metrics.render(state.models, getattr(state, "lifecycle", None), snapshots)
     return Response(text, media_type=CONTENT_TYPE)

@@ -40,49 +40,44 @@ def health(models: ModelManager, draining: bool) -> tuple[dict[str, Any], bool]:
     return body, not (loading or draining)
 
 
-async def slots(models: ModelManager) -> list[dict[str, Any]]:
-    """Each loaded model's slots: busy or idle, tokens cached, queue depth."""
-    loaded = models.loaded()
-    snapshots = await asyncio.gather(
-        *(model.engine.snapshot() for model in loaded), return_exceptions=True
-    )
-    report = []
-    for model, snapshot in zip(loaded, snapshots, strict=True):
-        if isinstance(snapshot, BaseException):
-            continue  # its engine crashed just now: it is no longer loaded
-        report.append(
-            {
-                "identifier": model.identifier,
-                "n_ctx": model.n_ctx,
-                "queue_depth": model.engine.queue_depth,
-                "engine_pid": model.engine.pid,
-                "engine": snapshot["stats"],
-                "prompt_cache": snapshot.get("prompt_cache"),
-                "slots": snapshot["slots"],
-                # A model served by Ray Serve replicas: each one's node and load.
-                **({"replicas": snapshot["replicas"]} if "replicas" in snapshot else {}),
-            }
-        )
-    return report
-
-
-async def prompt_caches(models: ModelManager) -> dict[str, dict[str, Any] | None]:
-    """Each loaded model's prompt cache (``None`` where it is off): its tiers' sizes, hits and
-    bytes."""
+async def engine_snapshots(models: ModelManager) -> dict[str, dict[str, Any]]:
+    """Each loaded model's engine snapshot (slots, counters, prompt cache; a replicated
+    model's replicas), by identifier; a model whose engine crashed just now has none."""
     loaded = models.loaded()
     snapshots = await asyncio.gather(
         *(model.engine.snapshot() for model in loaded), return_exceptions=True
     )
     return {
-        model.identifier: snapshot.get("prompt_cache")
+        model.identifier: snapshot
         for model, snapshot in zip(loaded, snapshots, strict=True)
         if not isinstance(snapshot, BaseException)
     }
 
 
+async def slots(models: ModelManager) -> list[dict[str, Any]]:
+    """Each loaded model's slots: busy or idle, tokens cached, queue depth."""
+    snapshots = await engine_snapshots(models)
+    return [
+        {
+            "identifier": model.identifier,
+            "n_ctx": model.n_ctx,
+            "queue_depth": model.engine.queue_depth,
+            "engine_pid": model.engine.pid,
+            "engine": snapshot["stats"],
+            "prompt_cache": snapshot.get("prompt_cache"),
+            "slots": snapshot["slots"],
+            # A model served by Ray Serve replicas: each one's node and load.
+            **({"replicas": snapshot["replicas"]} if "replicas" in snapshot else {}),
+        }
+        for model in models.loaded()
+        if (snapshot := snapshots.get(model.identifier)) is not None
+    ]
+
+
 async def cache_listing(models: ModelManager) -> dict[str, Any]:
     """The prompt cache: each loaded model's tiers, and every model's folder on disk."""
-    caches = await prompt_caches(models)
+    snapshots = await engine_snapshots(models)
+    caches = {name: snapshot.get("prompt_cache") for name, snapshot in snapshots.items()}
     root = prompt_cache_dir()
     config = models.defaults.prompt_cache
     return {

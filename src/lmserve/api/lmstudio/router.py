@@ -14,6 +14,7 @@ from lmserve.api.common.completions import text_completion_turn
 from lmserve.api.common.embeddings import create_embeddings
 from lmserve.api.common.errors import NotFoundError
 from lmserve.api.common.protocol import EmbeddingRequest
+from lmserve.api.common.replicas import replica_lines
 from lmserve.api.common.serving import serve_generation
 from lmserve.api.common.tool_loop import serve_with_tools
 from lmserve.api.lmstudio.plugins import preprocess
@@ -61,7 +62,8 @@ def _chat_threads(request: Request) -> ChatThreads:
 @router.get("/v1/models")
 async def v1_list_models(request: Request) -> dict[str, Any]:
     """Downloaded models (LLMs and embedding models), each with its loaded instances."""
-    return v1_models(_models(request))
+    models = _models(request)
+    return v1_models(models, await replica_lines(models))
 
 
 @router.post("/v1/models/load")
@@ -132,12 +134,14 @@ async def native_chat(body: NativeChatRequest, request: Request) -> Response | A
 @router.get("/v0/models")
 async def v0_list_models(request: Request) -> dict[str, Any]:
     """All loaded and downloaded models."""
-    return {"object": "list", "data": v0_models(_models(request))}
+    models = _models(request)
+    return {"object": "list", "data": v0_models(models, await replica_lines(models))}
 
 
 @router.get("/v0/models/{model:path}")
 async def v0_get_model(model: str, request: Request) -> dict[str, Any]:
-    return v0_model(_models(request), model)
+    models = _models(request)
+    return v0_model(models, model, await replica_lines(models))
 
 
 @router.post("/v0/chat/completions", response_model=None)

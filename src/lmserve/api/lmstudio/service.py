@@ -27,6 +27,7 @@ from lmserve.api.common.protocol import (
     ToolDefinition,
     parts_content,
 )
+from lmserve.api.common.replicas import ReplicaLines, public_line
 from lmserve.api.common.serving import Turn
 from lmserve.api.common.tool_loop import ToolRounds, collect_last, configured_use, url_use
 from lmserve.api.lmstudio.events import chat_events
@@ -70,10 +71,14 @@ def _params_string(entry: CatalogEntry) -> str | None:
     return str(count)
 
 
-def instance(model: LoadedModel) -> dict[str, Any]:
-    """A loaded instance: its identifier and configuration, slots and engine included."""
+def instance(model: LoadedModel, replicas: ReplicaLines | None = None) -> dict[str, Any]:
+    """A loaded instance: its identifier and configuration, slots and engine included (a
+    replicated model's slots are each replica's; ``replicas`` lists them)."""
+    found: dict[str, Any] = {"id": model.identifier}
+    if replicas and model.identifier in replicas:
+        found["replicas"] = [public_line(line) for line in replicas[model.identifier]]
     return {
-        "id": model.identifier,
+        **found,
         "config": {
             **model.config,
             "ttl": model.ttl,
@@ -89,7 +94,9 @@ def instance(model: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _v1_model(entry: CatalogEntry, key: str, instances: list[LoadedModel]) -> dict[str, Any]:
+def _v1_model(
+    entry: CatalogEntry, key: str, instances: list[LoadedModel], replicas: ReplicaLines
+) -> dict[str, Any]:
     header = entry.header
     params = header.parameter_count
     template = header.chat_template or ""
@@ -105,7 +112,7 @@ def _v1_model(entry: CatalogEntry, key: str, instances: list[LoadedModel]) -> di
         },
         "size_bytes": entry.size_bytes,
         "params_string": _params_string(entry),
-        "loaded_instances": [instance(model) for model in instances],
+        "loaded_instances": [instance(model, replicas) for model in instances],
         "max_context_length": header.context_length,
         "format": "gguf",
         "path": entry.relative_path,
@@ -117,8 +124,9 @@ def _v1_model(entry: CatalogEntry, key: str, instances: list[LoadedModel]) -> di
     return item
 
 
-def v1_models(models: ModelManager) -> dict[str, Any]:
-    """Downloaded models (LLMs and embedding models), each with its loaded instances."""
+def v1_models(models: ModelManager, replicas: ReplicaLines) -> dict[str, Any]:
+    """Downloaded models (LLMs and embedding models), each with its loaded instances (a
+    replicated one's with its replicas)."""
     catalog = models.rescan()
     loaded = models.loaded()
     items = [
@@ -126,12 +134,13 @@ def v1_models(models: ModelManager) -> dict[str, Any]:
             entry,
             catalog.public_id(entry),
             [model for model in loaded if model.entry.path == entry.path],
+            replicas,
         )
         for entry in catalog.entries
     ]
     known = {entry.path for entry in catalog.entries}
     items += [
-        _v1_model(model.entry, model.identifier, [model])
+        _v1_model(model.entry, model.identifier, [model], replicas)
         for model in loaded
         if model.entry.path not in known  # loaded, then deleted from disk
     ]
@@ -154,7 +163,12 @@ async def start_download(
 # -- v0 -----------------------------------------------------------------------------------------
 
 
-def _v0_model(entry: CatalogEntry, key: str, loaded: LoadedModel | None) -> dict[str, Any]:
+def _v0_model(
+    entry: CatalogEntry,
+    key: str,
+    loaded: LoadedModel | None,
+    replicas: ReplicaLines | None = None,
+) -> dict[str, Any]:
     vision = loaded.vision if loaded is not None else entry.vision
     item: dict[str, Any] = {
         "id": key,
@@ -170,16 +184,18 @@ def _v0_model(entry: CatalogEntry, key: str, loaded: LoadedModel | None) -> dict
     }
     if loaded is not None:
         item["loaded_context_length"] = loaded.n_ctx
+        if replicas and loaded.identifier in replicas:
+            item["replicas"] = [public_line(line) for line in replicas[loaded.identifier]]
     return item
 
 
-def v0_models(models: ModelManager) -> list[dict[str, Any]]:
+def v0_models(models: ModelManager, replicas: ReplicaLines) -> list[dict[str, Any]]:
     """All loaded and downloaded models, the loaded ones first."""
     catalog = models.rescan()
     loaded = models.loaded()
     items = []
     for model in loaded:
-        items.append(_v0_model(model.entry, model.identifier, model))
+        items.append(_v0_model(model.entry, model.identifier, model, replicas))
     loaded_paths = {model.entry.path for model in loaded}
     for entry in catalog.entries:
         if entry.path not in loaded_paths:
@@ -187,10 +203,10 @@ def v0_models(models: ModelManager) -> list[dict[str, Any]]:
     return items
 
 
-def v0_model(models: ModelManager, name: str) -> dict[str, Any]:
+def v0_model(models: ModelManager, name: str, replicas: ReplicaLines) -> dict[str, Any]:
     loaded = models.find_loaded(name)
     if loaded is not None:
-        return _v0_model(loaded.entry, loaded.identifier, loaded)
+        return _v0_model(loaded.entry, loaded.identifier, loaded, replicas)
     entry = models.resolve_entry(name)
     if entry is None:
         why = models.catalog.not_a_model(name) or f"No model named '{name}'."

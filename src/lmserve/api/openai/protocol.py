@@ -6,7 +6,7 @@ since every text surface is served as one of them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -16,6 +16,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # lmserve's: a model served by Ray Serve replicas lists them (node, slots busy, cached).
+    replicas: list[dict[str, Any]] | None = None
 
 
 class ModelList(BaseModel):

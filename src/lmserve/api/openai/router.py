@@ -17,6 +17,7 @@ from lmserve.api.common.protocol import (
     EmbeddingRequest,
     TextCompletion,
 )
+from lmserve.api.common.replicas import replica_lines
 from lmserve.api.common.serving import serve_generation
 from lmserve.api.openai.protocol import ModelList
 from lmserve.api.openai.service import model_list
@@ -24,10 +25,11 @@ from lmserve.api.openai.service import model_list
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(request: Request) -> ModelList:
     """Loaded models by identifier; with JIT loading on, every downloaded model too."""
-    return model_list(request.app.state.models)
+    models = request.app.state.models
+    return model_list(models, await replica_lines(models))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)

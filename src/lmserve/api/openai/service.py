@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 
+from lmserve.api.common.replicas import ReplicaLines, public_line
 from lmserve.api.openai.protocol import ModelCard, ModelList
 from lmserve.models.manager import ModelManager
 
 
-def model_list(models: ModelManager) -> ModelList:
-    """Loaded models by identifier; with JIT loading on, every downloaded model too."""
+def model_list(models: ModelManager, replicas: ReplicaLines) -> ModelList:
+    """Loaded models by identifier (a replicated one with its ``replicas``); with JIT
+    loading on, every downloaded model too."""
     cards = [
-        ModelCard(id=model.identifier, created=int(model.loaded_at), owned_by=model.entry.publisher)
+        ModelCard(
+            id=model.identifier,
+            created=int(model.loaded_at),
+            owned_by=model.entry.publisher,
+            replicas=[public_line(line) for line in replicas[model.identifier]]
+            if model.identifier in replicas
+            else None,
+        )
         for model in models.loaded()
     ]
     if models.jit:
