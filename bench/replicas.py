@@ -15,8 +15,12 @@ machine's drift touches both alike.
    their own.  Printed: turns 2+'s time to
    first token (mean and median) and cached share.  Target: affinity's turns 2+ reach the
    first token in at most 0.5x random routing's time, on average.
+3. **What Ray costs**: a server's start to ready (its model loaded) without Ray and with
+   ``--ray --replicas 1``, rounds alternated; and memory (proportional set size, so pages
+   shared between processes count once): the server with its engine, against the server
+   with Ray's processes (the idle cluster's, then Serve's and the replica's with its engine).
 
-    python bench/replicas.py [--rounds 2] [--only throughput|affinity]
+    python bench/replicas.py [--rounds 2] [--only throughput|affinity|cost]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,15 +55,21 @@ TURNS = 3
 @contextlib.contextmanager
 def cluster() -> Iterator[str]:
     started = time.perf_counter()
-    ray_cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
-    )
-    ray_cluster.add_node(num_cpus=2)
-    print(f"Ray cluster up in {time.perf_counter() - started:.1f} s (2 nodes)", flush=True)
-    try:
-        yield ray_cluster.address
-    finally:
-        ray_cluster.shutdown()
+    with tempfile.TemporaryDirectory(prefix="lmserve-bench-nodes-") as homes:
+        # Each node's own lmserve home: a replica off the server's node copies the model there.
+        nodes = [
+            {"num_cpus": 2, "env_vars": {"LMSERVE_HOME": str(Path(homes) / name)}}
+            for name in ("head", "worker")
+        ]
+        ray_cluster = Cluster(
+            initialize_head=True, head_node_args={**nodes[0], "include_dashboard": False}
+        )
+        ray_cluster.add_node(**nodes[1])
+        print(f"Ray cluster up in {time.perf_counter() - started:.1f} s (2 nodes)", flush=True)
+        try:
+            yield ray_cluster.address
+        finally:
+            ray_cluster.shutdown()
 
 
 def replicated(address: str, name: str, *flags: str, parallel: int = 4) -> Any:
@@ -179,16 +190,86 @@ def affinity(address: str, rounds: int) -> None:
     harness.print_checks([("turns 2+ mean TTFT, affinity / random", ratio, "<=", 0.5)])
 
 
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int, children: dict[int, list[int]]) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        found.add(current := todo.pop())
+        todo += children.get(current, [])
+    return found
+
+
+def _pss_mb(pids: set[int]) -> float:
+    """Proportional set size of ``pids`` together (a page shared by n of them counts 1/n)."""
+    total_kb = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def _memory(server: Any) -> tuple[float, float]:
+    """Megabytes: the server's process tree, and Ray's (this script's other descendants)."""
+    children = _children()
+    theirs = _tree(server.process.pid, children)
+    ray_processes = _tree(os.getpid(), children) - theirs - {os.getpid()}
+    return _pss_mb(theirs), _pss_mb(ray_processes)
+
+
+def cost(address: str, rounds: int) -> None:
+    print("\n## What Ray costs: start-up and memory, --replicas 1 against no Ray", flush=True)
+    children = _children()
+    idle_ray = _pss_mb(_tree(os.getpid(), children) - {os.getpid()})
+    order = [("plain", ()), ("ray", ("--ray", address, "--replicas", "1"))]
+    memory: dict[str, tuple[float, float]] = {}
+    for index in range(rounds):
+        seconds = {}
+        for label, flags in order if index % 2 == 0 else order[::-1]:
+            began = time.perf_counter()
+            with harness.lmserve(
+                parallel=4, extra=["--sdk-port", "off", *flags], name=label
+            ) as server:
+                seconds[label] = time.perf_counter() - began
+                memory[label] = _memory(server)
+        print(
+            f"round {index + 1}: start to ready, model loaded: no Ray {seconds['plain']:.1f} s, "
+            f"--ray --replicas 1 {seconds['ray']:.1f} s",
+            flush=True,
+        )
+    plain, _ = memory["plain"]
+    server_mb, ray_mb = memory["ray"]
+    print(
+        f"memory (PSS): no Ray, server and engine {plain:.0f} MB; --ray, server "
+        f"{server_mb:.0f} MB + Ray {ray_mb:.0f} MB (the idle 2-node cluster {idle_ray:.0f} MB, "
+        f"then Serve and the replica with its engine {ray_mb - idle_ray:.0f} MB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", choices=["throughput", "affinity"])
+    parser.add_argument("--only", choices=["throughput", "affinity", "cost"])
     args = parser.parse_args()
     with cluster() as address:
-        if args.only != "affinity":
+        if args.only == "cost":  # first: Serve not started yet, as a new server finds it
+            cost(address, args.rounds)
+        if args.only in (None, "throughput"):
             throughput(address, args.rounds)
-        if args.only != "throughput":
+        if args.only in (None, "affinity"):
             affinity(address, args.rounds)
+        if args.only is None:
+            cost(address, args.rounds)
 
 
 if __name__ == "__main__":

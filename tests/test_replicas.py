@@ -171,6 +171,12 @@ def test_the_listings_show_every_replica(api: httpx.Client, server: Server) -> N
     assert api.get(f"/api/v0/models/{MODEL}").json()["replicas"] == v0["replicas"]
     [v1] = [m for m in api.get("/api/v1/models").json()["models"] if m["loaded_instances"]]
     assert {line["replica"] for line in v1["loaded_instances"][0]["replicas"]} == set(lines)
+    # The native APIs' stats name the replica that answered.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 2}
+    v0_answer = api.post("/api/v0/chat/completions", json=body)
+    assert v0_answer.json()["stats"]["replica"] == v0_answer.headers[HEADER]
+    native = {"model": MODEL, "input": "Hi.", "max_output_tokens": 2, "store": False}
+    assert api.post("/api/v1/chat", json=native).json()["stats"]["replica"] in lines
     # lmserve ps: every replica's slots in the table, a line per replica under it.
     listed = run_cli(server.home, "ps", "--port", str(server.port))
     assert listed.returncode == 0, listed.stderr

@@ -222,6 +222,8 @@ class Finished:
     # Of the cached tokens, those restored from the prompt cache's tiers (the rest: a slot's).
     cached_from_memory: int = 0
     cached_from_disk: int = 0
+    # The Ray Serve replica that ran it (``x-lmserve-replica``): a replicated model's only.
+    replica: str | None = None
 
     @classmethod
     def failure(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from typing import Any
@@ -111,9 +112,10 @@ class ReplicatedEngine(EngineCalls):
                     continue
                 if isinstance(item, TextDelta):
                     completion_tokens = item.completion_tokens
-                stream.deliver(item)
                 if isinstance(item, Finished):
+                    stream.deliver(dataclasses.replace(item, replica=stream.replica))
                     return
+                stream.deliver(item)
             raise RuntimeError("the replica's stream ended without a last event")
         except asyncio.CancelledError:
             response.cancel()

@@ -232,7 +232,13 @@ def stats_of(finished: Finished) -> dict[str, Any]:
         },
         "completion_tokens": finished.completion_tokens,
         **draft_stats(finished),
+        **replica_of(finished),
     }
+
+
+def replica_of(finished: Finished) -> dict[str, str]:
+    """The replica that ran a replicated model's request, as the native stats name it."""
+    return {"replica": finished.replica} if finished.replica is not None else {}
 
 
 def draft_stats(finished: Finished) -> dict[str, Any]:
@@ -348,8 +354,6 @@ class Generation:
             )
             return
         self.finished[index] = event
-        # A replicated model's record says which replica ran it.
-        replica = self.streams[index].replica
         self._logs.publish(
             "llm.prediction.output",
             request_id=self.prepared.request_id,
@@ -357,7 +361,8 @@ class Generation:
             choice=index,
             output=self.texts[index],
             stats=stats_of(event),
-            **({"replica": replica} if replica is not None else {}),
+            # A replicated model's record says which replica ran it.
+            **replica_of(event),
         )
 
     async def events(self) -> AsyncIterator[tuple[int, TextDelta | Finished]]:

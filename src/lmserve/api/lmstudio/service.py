@@ -16,7 +16,13 @@ from typing import Any
 from lmserve.api.common.chat import build_chat_request, chat_completion
 from lmserve.api.common.conversation import ConversationStore, ConversationTurn
 from lmserve.api.common.errors import InvalidRequestError, NotFoundError
-from lmserve.api.common.generation import Generation, Prepared, draft_stats, stats_of
+from lmserve.api.common.generation import (
+    Generation,
+    Prepared,
+    draft_stats,
+    replica_of,
+    stats_of,
+)
 from lmserve.api.common.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -333,6 +339,7 @@ class NativeChatTurn(ConversationTurn[list[ChatMessage]]):
                 "tokens_per_second": finished.tokens_per_second if finished else None,
                 "time_to_first_token_seconds": finished.time_to_first_token if finished else None,
                 **(draft_stats(finished) if finished else {}),
+                **(replica_of(finished) if finished else {}),
             },
         }
         if self.stores:
