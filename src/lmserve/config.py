@@ -47,6 +47,30 @@ def check_gpu_setting(value: str) -> str:
     return value
 
 
+MAX_SPLIT_DEVICES = 16  # llama.cpp's LLAMA_MAX_DEVICES
+
+
+def parse_tensor_split(text: str) -> tuple[float, ...]:
+    """``--tensor-split 3,1``: each device's share of the layers (RPC workers in ``--rpc``
+    order, then local GPUs), as llama-server takes it; raises ``ValueError``."""
+    try:
+        shares = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(
+            f"--tensor-split takes numbers separated by commas, not {text!r}"
+        ) from None
+    check_tensor_split(shares)
+    return shares
+
+
+def check_tensor_split(shares: tuple[float, ...]) -> tuple[float, ...]:
+    if not 0 < len(shares) <= MAX_SPLIT_DEVICES:
+        raise ValueError(f"a tensor split has 1 to {MAX_SPLIT_DEVICES} shares")
+    if any(not 0 <= share <= 1e6 for share in shares) or not any(shares):
+        raise ValueError("each share of a tensor split is 0 to 1000000, and one is above 0")
+    return shares
+
+
 REPACK_SETTINGS = ("auto", "on", "off")
 REPACK_HELP = (
     "Let llama.cpp repack weights for this CPU: auto (a self-check decides, and the verdict "
@@ -195,6 +219,10 @@ class ModelDefaults:
     kv_cache_type_v: str = "f16"
     prompt_cache: PromptCacheConfig = PromptCacheConfig()
     prediction: PredictionDefaults = PredictionDefaults()
+    # llama.cpp RPC workers (host:port) that hold layers of every model (serve --rpc), and
+    # each device's share of them (--tensor-split; empty: by free memory).
+    rpc: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import click
 import httpx
 
 from lmserve.apikeys import ENV_VAR
-from lmserve.config import DEFAULT_HOST, DEFAULT_PORT, check_gpu_setting
+from lmserve.config import DEFAULT_HOST, DEFAULT_PORT, check_gpu_setting, parse_tensor_split
 from lmserve.models.projectors import ProjectorError, check_projector
 from lmserve.paths import server_state_file
 
@@ -203,6 +203,45 @@ def gpu_option(value: str | None) -> str | None:
         return None if value is None else check_gpu_setting(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def rpc_option(value: str | None) -> tuple[str, ...] | None:
+    """Click's check of ``--rpc HOST:PORT[,HOST:PORT...]`` (``serve`` and ``load``)."""
+    from lmserve.rpc.probe import parse_endpoints
+
+    try:
+        return None if value is None else parse_endpoints(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def tensor_split_option(value: str | None) -> tuple[float, ...] | None:
+    """Click's check of ``--tensor-split 1,1`` (``serve`` and ``load``)."""
+    try:
+        return None if value is None else parse_tensor_split(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def placement_lines(placement: list[dict[str, Any]] | None) -> list[str]:
+    """Where a model's layers went, a line per device (none for a model on this CPU only)."""
+    lines = []
+    for device in placement or ():
+        where = f"RPC worker {device['rpc']}" if device.get("rpc") else "this machine"
+        lines.append(
+            f"  {device['device']} ({where}): {device['layers']} layers, "
+            f"{device['memory_mib']:.1f} MiB of weights"
+        )
+    return (["Layers:", *lines]) if lines else []
+
+
+RPC_HELP = (
+    "llama.cpp RPC workers (lmserve rpc-worker) whose CPUs or GPUs hold the model's layers, "
+    "as HOST:PORT[,HOST:PORT...]; split by their free memory unless --tensor-split says."
+)
+TENSOR_SPLIT_HELP = (
+    "Each device's share of the layers, as 3,1: the RPC workers in --rpc order, then local GPUs."
+)
 
 
 def mmproj_option(value: str | None) -> str | None:

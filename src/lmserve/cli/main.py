@@ -16,6 +16,7 @@ from lmserve.cli.log import log
 from lmserve.cli.mcp import mcp
 from lmserve.cli.models import list_loaded, list_models, load_model, unload_model
 from lmserve.cli.rerank import rerank
+from lmserve.cli.rpc import rpc_worker
 from lmserve.cli.serve import serve
 from lmserve.cli.server import server
 from lmserve.cli.server import status as server_status
@@ -59,3 +60,4 @@ cli.add_command(import_model, name="import")
 cli.add_command(cache)
 cli.add_command(rerank)
 cli.add_command(mcp)
+cli.add_command(rpc_worker)

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from lmserve.cli.common import (
+    RPC_HELP,
+    TENSOR_SPLIT_HELP,
     ServerClient,
     connection_options,
     crash_line,
@@ -16,7 +18,10 @@ from lmserve.cli.common import (
     human_size,
     interactive,
     mmproj_option,
+    placement_lines,
+    rpc_option,
     table,
+    tensor_split_option,
 )
 from lmserve.config import (
     FLASH_ATTENTION_HELP,
@@ -156,6 +161,8 @@ def list_loaded(host: str | None, port: int | None, api_key: str | None, as_json
         click.echo(
             f"{item['identifier']}: prompt cache {_prompt_cache_line(item['prompt_cache'])}."
         )
+        for line in placement_lines(item.get("placement")):
+            click.echo(f"{item['identifier']}: {line.strip()}")
         for replica in item.get("replicas") or ():
             click.echo(
                 f"{item['identifier']}: replica {replica['replica']}: "
@@ -273,6 +280,20 @@ def pick_model(name: str, yes: bool) -> str:
     help="A vision projector (mmproj GGUF) to load with the model, in place of the one in "
     "its folder (a path on the server's machine).",
 )
+@click.option(
+    "--rpc",
+    default=None,
+    metavar="HOST:PORT,...",
+    callback=lambda _ctx, _param, v: rpc_option(v),
+    help=RPC_HELP,
+)
+@click.option(
+    "--tensor-split",
+    default=None,
+    metavar="SHARES",
+    callback=lambda _ctx, _param, v: tensor_split_option(v),
+    help=TENSOR_SPLIT_HELP,
+)
 @click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
 @connection_options
 def load_model(
@@ -287,6 +308,8 @@ def load_model(
     kv_cache_type: str | None,
     draft_model: str | None,
     mmproj: str | None,
+    rpc: tuple[str, ...] | None,
+    tensor_split: tuple[float, ...] | None,
     yes: bool,
     host: str | None,
     port: int | None,
@@ -306,6 +329,8 @@ def load_model(
         ("draft_model", draft_model),
         ("kv_cache_type", kv_cache_type),
         ("mmproj", mmproj),
+        ("rpc", list(rpc) if rpc else None),
+        ("tensor_split", list(tensor_split) if tensor_split else None),
     ):
         if value is not None:
             body["config"][key] = value
@@ -326,6 +351,8 @@ def load_model(
         click.echo(f"Draft model: {config['draft_model']}.")
     if config.get("mmproj"):
         click.echo(f"Vision projector: {config['mmproj']}.")
+    for line in placement_lines(config.get("placement")):
+        click.echo(line)
 
 
 @click.command("unload")

@@ -10,7 +10,14 @@ import click
 
 from lmserve.api.common.security import is_loopback_name
 from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
-from lmserve.cli.common import gpu_option, mmproj_option
+from lmserve.cli.common import (
+    RPC_HELP,
+    TENSOR_SPLIT_HELP,
+    gpu_option,
+    mmproj_option,
+    rpc_option,
+    tensor_split_option,
+)
 from lmserve.config import (
     DEFAULT_CONTEXT_LENGTH,
     DEFAULT_DRAIN_TIMEOUT,
@@ -176,6 +183,20 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             callback=lambda _ctx, _param, v: mmproj_option(v),
             help="A vision projector (mmproj GGUF) for the model loaded at start, in place of "
             "the one in its folder.",
+        ),
+        click.option(
+            "--rpc",
+            default=None,
+            metavar="HOST:PORT,...",
+            callback=lambda _ctx, _param, v: rpc_option(v),
+            help=RPC_HELP + " Every model the server loads uses them.",
+        ),
+        click.option(
+            "--tensor-split",
+            default=None,
+            metavar="SHARES",
+            callback=lambda _ctx, _param, v: tensor_split_option(v),
+            help=TENSOR_SPLIT_HELP,
         ),
         click.option(
             "--no-jit",
@@ -488,6 +509,8 @@ def settings_from_options(options: dict[str, object]) -> Settings:
             kv_cache_type_v=str(options.get("kv_cache_type") or "f16"),
             prompt_cache=prompt_cache_from_options(options),
             prediction=prediction_from_options(options),
+            rpc=options.get("rpc") or (),  # type: ignore[arg-type]
+            tensor_split=options.get("tensor_split") or (),  # type: ignore[arg-type]
         ),
         jit=not options.get("no_jit"),
         jit_ttl=float(options["jit_ttl"]),  # type: ignore[arg-type]

@@ -190,7 +190,8 @@ class EngineWorker(EngineCalls):
             returncode = self._process.wait()
             self._stderr_thread.join(2.0)
             raise WorkerStartError(
-                crash_reason(returncode, "\n".join(self._stderr_tail)), crashed=True
+                crash_reason(returncode, "\n".join(self._stderr_tail), self.spec.rpc_servers),
+                crashed=True,
             ) from None
         if message[0] == wire.READY:
             return message[1]
@@ -320,7 +321,8 @@ class EngineWorker(EngineCalls):
             if expected:
                 message = self._closed_reason or "the engine closed"
             else:
-                reason = crash_reason(returncode, "\n".join(self._stderr_tail))
+                tail = "\n".join(self._stderr_tail)
+                reason = crash_reason(returncode, tail, self.spec.rpc_servers)
                 message = f"the engine of model '{self.name}' crashed: {reason}"
                 self._crash = message
             streams, self._streams = list(self._streams.values()), {}

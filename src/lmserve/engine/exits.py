@@ -14,6 +14,8 @@ from dataclasses import dataclass
 ENGINE_BUG_STATUS = 70
 
 _ASSERTION = re.compile(r"GGML_ASSERT\((.{1,300}?)\) failed")
+# ggml-rpc's RPC_STATUS_ASSERT: a worker went away or answered wrongly mid-run.
+_RPC_LOST = "Remote RPC server crashed or returned malformed response"
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,18 @@ def exit_description(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def crash_reason(returncode: int, stderr: str) -> str:
-    """Why a worker died, in a user's words, without server paths."""
+def crash_reason(returncode: int, stderr: str, rpc_servers: tuple[str, ...] = ()) -> str:
+    """Why a worker died, in a user's words, without server paths; ``rpc_servers``: the RPC
+    workers holding its layers, the likely cause when llama.cpp says one went away."""
+    if _RPC_LOST in stderr or (rpc_servers and returncode == -signal.SIGABRT):
+        from lmserve.rpc.probe import reachable
+
+        down = [endpoint for endpoint in rpc_servers if not reachable(endpoint)]
+        which = ", ".join(down or rpc_servers)
+        return (
+            f"its RPC worker {which} was lost (llama.cpp aborted the engine: a worker that "
+            "stops answering mid-run ends it)"
+        )
     assertion = _ASSERTION.search(stderr)
     if assertion:
         return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -34,8 +35,16 @@ _LLAMA_LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: 
 _last_log_level = [logging.DEBUG]
 
 
+# llama.cpp's lines "load_tensors:  RPC0[host:port] model buffer size =    40.12 MiB", one
+# per buffer a model's weights went to, kept while a model loads (LlamaModel.buffer_mib).
+_BUFFER_SIZE = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+_load_lines: list[str] | None = None
+
+
 @C.llama_log_callback
 def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    if _load_lines is not None:
+        _load_lines.append(text.decode("utf-8", errors="replace"))
     py_level = _LLAMA_LOG_LEVELS.get(level, _last_log_level[0])
     _last_log_level[0] = py_level
     if logger.isEnabledFor(py_level):
@@ -108,9 +117,12 @@ class TokenSampler(Protocol):
 
 
 def gpu_offload_supported() -> bool:
-    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan...)."""
+    """Whether this machine has a GPU llama.cpp can use (CUDA, Metal, Vulkan...).  Not
+    ``llama_supports_gpu_offload``, which says yes for any build with the RPC backend."""
     _ensure_backend()
-    return bool(C.llama_supports_gpu_offload())
+    from lmserve.rpc.ggml import has_local_gpu
+
+    return has_local_gpu()
 
 
 class ModelLoadError(RuntimeError):
@@ -127,16 +139,32 @@ class LlamaModel:
         n_gpu_layers: int = 0,
         vocab_only: bool = False,
         repack: bool = True,
+        tensor_split: Sequence[float] = (),
     ) -> None:
         """``repack``: let llama.cpp repack weights into its CPU-specific buffer types (AMX,
-        AVX-512 layouts); off is ``llama-server --no-repack``."""
+        AVX-512 layouts); off is ``llama-server --no-repack``.  ``tensor_split``: each
+        device's share of the offloaded layers (empty: by free memory)."""
+        global _load_lines
         _ensure_backend()
         self.path = Path(path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
         params.use_extra_bufts = repack
-        model = C.llama_model_load_from_file(str(self.path).encode(), params)
+        shares = (ctypes.c_float * C.LLAMA_MAX_DEVICES)(*tensor_split) if tensor_split else None
+        if shares is not None:
+            params.tensor_split = shares
+        _load_lines = []
+        try:
+            model = C.llama_model_load_from_file(str(self.path).encode(), params)
+        finally:
+            lines, _load_lines = _load_lines, None
+        # MiB of weights in each buffer ("CPU_Mapped", "RPC0[127.0.0.1:50052]", "CUDA0").
+        self.buffer_mib: dict[str, float] = {}
+        for line in lines:
+            if found := _BUFFER_SIZE.search(line):
+                name = found.group(1)
+                self.buffer_mib[name] = self.buffer_mib.get(name, 0.0) + float(found.group(2))
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {self.path.name}")
         self._model = model

@@ -57,6 +57,11 @@ class WorkerSpec:
     mmproj: str | None = None
     media_marker: str = "<__media__>"
     log_level: int = logging.INFO
+    # llama.cpp RPC workers (host:port) whose devices hold layers, checked by the server
+    # first (lmserve.rpc.probe); the share of layers each device takes (RPC devices in this
+    # order, then local GPUs), empty: by their free memory.
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class WorkerInfo:
     prompt_cache: dict[str, Any] | None = None
     # Whether a projector is loaded beside the model, so that it takes images.
     vision: bool = False
+    # Where the layers went when some are on other devices (RPC workers, GPUs): one entry
+    # per device, this machine's CPU last (lmserve.engine.placement).
+    placement: tuple[dict[str, Any], ...] = ()
 
 
 Sender = Callable[[tuple[Any, ...]], None]

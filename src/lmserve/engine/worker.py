@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from lmserve.engine import wire
+from lmserve.engine import placement, wire
 from lmserve.engine.draft import DraftModel
 from lmserve.engine.embeddings import Embedder
 from lmserve.engine.exits import ENGINE_BUG_STATUS
@@ -150,7 +150,22 @@ class Worker:
         self._send = send
         crash_if_injected("load")
         offloaded = gpu_layers(spec.gpu, spec.n_layers)
-        self.model = LlamaModel(spec.path, n_gpu_layers=offloaded, repack=spec.repack)
+        devices = None
+        if spec.rpc_servers or spec.tensor_split:  # layers on RPC workers or several GPUs
+            devices = placement.plan(spec.rpc_servers, spec.tensor_split)
+            if spec.gpu == "auto":
+                offloaded = -1  # all of them, as a GPU machine's "auto" does
+        self.model = LlamaModel(
+            spec.path,
+            n_gpu_layers=offloaded,
+            repack=spec.repack,
+            tensor_split=devices.shares if devices is not None else (),
+        )
+        self.placement = (
+            placement.describe(devices, spec.n_layers, offloaded, self.model.buffer_mib)
+            if devices is not None
+            else ()
+        )
         self.flash_attention, self.flash_attention_reason = choose_flash_attention(
             spec.flash_attention
         )
@@ -230,6 +245,7 @@ class Worker:
             flash_attention_reason=self.flash_attention_reason,
             prompt_cache=self._prompt_cache_info(),
             vision=projector is not None,
+            placement=self.placement,
         )
 
     def context_config(self, n_ctx_per_slot: int) -> ContextConfig:
@@ -497,7 +513,7 @@ def main(argv: list[str]) -> int:
 
     try:
         worker = Worker(spec, send)
-    except ModelLoadError as exc:
+    except (ModelLoadError, placement.PlacementError) as exc:
         send((wire.FAILED, str(exc), "load"))
         return 2
     except SelfCheckFailed as exc:

@@ -24,11 +24,12 @@ from lmserve.engine.client import EngineWorker
 from lmserve.engine.exits import WorkerExit
 from lmserve.engine.prompt_cache.settings import PromptCacheSettings
 from lmserve.engine.template import ChatTemplate
-from lmserve.engine.types import MEDIA_MARKER
+from lmserve.engine.types import MEDIA_MARKER, WorkerStartError
 from lmserve.engine.wire import WorkerInfo, WorkerSpec
 from lmserve.models.catalog import CatalogEntry
 from lmserve.models.repack import RepackChoice, VerdictCache, start_checked, verdict_facts
 from lmserve.paths import prompt_cache_dir
+from lmserve.rpc.probe import RpcEndpointError, check_endpoint
 
 logger = logging.getLogger("lmserve.models")
 
@@ -54,6 +55,9 @@ class LoadOptions:
     # A vision projector's path (checked by lmserve.models.projectors.check_projector), in
     # place of the one in the model's folder.
     mmproj: str | None = None
+    # llama.cpp RPC workers holding its layers (host:port), and each device's share.
+    rpc: tuple[str, ...] | None = None
+    tensor_split: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -191,6 +195,15 @@ def load_instance(
     )
     prompt_cache = prompt_cache_settings(defaults)
     mmproj = projector_for(entry, options)
+    rpc = options.rpc if options.rpc is not None else defaults.rpc
+    tensor_split = (
+        options.tensor_split if options.tensor_split is not None else defaults.tensor_split
+    )
+    for endpoint in rpc:  # llama.cpp would abort the worker on a bad one: check them here
+        try:
+            check_endpoint(endpoint)
+        except RpcEndpointError as exc:
+            raise WorkerStartError(str(exc)) from None
 
     def start(repack: bool, self_check: bool) -> EngineWorker:
         spec = WorkerSpec(
@@ -213,6 +226,8 @@ def load_instance(
             mmproj=mmproj,
             media_marker=MEDIA_MARKER,
             log_level=logging.getLogger("lmserve").getEffectiveLevel(),
+            rpc_servers=rpc,
+            tensor_split=tensor_split,
         )
         if deploy is not None:
             return deploy(spec, loop)
@@ -242,6 +257,9 @@ def load_instance(
         "prompt_cache": info.prompt_cache,
         "mmproj": mmproj,
     }
+    if info.placement:  # some layers on RPC workers or GPUs: which device holds what
+        config["rpc"] = list(rpc)
+        config["placement"] = list(info.placement)
     if deploy is not None:  # Ray Serve replicas, each with the slots above (None: autoscaled)
         config["replicas"] = engine.replicas
     if changed := defaults.prediction.describe():

@@ -45,10 +45,12 @@ from lmserve.models.loader import (
 from lmserve.models.repack import VerdictCache
 from lmserve.models.unnamed import sole_model
 from lmserve.paths import selfcheck_file
+from lmserve.rpc.probe import reachable
 
 logger = logging.getLogger("lmserve.models")
 
 _REAP_INTERVAL = 1.0  # seconds between TTL checks
+RPC_WAIT_INTERVAL = 1.0  # seconds between checks of a crashed model's lost RPC worker
 
 # Told of each model that a just-in-time load unloads (LM Studio's auto-evict), before it goes.
 EvictionNotice = Callable[[LoadedModel], Awaitable[None]]
@@ -415,7 +417,7 @@ class ModelManager:
             self._restart(model, wait)
         logger.error("%s is unloaded: %s; %s", exit.name, exit.reason, then)
 
-    def _restart(self, crashed: LoadedModel, delay: float) -> None:
+    def _restart(self, crashed: LoadedModel, delay: float, waited: bool = False) -> None:
         """Load an explicitly loaded model again after its crash, in ``delay`` seconds.
 
         Until the load starts, requests for it get 503 ``model_crashed``; once it has started
@@ -428,6 +430,10 @@ class ModelManager:
             return
         if self._closed or identifier in self._loaded:
             self._restarting.discard(identifier)
+            return
+        workers = tuple(crashed.config.get("rpc") or ())  # type: ignore[call-overload]
+        if workers and not waited:
+            asyncio.get_running_loop().create_task(self._await_rpc_workers(crashed, workers))
             return
         # Under the same identifier, whatever the catalog would call the file now.
         options = replace(crashed.options, identifier=identifier)
@@ -447,6 +453,24 @@ class ModelManager:
             logger.error("%s is not loaded again: %s", identifier, error)
 
         task.add_done_callback(done)
+
+    async def _await_rpc_workers(self, crashed: LoadedModel, workers: tuple[str, ...]) -> None:
+        """Load a model split over RPC workers again only once every worker accepts
+        connections: a lost worker is the usual cause of its crash, and loading before it is
+        back would fail at once, again and again, until the back-off gave up."""
+        identifier = crashed.identifier
+        told = False
+        while not self._closed and identifier in self._restarting:
+            down = [w for w in workers if not await asyncio.to_thread(reachable, w)]
+            if not down:
+                self._restart(crashed, 0.0, waited=True)
+                return
+            if not told:
+                logger.warning(
+                    "%s: waiting for its RPC worker %s to come back", identifier, ", ".join(down)
+                )
+                told = True
+            await asyncio.sleep(RPC_WAIT_INTERVAL)
 
     async def _evict_jit(self, entry: CatalogEntry, on_evict: EvictionNotice | None) -> None:
         """LM Studio's JIT auto-evict (unless ``--no-jit-auto-evict``): a model loaded just in

@@ -28,6 +28,8 @@ def health(models: ModelManager, draining: bool) -> tuple[dict[str, Any], bool]:
             model.identifier: {
                 "pid": model.engine.pid,
                 **(model.repack.describe() if model.repack else {}),
+                # Split over RPC workers (or GPUs): each device's layers and weights.
+                **{key: model.config[key] for key in ("rpc", "placement") if key in model.config},
             }
             for model in models.loaded()
         },

@@ -10,13 +10,16 @@ from pydantic import Discriminator, Field, Tag, field_validator
 from lmserve.api.common import bounds
 from lmserve.api.common.protocol import ChatCompletionRequest, CompletionRequest, RequestModel
 from lmserve.config import (
+    MAX_SPLIT_DEVICES,
     check_gpu_setting,
     check_kv_cache_type,
     check_repack_setting,
+    check_tensor_split,
     flash_attention_setting,
 )
 from lmserve.models.loader import LoadOptions
 from lmserve.models.projectors import check_projector
+from lmserve.rpc.probe import parse_endpoints
 
 # -- v1: models ---------------------------------------------------------------------------------
 
@@ -37,6 +40,27 @@ class LoadConfig(RequestModel):
     # A vision projector on the server's disk, in place of the model folder's (lmserve load
     # --mmproj); LM Studio's load has no such field.
     mmproj: str | None = Field(default=None, min_length=1, max_length=4096)
+    # llama.cpp RPC workers holding the layers ("host:port,host:port" or a list), and each
+    # device's share (lmserve load --rpc/--tensor-split; llama-server's --rpc).
+    rpc: str | list[Annotated[str, Field(max_length=300)]] | None = Field(
+        default=None, max_length=MAX_SPLIT_DEVICES
+    )
+    tensor_split: list[Annotated[float, Field(ge=0, le=1e6)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_SPLIT_DEVICES
+    )
+
+    @field_validator("rpc")
+    @classmethod
+    def _rpc(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else ",".join(value)
+        return list(parse_endpoints(text))
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _tensor_split(cls, value: list[float] | None) -> list[float] | None:
+        return value if value is None else list(check_tensor_split(tuple(value)))
 
     @field_validator("gpu")
     @classmethod
@@ -79,6 +103,8 @@ class LoadRequest(LoadConfig):
             kv_cache_type_k=merged.get("kv_cache_type"),
             kv_cache_type_v=merged.get("kv_cache_type"),
             mmproj=merged.get("mmproj"),
+            rpc=tuple(merged["rpc"]) if merged.get("rpc") else None,
+            tensor_split=tuple(merged["tensor_split"]) if merged.get("tensor_split") else None,
         )
 
 

@@ -1,0 +1,282 @@
+"""A model split over llama.cpp RPC workers: two real ``lmserve rpc-worker`` processes on
+loopback ports (one thread each) and the real server, which holds SmolLM2 twice: loaded on its
+own CPU at start, and loaded again over both workers (``rpc`` in the native load API) as
+``smol-split``, so that every answer can be checked against the local one.
+
+Needs llama-cpp-python built with the RPC backend (the README's install builds it); without it
+the module is skipped, unless ``LMSERVE_REQUIRE_RPC`` is set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID, Server, free_port, install_default_model, run_cli, start_server
+
+if not os.environ.get("LMSERVE_REQUIRE_RPC"):
+    from lmserve.rpc.ggml import rpc_library_path
+
+    if rpc_library_path() is None:
+        pytest.skip("llama-cpp-python was built without RPC", allow_module_level=True)
+
+from lmserve.rpc.probe import RpcEndpointError, check_endpoint
+
+SPLIT = "smol-split"
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three colors.",
+    "Explain what a CPU does in one sentence.",
+]
+
+
+class Worker:
+    """An ``lmserve rpc-worker`` process on a loopback port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint = f"127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "lmserve", "rpc-worker", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                check_endpoint(self.endpoint)
+                return
+            except RpcEndpointError:
+                assert self.process.poll() is None, "the rpc-worker exited"
+                assert time.monotonic() < deadline, "the rpc-worker did not start"
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[list[Worker]]:
+    started = [Worker(free_port()), Worker(free_port())]
+    for worker in started:
+        worker.start()
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, default_model_file: Path) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    install_default_model(home, default_model_file)
+    started = start_server(home, "--parallel", "4")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server: Server, workers: list[Worker]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        body = {
+            "model": MODEL_ID,
+            "identifier": SPLIT,
+            "parallel": 4,
+            "rpc": [worker.endpoint for worker in workers],
+        }
+        loaded = client.post("/api/v1/models/load", json=body)
+        assert loaded.status_code == 200, loaded.text
+        yield client
+
+
+def chat(api: httpx.Client, model: str, prompt: str) -> str:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+    answer = api.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["choices"][0]["message"]["content"])
+
+
+def complete(api: httpx.Client, model: str, prompt: str) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": 16, "temperature": 0}
+    answer = api.post("/v1/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["choices"][0]["text"])
+
+
+def test_split_answers_are_the_local_ones_alone_and_concurrently(api: httpx.Client) -> None:
+    local = [chat(api, MODEL_ID, prompt) for prompt in PROMPTS]
+    assert [chat(api, SPLIT, prompt) for prompt in PROMPTS] == local
+    texts = [f"The {word} of the story is" for word in ("start", "end")]
+    assert [complete(api, SPLIT, t) for t in texts] == [complete(api, MODEL_ID, t) for t in texts]
+    # Four streams at once, batched on the workers: each the same as alone.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda prompt: chat(api, SPLIT, prompt), PROMPTS))
+    assert together == local
+
+
+def test_the_layers_are_on_the_workers(
+    api: httpx.Client, server: Server, workers: list[Worker]
+) -> None:
+    engines = api.get("/health").json()["engines"]
+    placement = engines[SPLIT]["placement"]
+    remote = {entry["rpc"]: entry for entry in placement if entry["rpc"]}
+    assert set(remote) == {worker.endpoint for worker in workers}
+    # SmolLM2's 30 layers and its output layer are all on the workers, with their weights;
+    # this machine keeps only the token embeddings (the input layer), as llama.cpp does.
+    assert sum(entry["layers"] for entry in remote.values()) == 31
+    assert all(entry["layers"] > 0 and entry["memory_mib"] > 10 for entry in remote.values())
+    [here] = [entry for entry in placement if entry["rpc"] is None]
+    model_mib = os.path.getsize(next((server.home / "models").rglob("*.gguf"))) / 2**20
+    assert here["layers"] == 0 and here["memory_mib"] < model_mib / 2
+    assert "placement" not in engines[MODEL_ID]  # the local one: all on this CPU
+    listed = run_cli(server.home, "ps", "--port", str(server.port))
+    assert listed.returncode == 0, listed.stderr
+    for worker in workers:
+        assert f"(RPC worker {worker.endpoint}): " in listed.stdout
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """A loopback port that accepts connections and never says anything."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_endpoints_that_are_no_workers_fail_the_load_cleanly(
+    api: httpx.Client, server: Server, silent_listener: str
+) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    web_server = f"127.0.0.1:{server.port}"  # lmserve's own HTTP port
+    cases = [
+        (closed, "connection refused"),
+        (web_server, "not a llama.cpp RPC worker"),
+        (silent_listener, "no handshake within"),
+    ]
+    for endpoint, why in cases:
+        body = {"model": MODEL_ID, "identifier": "smol-bad", "rpc": endpoint}
+        answer = api.post("/api/v1/models/load", json=body)
+        assert answer.status_code == 500, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "model_load_failed"
+        assert endpoint in error["message"] and why in error["message"], error
+    # The CLI says the same, cleanly.
+    port = str(server.port)
+    done = run_cli(
+        server.home,
+        "load",
+        MODEL_ID,
+        "-y",
+        "--identifier",
+        "smol-bad",
+        "--rpc",
+        closed,
+        "--port",
+        port,
+    )
+    assert done.returncode == 1 and "connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
+    # The server keeps serving, the models it had included.
+    assert api.get("/health").status_code == 200
+    assert chat(api, SPLIT, PROMPTS[0]) == chat(api, MODEL_ID, PROMPTS[0])
+
+
+def stream_events(api: httpx.Client, model: str, on_chunk: Any) -> list[dict[str, Any]]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events = []
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and line != "data: [DONE]":
+                events.append(json.loads(line.removeprefix("data:")))
+                on_chunk(len(events))
+    return events
+
+
+def test_a_worker_killed_mid_stream_ends_it_and_the_model_comes_back(
+    api: httpx.Client, server: Server, workers: list[Worker]
+) -> None:
+    lost = workers[1]
+    killed_at: list[float] = []
+    log_start = len(server.log())
+
+    def kill_at_the_fifth(count: int) -> None:
+        if count == 5:
+            lost.kill()
+            killed_at.append(time.monotonic())
+
+    events = stream_events(api, SPLIT, kill_at_the_fifth)
+    ended = time.monotonic()
+    assert killed_at and ended - killed_at[0] < 10
+    error = events[-1].get("error")
+    assert error and error["code"] == "engine_crashed", events[-1]
+    assert lost.endpoint in error["message"] and "RPC worker" in error["message"]
+    # The server stays up and its other model answers meanwhile.
+    assert api.get("/health").status_code == 200
+    assert chat(api, MODEL_ID, PROMPTS[2])
+    # The model waits for its worker instead of failing loads in a row until it gives up.
+    deadline = time.monotonic() + 30
+    while f"{SPLIT}: waiting for its RPC worker {lost.endpoint}" not in server.log():
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
+    assert "could not load" not in server.log()[log_start:]
+    assert SPLIT in api.get("/health").json()["restarting"]
+    # With the worker back on its port, the model is loaded again and answers as before.
+    lost.start()
+    deadline = time.monotonic() + 90
+    while SPLIT not in api.get("/health").json()["models"]:
+        assert time.monotonic() < deadline, api.get("/health").json()
+        time.sleep(0.5)
+    assert chat(api, SPLIT, PROMPTS[1]) == chat(api, MODEL_ID, PROMPTS[1])
