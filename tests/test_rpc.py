@@ -4,7 +4,7 @@ own CPU at start, and loaded again over both workers (``rpc`` in the native load
 ``smol-split``, so that every answer can be checked against the local one.
 
 Needs llama-cpp-python built with the RPC backend (the README's install builds it); without it
-the module is skipped, unless ``LMSERVE_REQUIRE_RPC`` is set (CI sets it).
+the tests that need workers skip, unless ``LMSERVE_REQUIRE_RPC`` is set (CI sets it).
 """
 
 from __future__ import annotations
@@ -25,15 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID, Server, free_port, install_default_model, run_cli, start_server
-
-if not os.environ.get("LMSERVE_REQUIRE_RPC"):
-    from lmserve.rpc.ggml import rpc_library_path
-
-    if rpc_library_path() is None:
-        pytest.skip("llama-cpp-python was built without RPC", allow_module_level=True)
-
+from lmserve.rpc.ggml import rpc_library_path
 from lmserve.rpc.probe import RpcEndpointError, check_endpoint
+from tests.conftest import MODEL_ID, Server, free_port, install_default_model, run_cli, start_server
 
 SPLIT = "smol-split"
 PROMPTS = [
@@ -75,6 +69,8 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[list[Worker]]:
+    if not os.environ.get("LMSERVE_REQUIRE_RPC") and rpc_library_path() is None:
+        pytest.skip("llama-cpp-python was built without RPC (see the README)")
     started = [Worker(free_port()), Worker(free_port())]
     for worker in started:
         worker.start()
@@ -155,6 +151,10 @@ def test_the_layers_are_on_the_workers(
     model_mib = os.path.getsize(next((server.home / "models").rglob("*.gguf"))) / 2**20
     assert here["layers"] == 0 and here["memory_mib"] < model_mib / 2
     assert "placement" not in engines[MODEL_ID]  # the local one: all on this CPU
+    # LM Studio's models API: the instance's config says the same.
+    [entry] = [m for m in api.get("/api/v1/models").json()["models"] if m["key"] == MODEL_ID]
+    [split] = [i for i in entry["loaded_instances"] if i["id"] == SPLIT]
+    assert split["config"]["placement"] == placement
     listed = run_cli(server.home, "ps", "--port", str(server.port))
     assert listed.returncode == 0, listed.stderr
     for worker in workers:
@@ -280,3 +280,36 @@ def test_a_worker_killed_mid_stream_ends_it_and_the_model_comes_back(
         assert time.monotonic() < deadline, api.get("/health").json()
         time.sleep(0.5)
     assert chat(api, SPLIT, PROMPTS[1]) == chat(api, MODEL_ID, PROMPTS[1])
+
+
+def test_a_build_without_rpc_says_how_to_rebuild() -> None:
+    """What a user with a wheel pip cached before RPC sees (the library's absence is
+    simulated: this machine's build has it)."""
+    code = (
+        "import lmserve.rpc.ggml as ggml\n"
+        "ggml.rpc_library_path = lambda: None\n"
+        "from lmserve.cli.main import cli\n"
+        "cli(['rpc-worker', '--port', '1'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "built without llama.cpp's RPC backend" in done.stderr
+    assert 'CMAKE_ARGS="-DGGML_RPC=on"' in done.stderr and "pip cache remove" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_layers_are_counted_by_llama_cpps_rule() -> None:
+    """The counts ps and /health show for a split llama.cpp was told outright (its
+    ``load_tensors`` rule: the last ``n_gpu_layers`` of the 31 go to the devices, cut at
+    each device's cumulative share)."""
+    from lmserve.engine.placement import Plan, layer_counts
+    from lmserve.rpc.ggml import Device
+
+    two = Plan(
+        devices=(Device(1, "RPC0", "a:1", 1), Device(2, "RPC1", "b:1", 1)),
+        endpoints=("a:1", "b:1"),
+        shares=(3.0, 1.0),
+    )
+    assert layer_counts(two, 30, -1) == ([24, 7], 0)  # 23.25 of 31 layers below 3/4
+    assert layer_counts(two, 30, 11) == ([9, 2], 20)  # the first 20 stay on this CPU
+    assert layer_counts(two, 30, 0) == ([0, 0], 31)

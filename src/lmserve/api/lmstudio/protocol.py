@@ -42,9 +42,11 @@ class LoadConfig(RequestModel):
     mmproj: str | None = Field(default=None, min_length=1, max_length=4096)
     # llama.cpp RPC workers holding the layers ("host:port,host:port" or a list), and each
     # device's share (lmserve load --rpc/--tensor-split; llama-server's --rpc).
-    rpc: str | list[Annotated[str, Field(max_length=300)]] | None = Field(
-        default=None, max_length=MAX_SPLIT_DEVICES
-    )
+    rpc: (
+        Annotated[str, Field(max_length=4096)]
+        | Annotated[list[Annotated[str, Field(max_length=300)]], Field(max_length=16)]
+        | None
+    ) = None
     tensor_split: list[Annotated[float, Field(ge=0, le=1e6)]] | None = Field(
         default=None, min_length=1, max_length=MAX_SPLIT_DEVICES
     )
