@@ -313,3 +313,17 @@ def test_layers_are_counted_by_llama_cpps_rule() -> None:
     assert layer_counts(two, 30, -1) == ([24, 7], 0)  # 23.25 of 31 layers below 3/4
     assert layer_counts(two, 30, 11) == ([9, 2], 20)  # the first 20 stay on this CPU
     assert layer_counts(two, 30, 0) == ([0, 0], 31)
+
+
+def test_serve_and_server_start_take_the_workers() -> None:
+    """``serve --rpc`` makes every model's default; ``server start`` passes the list on whole."""
+    from lmserve.cli.serve import serve, settings_from_options
+    from lmserve.cli.server import _serve_arguments
+
+    flags = ["--rpc", "127.0.0.1:50052,127.0.0.1:50053", "--tensor-split", "3,1"]
+    options = serve.make_context("serve", flags).params
+    defaults = settings_from_options(options).models
+    assert defaults.rpc == ("127.0.0.1:50052", "127.0.0.1:50053")
+    assert defaults.tensor_split == (3.0, 1.0)
+    again = serve.make_context("serve", _serve_arguments(options)).params
+    assert settings_from_options(again).models == defaults

@@ -235,13 +235,39 @@ def placement_lines(placement: list[dict[str, Any]] | None) -> list[str]:
     return (["Layers:", *lines]) if lines else []
 
 
-RPC_HELP = (
-    "llama.cpp RPC workers (lmserve rpc-worker) whose CPUs or GPUs hold the model's layers, "
-    "as HOST:PORT[,HOST:PORT...]; split by their free memory unless --tensor-split says."
-)
-TENSOR_SPLIT_HELP = (
-    "Each device's share of the layers, as 3,1: the RPC workers in --rpc order, then local GPUs."
-)
+def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """Click options as one decorator, in the order given."""
+
+    def apply(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+def rpc_options(applies_to: str) -> list[Callable[[Any], Any]]:
+    """``--rpc`` and ``--tensor-split``, for ``serve`` and ``server start`` (every model the
+    server loads) and ``load`` (that model); ``applies_to`` ends their help."""
+    return [
+        click.option(
+            "--rpc",
+            default=None,
+            metavar="HOST:PORT,...",
+            callback=lambda _ctx, _param, v: rpc_option(v),
+            help="llama.cpp RPC workers (lmserve rpc-worker) whose CPUs or GPUs hold the "
+            "layers, as HOST:PORT[,HOST:PORT...]; split by their free memory unless "
+            f"--tensor-split says. {applies_to}",
+        ),
+        click.option(
+            "--tensor-split",
+            default=None,
+            metavar="SHARES",
+            callback=lambda _ctx, _param, v: tensor_split_option(v),
+            help="Each device's share of the layers, as 3,1: the RPC workers in --rpc order, "
+            "then local GPUs.",
+        ),
+    ]
 
 
 def mmproj_option(value: str | None) -> str | None:

@@ -8,8 +8,6 @@ from typing import Any
 import click
 
 from lmserve.cli.common import (
-    RPC_HELP,
-    TENSOR_SPLIT_HELP,
     ServerClient,
     connection_options,
     crash_line,
@@ -19,9 +17,9 @@ from lmserve.cli.common import (
     interactive,
     mmproj_option,
     placement_lines,
-    rpc_option,
+    rpc_options,
     table,
-    tensor_split_option,
+    with_options,
 )
 from lmserve.config import (
     FLASH_ATTENTION_HELP,
@@ -280,20 +278,7 @@ def pick_model(name: str, yes: bool) -> str:
     help="A vision projector (mmproj GGUF) to load with the model, in place of the one in "
     "its folder (a path on the server's machine).",
 )
-@click.option(
-    "--rpc",
-    default=None,
-    metavar="HOST:PORT,...",
-    callback=lambda _ctx, _param, v: rpc_option(v),
-    help=RPC_HELP,
-)
-@click.option(
-    "--tensor-split",
-    default=None,
-    metavar="SHARES",
-    callback=lambda _ctx, _param, v: tensor_split_option(v),
-    help=TENSOR_SPLIT_HELP,
-)
+@with_options(rpc_options("Only this model uses them."))
 @click.option("-y", "--yes", is_flag=True, help="Take the best match without asking.")
 @connection_options
 def load_model(

@@ -10,14 +10,7 @@ import click
 
 from lmserve.api.common.security import is_loopback_name
 from lmserve.apikeys import ENV_VAR, KeyFileError, check_key, read_key_file
-from lmserve.cli.common import (
-    RPC_HELP,
-    TENSOR_SPLIT_HELP,
-    gpu_option,
-    mmproj_option,
-    rpc_option,
-    tensor_split_option,
-)
+from lmserve.cli.common import gpu_option, mmproj_option, rpc_options
 from lmserve.config import (
     DEFAULT_CONTEXT_LENGTH,
     DEFAULT_DRAIN_TIMEOUT,
@@ -184,20 +177,7 @@ def server_options(function: Callable[..., None]) -> Callable[..., None]:
             help="A vision projector (mmproj GGUF) for the model loaded at start, in place of "
             "the one in its folder.",
         ),
-        click.option(
-            "--rpc",
-            default=None,
-            metavar="HOST:PORT,...",
-            callback=lambda _ctx, _param, v: rpc_option(v),
-            help=RPC_HELP + " Every model the server loads uses them.",
-        ),
-        click.option(
-            "--tensor-split",
-            default=None,
-            metavar="SHARES",
-            callback=lambda _ctx, _param, v: tensor_split_option(v),
-            help=TENSOR_SPLIT_HELP,
-        ),
+        *rpc_options("Every model the server loads uses them."),
         click.option(
             "--no-jit",
             is_flag=True,

@@ -34,6 +34,8 @@ def server() -> None:
 
 # Option names whose flag is not the name with dashes (multiple options take singular flags).
 _FLAGS = {"model_name": "--model", "allowed_hosts": "--allow-host", "api_keys": "--api-key"}
+# Options whose one flag takes a comma-separated list (their callbacks split it).
+_COMMA_LISTS = {"rpc", "tensor_split"}
 
 
 def _serve_arguments(options: dict[str, Any]) -> list[str]:
@@ -47,7 +49,9 @@ def _serve_arguments(options: dict[str, Any]) -> list[str]:
         if value is None or value is False or name in {"timeout", "api_keys"}:
             continue
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-        if isinstance(value, tuple | list):
+        if name in _COMMA_LISTS:
+            arguments += [flag, ",".join(str(item) for item in value)]
+        elif isinstance(value, tuple | list):
             for item in value:
                 arguments += [flag, str(item)]
         else:
