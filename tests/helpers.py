@@ -101,6 +101,28 @@ def _following(server: Server, pick: Callable[[dict[str, Any]], Any]) -> Iterato
         stop.set()
 
 
+def stream_with(
+    api: httpx.Client, model: str, on_event: Callable[[int, httpx.Response], None]
+) -> tuple[httpx.Response, list[str]]:
+    """A streamed chat that would go on for 2,000 tokens (end of text ignored): each
+    ``data:`` line is kept, and ``on_event(how many so far, the response)`` may cut it short
+    (kill what serves it, say) or not.  Returns the response (its headers) and the lines."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 2000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    events: list[str] = []
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and line != "data: [DONE]":
+                events.append(line)
+                on_event(len(events), response)
+    return response, events
+
+
 def log_records(server: Server, kinds: tuple[str, ...] = ()) -> Any:
     """The log stream's records (of ``kinds``, else all) made while the block runs."""
     return _following(

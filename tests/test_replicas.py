@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import MODEL_ID as MODEL
 from tests.conftest import Server, install_default_model, run_cli, start_server
-from tests.helpers import log_records
+from tests.helpers import log_records, stream_with
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported
 if not os.environ.get("LMSERVE_REQUIRE_RAY"):
@@ -224,24 +224,15 @@ def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -
 def test_a_replica_lost_mid_stream_fails_only_its_request_and_comes_back(
     api: httpx.Client, server: Server
 ) -> None:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a long story."}],
-        "max_tokens": 2000,
-        "stream": True,
-        "ignore_eos": True,
-    }
-    events = []
-    with api.stream("POST", "/v1/chat/completions", json=body) as response:
-        replica = response.headers[HEADER]
-        unique_id = replica.split("@")[0]
-        for line in response.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            events.append(line)
-            if len(events) == 3:
-                name = replica_actors()[unique_id]
-                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+    def kill_its_actor(count: int, response: httpx.Response) -> None:
+        if count == 3:
+            name = replica_actors()[response.headers[HEADER].split("@")[0]]
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+    response, events = stream_with(api, MODEL, kill_its_actor)
+    replica = response.headers[HEADER]
+    unique_id = replica.split("@")[0]
     # The stream ends with the error event, as a crash ends it on one machine.
     assert '"code":"engine_crashed"' in events[-1].replace(" ", ""), events[-3:]
     assert "was lost" in events[-1]
@@ -315,36 +306,32 @@ def test_auto_replicas_scale_out_onto_nodes_that_copy_the_model_and_outlive_one(
 
             # One of those nodes is lost mid-stream: its stream ends with the error event,
             # the other replica serves, and a node added later gets the replacement.
-            body = {
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "Write a long story."}],
-                "max_tokens": 2000,
-                "stream": True,
-                "ignore_eos": True,
-            }
-            events = []
-            with api.stream("POST", "/v1/chat/completions", json=body) as response:
-                replica = response.headers[HEADER]
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    events.append(line)
-                    if len(events) == 3:
-                        [model] = api.get("/lmserve/slots").json()["models"]
-                        [node_id] = [
-                            r["node_id"] for r in model["replicas"] if r["replica"] == replica
-                        ]
-                        [node] = [node for node in added if node.node_id == node_id]
-                        cluster.remove_node(node, allow_graceful=False)
+
+            def remove_its_node(count: int, response: httpx.Response) -> None:
+                if count == 3:
+                    [model] = api.get("/lmserve/slots").json()["models"]
+                    lines = {r["replica"]: r["node_id"] for r in model["replicas"]}
+                    node_id = lines[response.headers[HEADER]]
+                    [node] = [node for node in added if node.node_id == node_id]
+                    cluster.remove_node(node, allow_graceful=False)
+
+            response, events = stream_with(api, MODEL, remove_its_node)
+            replica = response.headers[HEADER]
             assert '"code":"engine_crashed"' in events[-1].replace(" ", ""), events[-3:]
             after = ask(api, "Say hi.")
             assert after.status_code == 200 and after.headers[HEADER] != replica
             cluster.add_node(**node_args(homes[2]))
+            # Serve may still count the lost one as running for a while: wait for the new one.
+            app = f"lmserve-{auto.port}-"
             deadline = time.monotonic() + 120
-            while running_replicas(auto) < 2:
+            while not (
+                running_replicas(auto) == 2
+                and any(app in name for name in replica_actors().values())
+                and replica.split("@")[0] not in replica_actors()
+                and node_copies(homes[2], default_model_file)
+            ):
                 assert time.monotonic() < deadline, serve.status()
                 time.sleep(0.5)
-            assert node_copies(homes[2], default_model_file)
     finally:
         stop.set()
         auto.stop()

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +27,7 @@ import pytest
 from lmserve.rpc.ggml import rpc_library_path
 from lmserve.rpc.probe import RpcEndpointError, check_endpoint
 from tests.conftest import MODEL_ID, Server, free_port, install_default_model, run_cli, start_server
+from tests.helpers import stream_with
 
 SPLIT = "smol-split"
 PROMPTS = [
@@ -228,23 +228,6 @@ def test_endpoints_that_are_no_workers_fail_the_load_cleanly(
     assert chat(api, SPLIT, PROMPTS[0]) == chat(api, MODEL_ID, PROMPTS[0])
 
 
-def stream_events(api: httpx.Client, model: str, on_chunk: Any) -> list[dict[str, Any]]:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Tell a very long story."}],
-        "max_tokens": 2000,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    events = []
-    with api.stream("POST", "/v1/chat/completions", json=body) as response:
-        for line in response.iter_lines():
-            if line.startswith("data:") and line != "data: [DONE]":
-                events.append(json.loads(line.removeprefix("data:")))
-                on_chunk(len(events))
-    return events
-
-
 def test_a_worker_killed_mid_stream_ends_it_and_the_model_comes_back(
     api: httpx.Client, server: Server, workers: list[Worker]
 ) -> None:
@@ -252,15 +235,15 @@ def test_a_worker_killed_mid_stream_ends_it_and_the_model_comes_back(
     killed_at: list[float] = []
     log_start = len(server.log())
 
-    def kill_at_the_fifth(count: int) -> None:
+    def kill_at_the_fifth(count: int, _response: httpx.Response) -> None:
         if count == 5:
             lost.kill()
             killed_at.append(time.monotonic())
 
-    events = stream_events(api, SPLIT, kill_at_the_fifth)
+    _, events = stream_with(api, SPLIT, kill_at_the_fifth)
     ended = time.monotonic()
     assert killed_at and ended - killed_at[0] < 10
-    error = events[-1].get("error")
+    error = json.loads(events[-1].removeprefix("data:")).get("error")
     assert error and error["code"] == "engine_crashed", events[-1]
     assert lost.endpoint in error["message"] and "RPC worker" in error["message"]
     # The server stays up and its other model answers meanwhile.
