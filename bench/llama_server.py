@@ -47,12 +47,14 @@ def _run(command: list[str], **kwargs: object) -> None:
     subprocess.run(command, check=True, **kwargs)  # type: ignore[call-overload]
 
 
-def build(version: str | None = None) -> Path:
+def build(version: str | None = None, rpc: bool = False) -> Path:
     """The path of ``llama-server`` for llama-cpp-python ``version`` (the installed one by
-    default), building it first if the cache does not have it."""
+    default), building it first if the cache does not have it; ``rpc``: a build with the RPC
+    backend (``--rpc``), in a folder of its own."""
     version = version or metadata.version("llama-cpp-python")
     root = cache_dir() / f"llama-server-{version}"
-    binary = root / "build" / "bin" / "llama-server"
+    build_dir = root / ("build-rpc" if rpc else "build")
+    binary = build_dir / "bin" / "llama-server"
     if binary.exists():
         return binary
     root.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,6 @@ def build(version: str | None = None) -> Path:
         with tarfile.open(sdist) as archive:
             archive.extractall(root, filter="data")
     llama_cpp = source / "vendor" / "llama.cpp"
-    build_dir = root / "build"
     _run(
         [
             "cmake",
@@ -91,6 +92,7 @@ def build(version: str | None = None) -> Path:
             "-DLLAMA_BUILD_TESTS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=OFF",
             "-DLLAMA_OPENSSL=OFF",
+            f"-DGGML_RPC={'ON' if rpc else 'OFF'}",
         ]
     )
     _run(
