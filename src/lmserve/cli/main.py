@@ -34,15 +34,19 @@ def cli() -> None:
 
 @cli.command()
 def version() -> None:
-    """Print the versions of lmserve and llama.cpp's binding, and the GPU backend if any."""
+    """Print the versions of lmserve and llama.cpp's binding, whether a GPU is there to
+    offload to, and whether the build has llama.cpp's RPC backend (lmserve rpc-worker)."""
     # Imported here: loading llama.cpp takes a moment that other commands need not wait for.
     from importlib.metadata import version as package_version
 
     from lmserve.engine.llama import gpu_offload_supported
+    from lmserve.rpc.ggml import rpc_library_path
 
     click.echo(f"lmserve {__version__}")
     click.echo(f"llama-cpp-python {package_version('llama-cpp-python')}")
-    click.echo(f"GPU offload: {'available' if gpu_offload_supported() else 'not in this build'}")
+    click.echo(f"GPU offload: {'available' if gpu_offload_supported() else 'no GPU found'}")
+    rpc = "available" if rpc_library_path() else 'not in this build (CMAKE_ARGS="-DGGML_RPC=on")'
+    click.echo(f"llama.cpp RPC: {rpc}")
 
 
 cli.add_command(serve)

@@ -43,23 +43,30 @@ def exit_description(returncode: int) -> str:
 def crash_reason(returncode: int, stderr: str, rpc_servers: tuple[str, ...] = ()) -> str:
     """Why a worker died, in a user's words, without server paths; ``rpc_servers``: the RPC
     workers holding its layers, the likely cause when llama.cpp says one went away."""
-    if _RPC_LOST in stderr or (rpc_servers and returncode == -signal.SIGABRT):
-        from lmserve.rpc.probe import reachable
-
-        down = [endpoint for endpoint in rpc_servers if not reachable(endpoint)]
-        which = ", ".join(down or rpc_servers)
-        return (
-            f"its RPC worker {which} was lost (llama.cpp aborted the engine: a worker that "
-            "stops answering mid-run ends it)"
-        )
+    if _RPC_LOST in stderr:
+        return _rpc_worker_lost(rpc_servers)
     assertion = _ASSERTION.search(stderr)
     if assertion:
         return f"llama.cpp aborted on a malformed file ({assertion.group(1)})"
+    if rpc_servers and returncode == -signal.SIGABRT:  # its message may not have reached us
+        return _rpc_worker_lost(rpc_servers)
     if returncode == ENGINE_BUG_STATUS:
         return "an internal error stopped the engine (the server's log has the details)"
     # The kernel's out-of-memory killer sends SIGKILL, as does kill -9.
     hint = " (out of memory, or killed by hand)" if returncode == -signal.SIGKILL else ""
     return f"the engine process {exit_description(returncode)}{hint}"
+
+
+def _rpc_worker_lost(rpc_servers: tuple[str, ...]) -> str:
+    """The workers that no longer accept connections (all of them, if none is down now)."""
+    from lmserve.rpc.probe import reachable
+
+    down = [endpoint for endpoint in rpc_servers if not reachable(endpoint)]
+    which = ", ".join(down or rpc_servers)
+    return (
+        f"its RPC worker {which} was lost (llama.cpp ends the engine when a worker stops "
+        "answering mid-run)"
+    )
 
 
 def load_failure(message: str) -> str:
