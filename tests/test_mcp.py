@@ -196,7 +196,7 @@ def test_native_chat_runs_an_ephemeral_mcp_call(
     assert logged["mcp.call"]["tool"] == "secret_word"
     assert NONCE in logged["mcp.result"]["output"]
     metrics = api.get("/metrics").text
-    assert 'lmserve_mcp_calls_total{server="fixture",outcome="ok"}' in metrics
+    assert 'lmserve_mcp_calls_total{outcome="ok",server="fixture"}' in metrics
     # Two rounds' tokens are counted.
     assert result["stats"]["input_tokens"] > 2 * len(prompts[0]) // 8
 

@@ -186,7 +186,7 @@ def test_the_listings_show_every_replica(api: httpx.Client, server: Server) -> N
     # /metrics: a series per replica, labelled with its model, name and node.
     metrics = api.get("/metrics").text
     for name in lines:
-        label = f'{{model="{MODEL}",replica="{name}",node="127.0.0.1"}}'
+        label = f'{{model="{MODEL}",node="127.0.0.1",replica="{name}"}}'
         assert f"lmserve_replica_slots{label} 2" in metrics
     assert f'lmserve_slots{{model="{MODEL}"}} 4' in metrics
 

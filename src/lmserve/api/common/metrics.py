@@ -1,5 +1,5 @@
-"""Prometheus metrics, in the text exposition format (version 0.0.4); lmserve's routes serve
-them at ``GET /metrics``.
+"""Prometheus metrics, in the text exposition format (version 0.0.4), with
+``prometheus_client``; lmserve's routes serve them at ``GET /metrics``.
 
 Three sources, none of which the routes need to know about:
 
@@ -7,20 +7,24 @@ Three sources, none of which the routes need to know about:
 - every finished prediction, from the log bus's listener hook (tokens in and out, time to
   first token, tokens per second);
 - the model manager and each model's engine snapshot, read at scrape time (models loaded,
-  slots busy, queue depth, prompt caches; a replicated model's replicas, one series each).
+  slots busy, queue depth, prompt caches; a replicated model's replicas, one series each):
+  :class:`_Scrape` adds them to the counters' families.
 
-Written by hand rather than with ``prometheus_client``: a handful of series, and no global
-registry to share between the apps that tests build in one process.
+Each app has a registry of its own (tests build several apps in one process), never the
+library's global one.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fastapi.routing
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,84 +32,111 @@ from lmserve.api.common.lifecycle import Lifecycle
 from lmserve.models.loader import LoadedModel
 from lmserve.models.manager import ModelManager
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOKENS_PER_SECOND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 UNMATCHED = "unmatched"  # any path no route knows: fuzzers must not blow up the label set
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-Labels = tuple[tuple[str, str], ...]
-
-
-class Histogram:
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts: dict[Labels, list[int]] = {}
-        self.sums: dict[Labels, float] = defaultdict(float)
-
-    def observe(self, labels: Labels, value: float) -> None:
-        counts = self.counts.setdefault(labels, [0] * (len(self.buckets) + 1))
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[index] += 1
-        counts[-1] += 1  # +Inf, which is also the count
-        self.sums[labels] += value
-
+# No "_created" series beside every counter and histogram: a timestamp per label set that no
+# dashboard of ours reads, doubling the exposition.
+prometheus_client.disable_created_metrics()
 
 # LM Studio's stats count drafted tokens as accepted, rejected or ignored (never checked).
 _DRAFT_OUTCOMES = ("accepted", "rejected", "ignored")
 
 
 class Metrics:
+    """The counters and histograms of one app, in a registry of its own."""
+
     def __init__(self) -> None:
-        self.requests: dict[Labels, int] = defaultdict(int)
-        self.prompt_tokens: dict[Labels, int] = defaultdict(int)
-        self.completion_tokens: dict[Labels, int] = defaultdict(int)
-        self.predictions: dict[Labels, int] = defaultdict(int)
-        self.draft_tokens: dict[Labels, int] = defaultdict(int)
-        self.images: dict[Labels, int] = defaultdict(int)
-        self.image_tokens: dict[Labels, int] = defaultdict(int)
-        self.reranked: dict[Labels, int] = defaultdict(int)
-        self.mcp_calls: dict[Labels, int] = defaultdict(int)
-        self.time_to_first_token = Histogram(TTFT_BUCKETS)
-        self.tokens_per_second = Histogram(TOKENS_PER_SECOND_BUCKETS)
+        self.registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, help_text: str, *labels: str) -> Counter:
+            return Counter(name, help_text, labels, registry=self.registry)
+
+        self.requests = counter(
+            "lmserve_http_requests",
+            "HTTP requests by route and status.",
+            "method",
+            "endpoint",
+            "status",
+        )
+        self.prompt_tokens = counter(
+            "lmserve_prompt_tokens", "Prompt tokens of finished predictions.", "model"
+        )
+        self.completion_tokens = counter("lmserve_completion_tokens", "Tokens generated.", "model")
+        self.predictions = counter(
+            "lmserve_predictions", "Finished predictions by stop reason.", "model", "stop_reason"
+        )
+        self.images = counter(
+            "lmserve_images", "Images in prompts given to vision models.", "model"
+        )
+        self.image_tokens = counter(
+            "lmserve_image_tokens", "Prompt tokens those images took.", "model"
+        )
+        self.reranked = counter(
+            "lmserve_reranked_documents", "Documents scored by rerankers.", "model"
+        )
+        self.mcp_calls = counter(
+            "lmserve_mcp_calls", "MCP tool calls the server ran, by outcome.", "server", "outcome"
+        )
+        self.draft_tokens = counter(
+            "lmserve_draft_tokens",
+            "Tokens drafted by speculative decoding, by what the model made of them.",
+            "model",
+            "outcome",
+        )
+        self.time_to_first_token = Histogram(
+            "lmserve_time_to_first_token_seconds",
+            "Time from submission to the first generated token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_per_second = Histogram(
+            "lmserve_tokens_per_second",
+            "Generation speed of each prediction after its first token.",
+            ["model"],
+            buckets=TOKENS_PER_SECOND_BUCKETS,
+            registry=self.registry,
+        )
 
     def count_request(self, method: str, endpoint: str, status: int) -> None:
-        self.requests[(("method", method), ("endpoint", endpoint), ("status", str(status)))] += 1
+        self.requests.labels(method, endpoint, str(status)).inc()
 
     def observe_record(self, record: dict[str, Any]) -> None:
         """The log bus listener: one call per record, on the event loop."""
         kind = record.get("type")
-        model: Labels = (("model", str(record.get("model"))),)
+        model = str(record.get("model"))
         if kind == "llm.prediction.input":
             for image in record.get("images") or ():
-                self.images[model] += 1
-                self.image_tokens[model] += int(image.get("tokens") or 0)
+                self.images.labels(model).inc()
+                self.image_tokens.labels(model).inc(int(image.get("tokens") or 0))
             return
         if kind == "rerank.output":
-            self.reranked[model] += int(record.get("documents") or 0)
+            self.reranked.labels(model).inc(int(record.get("documents") or 0))
             return
         if kind == "mcp.result":
             outcome = "error" if record.get("error") is not None else "ok"
-            server = str(record.get("server_label"))
-            self.mcp_calls[(("server", server), ("outcome", outcome))] += 1
+            self.mcp_calls.labels(str(record.get("server_label")), outcome).inc()
             return
         if kind != "llm.prediction.output":
             return
         stats = record.get("stats") or {}
-        self.prompt_tokens[model] += int(stats.get("prompt_tokens") or 0)
-        self.completion_tokens[model] += int(stats.get("completion_tokens") or 0)
-        self.predictions[(*model, ("stop_reason", str(stats.get("stop_reason"))))] += 1
+        self.prompt_tokens.labels(model).inc(int(stats.get("prompt_tokens") or 0))
+        self.completion_tokens.labels(model).inc(int(stats.get("completion_tokens") or 0))
+        self.predictions.labels(model, str(stats.get("stop_reason"))).inc()
         for outcome in _DRAFT_OUTCOMES:
             count = stats.get(f"{outcome}_draft_tokens_count")
             if count:
-                self.draft_tokens[(*model, ("outcome", outcome))] += int(count)
+                self.draft_tokens.labels(model, outcome).inc(int(count))
         ttft = stats.get("time_to_first_token")
         if isinstance(ttft, int | float) and math.isfinite(ttft):
-            self.time_to_first_token.observe(model, float(ttft))
+            self.time_to_first_token.labels(model).observe(float(ttft))
         speed = stats.get("tokens_per_second")
         if isinstance(speed, int | float) and math.isfinite(speed):
-            self.tokens_per_second.observe(model, float(speed))
+            self.tokens_per_second.labels(model).observe(float(speed))
 
     def render(
         self,
@@ -115,64 +146,54 @@ class Metrics:
     ) -> str:
         """The exposition; ``snapshots``: each loaded model's engine snapshot (prompt cache
         statistics; a replicated model's replicas), an awaited call the route makes."""
-        snapshots = snapshots or {}
-        out = _Exposition()
-        out.family("lmserve_http_requests", "counter", "HTTP requests by route and status.")
-        out.samples("lmserve_http_requests_total", self.requests)
-        out.family("lmserve_prompt_tokens", "counter", "Prompt tokens of finished predictions.")
-        out.samples("lmserve_prompt_tokens_total", self.prompt_tokens)
-        out.family("lmserve_completion_tokens", "counter", "Tokens generated.")
-        out.samples("lmserve_completion_tokens_total", self.completion_tokens)
-        out.family("lmserve_predictions", "counter", "Finished predictions by stop reason.")
-        out.samples("lmserve_predictions_total", self.predictions)
-        out.family("lmserve_images", "counter", "Images in prompts given to vision models.")
-        out.samples("lmserve_images_total", self.images)
-        out.family("lmserve_image_tokens", "counter", "Prompt tokens those images took.")
-        out.samples("lmserve_image_tokens_total", self.image_tokens)
-        out.family("lmserve_reranked_documents", "counter", "Documents scored by rerankers.")
-        out.samples("lmserve_reranked_documents_total", self.reranked)
-        out.family("lmserve_mcp_calls", "counter", "MCP tool calls the server ran, by outcome.")
-        out.samples("lmserve_mcp_calls_total", self.mcp_calls)
-        out.family(
-            "lmserve_draft_tokens",
-            "counter",
-            "Tokens drafted by speculative decoding, by what the model made of them.",
+        scrape = _Scrape(self.registry, models, lifecycle, snapshots or {})
+        return generate_latest(scrape).decode()  # type: ignore[arg-type]
+
+
+class _Scrape:
+    """The app's counters, and what the models and the server are doing at this scrape."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        models: ModelManager,
+        lifecycle: Lifecycle | None,
+        snapshots: dict[str, dict[str, Any]],
+    ) -> None:
+        self.registry = registry
+        self.models = models
+        self.lifecycle = lifecycle
+        self.snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        loaded = self.models.loaded()
+        yield GaugeMetricFamily("lmserve_models_loaded", "Model instances loaded.", len(loaded))
+        yield GaugeMetricFamily(
+            "lmserve_models_loading", "Models being loaded right now.", len(self.models.loading)
         )
-        out.samples("lmserve_draft_tokens_total", self.draft_tokens)
-        out.histogram(
-            "lmserve_time_to_first_token_seconds",
-            "Time from submission to the first generated token.",
-            self.time_to_first_token,
-        )
-        out.histogram(
-            "lmserve_tokens_per_second",
-            "Generation speed of each prediction after its first token.",
-            self.tokens_per_second,
-        )
-        loaded = models.loaded()
-        out.family("lmserve_models_loaded", "gauge", "Model instances loaded.")
-        out.sample("lmserve_models_loaded", (), len(loaded))
-        out.family("lmserve_models_loading", "gauge", "Models being loaded right now.")
-        out.sample("lmserve_models_loading", (), len(models.loading))
         for name, help_text, value_of in (
             ("lmserve_slots", "Generation slots of each loaded model.", _slots),
             ("lmserve_slots_busy", "Slots generating right now.", _busy_slots),
             ("lmserve_queue_depth", "Requests waiting for a slot.", _queue_depth),
         ):
-            out.family(name, "gauge", help_text)
+            family = GaugeMetricFamily(name, help_text, labels=["model"])
             for model in loaded:
-                value = value_of(model, snapshots.get(model.identifier, {}).get("replicas"))
-                out.sample(name, (("model", model.identifier),), value)
-        caches = {name: snapshot.get("prompt_cache") for name, snapshot in snapshots.items()}
+                replicas = self.snapshots.get(model.identifier, {}).get("replicas")
+                family.add_metric([model.identifier], value_of(model, replicas))
+            yield family
+        caches = {name: snap.get("prompt_cache") for name, snap in self.snapshots.items()}
         if any(caches.values()):
-            _prompt_cache_families(out, caches)
-        _replica_families(out, snapshots)
-        if lifecycle is not None:
-            out.family("lmserve_requests_in_flight", "gauge", "HTTP requests being served.")
-            out.sample("lmserve_requests_in_flight", (), lifecycle.in_flight)
-            out.family("lmserve_draining", "gauge", "1 while the server shuts down.")
-            out.sample("lmserve_draining", (), int(lifecycle.draining))
-        return out.text()
+            yield from _prompt_cache_families(caches)
+        yield from _replica_families(self.snapshots)
+        if self.lifecycle is not None:
+            in_flight = self.lifecycle.in_flight
+            yield GaugeMetricFamily(
+                "lmserve_requests_in_flight", "HTTP requests being served.", in_flight
+            )
+            yield GaugeMetricFamily(
+                "lmserve_draining", "1 while the server shuts down.", int(self.lifecycle.draining)
+            )
 
 
 _PROMPT_CACHE_FAMILIES = (
@@ -180,13 +201,13 @@ _PROMPT_CACHE_FAMILIES = (
     ("lmserve_prompt_cache_budget_bytes", "gauge", "Each tier's budget.", "budget_bytes"),
     ("lmserve_prompt_cache_blocks", "gauge", "Blocks of prompt states kept, by tier.", "blocks"),
     (
-        "lmserve_prompt_cache_hits_total",
+        "lmserve_prompt_cache_hits",
         "counter",
         "Requests that restored prompt tokens from a tier.",
         "hits",
     ),
     (
-        "lmserve_prompt_cache_restored_tokens_total",
+        "lmserve_prompt_cache_restored_tokens",
         "counter",
         "Prompt tokens restored from a tier instead of computed.",
         "hit_tokens",
@@ -194,14 +215,16 @@ _PROMPT_CACHE_FAMILIES = (
 )
 
 
-def _prompt_cache_families(out: _Exposition, caches: dict[str, dict[str, Any] | None]) -> None:
+def _prompt_cache_families(caches: dict[str, dict[str, Any] | None]) -> Iterator[Metric]:
     for name, kind, help_text, field in _PROMPT_CACHE_FAMILIES:
-        out.family(name.removesuffix("_total"), kind, help_text)
+        kinds = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
+        family = kinds[kind](name, help_text, labels=["model", "tier"])
         for model, stats in sorted(caches.items()):
             for tier in ("memory", "disk"):
                 figures = (stats or {}).get(tier)
                 if figures:
-                    out.sample(name, (("model", model), ("tier", tier)), figures[field])
+                    family.add_metric([model, tier], figures[field])
+        yield family
 
 
 _REPLICA_FAMILIES = (
@@ -211,21 +234,18 @@ _REPLICA_FAMILIES = (
 )
 
 
-def _replica_families(out: _Exposition, snapshots: dict[str, dict[str, Any]]) -> None:
+def _replica_families(snapshots: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     """One series per replica of each replicated model (none without --ray)."""
     replicated = {name: s["replicas"] for name, s in snapshots.items() if s.get("replicas")}
     if not replicated:
         return
     for name, help_text, field in _REPLICA_FAMILIES:
-        out.family(name, "gauge", help_text)
+        family = GaugeMetricFamily(name, help_text, labels=["model", "replica", "node"])
         for model, replicas in sorted(replicated.items()):
             for replica in replicas:
-                labels = (
-                    ("model", model),
-                    ("replica", str(replica["replica"])),
-                    ("node", str(replica["node_address"])),
-                )
-                out.sample(name, labels, replica[field])
+                labels = [model, str(replica["replica"]), str(replica["node_address"])]
+                family.add_metric(labels, replica[field])
+        yield family
 
 
 Replicas = list[dict[str, Any]] | None
@@ -245,51 +265,6 @@ def _busy_slots(model: LoadedModel, replicas: Replicas) -> int:
 
 def _queue_depth(model: LoadedModel, replicas: Replicas) -> int:
     return model.engine.queue_depth
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, labels: Labels, value: float) -> None:
-        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
-
-    def samples(self, name: str, series: dict[Labels, int]) -> None:
-        for labels, value in sorted(series.items()):
-            self.sample(name, labels, value)
-
-    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
-        self.family(name, "histogram", help_text)
-        for labels, counts in sorted(histogram.counts.items()):
-            bounds: Iterable[float] = (*histogram.buckets, math.inf)
-            for bound, count in zip(bounds, counts, strict=True):
-                self.sample(f"{name}_bucket", (*labels, ("le", _number(bound))), count)
-            self.sample(f"{name}_sum", labels, histogram.sums[labels])
-            self.sample(f"{name}_count", labels, counts[-1])
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels) + "}"
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
 
 
 def flat_routes(routes: Sequence[BaseRoute]) -> list[Any]:
