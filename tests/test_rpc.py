@@ -310,3 +310,29 @@ def test_serve_and_server_start_take_the_workers() -> None:
     assert defaults.tensor_split == (3.0, 1.0)
     again = serve.make_context("serve", _serve_arguments(options)).params
     assert settings_from_options(again).models == defaults
+
+
+def test_unloading_a_model_that_waits_for_its_worker_calls_the_reload_off(
+    api: httpx.Client, server: Server, workers: list[Worker]
+) -> None:
+    lost = workers[0]
+    log_start = len(server.log())
+
+    def kill_at_the_third(count: int, _response: httpx.Response) -> None:
+        if count == 3:
+            lost.kill()
+
+    stream_with(api, SPLIT, kill_at_the_third)
+    deadline = time.monotonic() + 30
+    while f"{SPLIT}: waiting for its RPC worker {lost.endpoint}" not in server.log()[log_start:]:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
+    unloaded = api.post("/api/v1/models/unload", json={"instance_id": SPLIT})
+    assert unloaded.status_code == 200, unloaded.text
+    assert SPLIT not in api.get("/health").json()["restarting"]
+    lost.start()
+    # The wait checks its workers every second: two checks later it has seen the worker back
+    # and, called off, loaded nothing.
+    time.sleep(2.5)
+    assert SPLIT not in api.get("/health").json()["models"]
+    assert f"{SPLIT} is loaded again" not in server.log()[log_start:]

@@ -288,6 +288,12 @@ class ModelManager:
 
     async def unload(self, identifier: str, reason: str = "the model was unloaded") -> None:
         model = self._loaded.pop(identifier, None)
+        if model is None and identifier in self._restarting:
+            # Crashed and waiting to be loaded again (out its back-off, or for its RPC
+            # workers): unloading it calls that off.
+            self._restarting.discard(identifier)
+            logger.info("%s will not be loaded again after its crash: unloaded", identifier)
+            return
         if model is None:
             raise ModelNotFound(identifier, list(self._loaded))
         await asyncio.to_thread(model.close, reason)
@@ -417,16 +423,22 @@ class ModelManager:
             self._restart(model, wait)
         logger.error("%s is unloaded: %s; %s", exit.name, exit.reason, then)
 
-    def _restart(self, crashed: LoadedModel, delay: float, waited: bool = False) -> None:
+    def _restart(self, crashed: LoadedModel, delay: float) -> None:
         """Load an explicitly loaded model again after its crash, in ``delay`` seconds.
 
         Until the load starts, requests for it get 503 ``model_crashed``; once it has started
         they wait for it.  A failed load counts as one more crash and backs off again.
         """
+        self._restarting.add(crashed.identifier)
+        self._continue_restart(crashed, delay)
+
+    def _continue_restart(self, crashed: LoadedModel, delay: float, waited: bool = False) -> None:
+        """The rest of :meth:`_restart`, unless an unload called it off meanwhile."""
         identifier = crashed.identifier
-        self._restarting.add(identifier)
+        if identifier not in self._restarting:
+            return
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self._restart, crashed, 0.0)
+            asyncio.get_running_loop().call_later(delay, self._continue_restart, crashed, 0.0)
             return
         if self._closed or identifier in self._loaded:
             self._restarting.discard(identifier)
@@ -441,13 +453,16 @@ class ModelManager:
 
         def done(task: asyncio.Task[LoadedModel]) -> None:
             error = None if task.cancelled() else task.exception()
+            if error is None and identifier not in self._restarting:  # unloaded as it loaded
+                asyncio.get_running_loop().create_task(self.unload(identifier))
+                return
             if error is None:
                 self._restarting.discard(identifier)
                 logger.info("%s is loaded again after its crash", identifier)
                 return
             record = self.crashes.note(identifier, str(error))
             if isinstance(error, ModelLoadFailed) and not record.gave_up and not self._closed:
-                self._restart(crashed, record.retry_in())
+                self._continue_restart(crashed, record.retry_in())
                 return
             self._restarting.discard(identifier)
             logger.error("%s is not loaded again: %s", identifier, error)
@@ -463,7 +478,7 @@ class ModelManager:
         while not self._closed and identifier in self._restarting:
             down = [w for w in workers if not await asyncio.to_thread(reachable, w)]
             if not down:
-                self._restart(crashed, 0.0, waited=True)
+                self._continue_restart(crashed, 0.0, waited=True)
                 return
             if not told:
                 logger.warning(
