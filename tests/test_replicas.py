@@ -191,6 +191,14 @@ def test_the_listings_show_every_replica(api: httpx.Client, server: Server) -> N
     assert f'lmserve_slots{{model="{MODEL}"}} 4' in metrics
 
 
+def test_replicas_are_not_split_over_rpc_workers(api: httpx.Client) -> None:
+    body = {"model": MODEL, "identifier": "replicated-split", "rpc": "127.0.0.1:50052"}
+    refused = api.post("/api/v1/models/load", json=body)
+    assert refused.status_code == 500
+    assert refused.json()["error"]["code"] == "model_load_failed"
+    assert "cannot also be split over RPC workers" in refused.json()["error"]["message"]
+
+
 def test_a_client_that_leaves_frees_its_slot_on_the_replica(api: httpx.Client) -> None:
     other = SHARED.replace("briefly", "at length")
     body = {

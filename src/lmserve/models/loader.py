@@ -199,6 +199,11 @@ def load_instance(
     tensor_split = (
         options.tensor_split if options.tensor_split is not None else defaults.tensor_split
     )
+    if rpc and deploy is not None:
+        raise WorkerStartError(
+            "a model served by Ray replicas cannot also be split over RPC workers: every "
+            "replica would need workers of its own (a worker serves one model at a time)"
+        )
     for endpoint in rpc:  # llama.cpp would abort the worker on a bad one: check them here
         try:
             check_endpoint(endpoint)
