@@ -68,11 +68,6 @@ class EngineCalls:
     async def _call(self, method: str, *args: Any) -> Any:
         raise NotImplementedError
 
-    async def replicas_now(self) -> list[dict[str, Any]] | None:
-        """A replicated model's replicas alive now, one line each (name, node, slots busy,
-        tokens cached); None for a model served from this machine."""
-        return None
-
     async def tokenize(
         self, text: str, *, add_special: bool, parse_special: bool = True
     ) -> list[int]:

@@ -169,11 +169,6 @@ class ReplicatedEngine(EngineCalls):
         )
         return [report for report in reports if isinstance(report, dict)]
 
-    async def replicas_now(self) -> list[dict[str, Any]]:
-        if self._closed is not None:
-            raise EngineClosedError(self._closed)
-        return replica_lines(await self._reports())
-
     async def snapshot(self) -> dict[str, Any]:
         """Every replica's slots and counters: the slots of all (each naming its replica),
         the counters summed, and one line per replica (node, slots busy, cached tokens)."""

@@ -22,7 +22,7 @@ async def replica_lines(models: ModelManager) -> ReplicaLines:
     if not replicated:
         return {}
     answers = await asyncio.gather(
-        *(asyncio.wait_for(model.engine.replicas_now(), ASK_TIMEOUT) for model in replicated),
+        *(asyncio.wait_for(model.engine.snapshot(), ASK_TIMEOUT) for model in replicated),
         return_exceptions=True,
     )
     lines: ReplicaLines = {}
@@ -30,7 +30,7 @@ async def replica_lines(models: ModelManager) -> ReplicaLines:
         if isinstance(answer, BaseException):
             logger.warning("%s: its replicas did not report: %s", model.identifier, answer)
             continue
-        lines[model.identifier] = answer or []
+        lines[model.identifier] = answer.get("replicas") or []
     return lines
 
 
